@@ -1,0 +1,81 @@
+"""Quantization formats (the candidates a layer can take) and their exact storage cost.
+
+Cost is DESIGN §2: ``numel*bits + n_groups*(16 + (0 if symmetric else bits))`` — fp16 scales
+and ``bits``-wide zero points are always counted; bits == 16 means "kept in float" and costs
+``numel*16``.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+FLOAT_BITS = 16
+SCALE_BITS = 16
+MIN_BITS, MAX_BITS = 2, 8
+
+
+class FormatError(ValueError):
+    """A format the user asked for cannot exist (bits out of range, bad group size)."""
+
+
+@dataclass(frozen=True, order=True)
+class Format:
+    """One candidate: weight bits, group size along the reduction dim (None = per output
+    channel), symmetric or not. ``bits == 16`` is the float format (other fields ignored)."""
+
+    bits: int
+    group_size: int | None = 64
+    symmetric: bool = False
+
+    def __post_init__(self) -> None:
+        if self.bits != FLOAT_BITS and not MIN_BITS <= self.bits <= MAX_BITS:
+            raise FormatError(f"bits={self.bits} is not supported: use {MIN_BITS}..{MAX_BITS} or {FLOAT_BITS} (float)")
+        if self.is_float:
+            object.__setattr__(self, "group_size", None)
+            object.__setattr__(self, "symmetric", False)
+        elif self.group_size is not None and (self.group_size < 1 or self.group_size > 1 << 20):
+            raise FormatError(f"group_size={self.group_size} is invalid: use a positive size such as 32, 64, 128 or per-channel")
+
+    @property
+    def is_float(self) -> bool:
+        return self.bits == FLOAT_BITS
+
+    @property
+    def label(self) -> str:
+        """Short stable name, e.g. ``w4g64a`` (asymmetric), ``w3pcs`` (per-channel symmetric), ``fp16``."""
+        if self.is_float:
+            return "fp16"
+        g = f"g{self.group_size}" if self.group_size else "pc"
+        return f"w{self.bits}{g}{'s' if self.symmetric else 'a'}"
+
+    def to_dict(self) -> dict:
+        return {"bits": self.bits, "group_size": self.group_size, "symmetric": self.symmetric}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Format":
+        return cls(int(d["bits"]), d.get("group_size"), bool(d.get("symmetric", False)))
+
+
+def n_groups(numel: int, in_features: int, group_size: int | None) -> int:
+    """Number of scale groups of a weight with ``numel`` elements whose reduction dim is
+    ``in_features``. A last partial group still needs its own scale."""
+    rows = numel // in_features
+    if group_size is None:
+        return rows
+    return rows * math.ceil(in_features / group_size)
+
+
+def storage_bits(fmt: Format, numel: int, in_features: int) -> int:
+    """Exact storage of one layer in ``fmt``, in bits, scales and zero points included."""
+    if fmt.is_float:
+        return numel * FLOAT_BITS
+    per_group = SCALE_BITS + (0 if fmt.symmetric else fmt.bits)
+    return numel * fmt.bits + n_groups(numel, in_features, fmt.group_size) * per_group
+
+
+def make_formats(bits: list[int], group_size: int | None = 64, symmetric: bool = False) -> list[Format]:
+    """The candidate list of a job: one format per bit-width, shared group size/symmetry.
+    Duplicates are dropped and the order is by bits, so a table's columns are stable."""
+    if not bits:
+        raise FormatError("no formats: give at least one bit-width, e.g. --bits 2,3,4,8")
+    return sorted({Format(int(b), group_size, symmetric) for b in bits}, key=lambda f: (f.bits, f.label))

@@ -1,0 +1,84 @@
+"""Framework-free description of a quantizable layer (DESIGN §2). Proxies fill it from torch;
+solvers and costs only need these numbers."""
+from __future__ import annotations
+
+import re
+from dataclasses import asdict, dataclass, field
+
+
+@dataclass(frozen=True)
+class LayerInfo:
+    """A quantizable weight. ``in_features`` is the reduction dim that groups run along
+    (``in_channels/groups*kh*kw`` for convs); ``macs`` is per sample (convs) or per token."""
+
+    name: str
+    kind: str
+    shape: tuple[int, ...]
+    numel: int
+    in_features: int
+    macs: int
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["shape"] = list(self.shape)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "LayerInfo":
+        return cls(d["name"], d["kind"], tuple(d["shape"]), int(d["numel"]), int(d["in_features"]), int(d["macs"]))
+
+
+# Sibling projections that runtimes fuse into one matmul (vLLM, TensorRT-LLM): they must
+# share a format. Keyed by preset name; each entry is a set of leaf names fused together.
+TIE_PRESETS: dict[str, list[tuple[str, ...]]] = {
+    "qkv": [("q_proj", "k_proj", "v_proj"), ("query", "key", "value")],
+    "gate_up": [("gate_proj", "up_proj"), ("w1", "w3")],
+}
+
+
+@dataclass
+class TieGroups:
+    """Groups of layer indices that must take the same format."""
+
+    groups: list[list[int]] = field(default_factory=list)
+
+    def names(self, layers: list[LayerInfo]) -> list[list[str]]:
+        return [[layers[i].name for i in g] for g in self.groups]
+
+
+def find_tie_groups(layers: list[LayerInfo], presets: list[str]) -> TieGroups:
+    """Tie groups among ``layers`` for the named presets (``qkv``, ``gate_up``): siblings under
+    one parent module whose leaf names form a fused set."""
+    unknown = [p for p in presets if p not in TIE_PRESETS]
+    if unknown:
+        raise ValueError(f"unknown tie preset {unknown[0]!r}: choose from {sorted(TIE_PRESETS)}")
+    by_parent: dict[str, dict[str, int]] = {}
+    for i, layer in enumerate(layers):
+        parent, _, leaf = layer.name.rpartition(".")
+        by_parent.setdefault(parent, {})[leaf] = i
+    groups = []
+    for preset in presets:
+        for leaves in TIE_PRESETS[preset]:
+            for children in by_parent.values():
+                members = [children[leaf] for leaf in leaves if leaf in children]
+                if len(members) > 1:
+                    groups.append(sorted(members))
+    return TieGroups(sorted(groups))
+
+
+def tie_groups_from_names(layers: list[LayerInfo], groups: list[list[str]]) -> TieGroups:
+    """Tie groups given by layer names (as stored in a policy); unknown names are an error."""
+    index = {l.name: i for i, l in enumerate(layers)}
+    out = []
+    for g in groups:
+        missing = [n for n in g if n not in index]
+        if missing:
+            raise ValueError(f"tie group names unknown layer {missing[0]!r}")
+        out.append(sorted(index[n] for n in g))
+    return TieGroups(out)
+
+
+def match_layers(layers: list[LayerInfo], pattern: str) -> list[int]:
+    """Indices of layers whose name matches the regex ``pattern`` (search, not full match)."""
+    rx = re.compile(pattern)
+    return [i for i, l in enumerate(layers) if rx.search(l.name)]

@@ -1,0 +1,118 @@
+"""The canonical policy document, ``bitplan.policy/v1`` (DESIGN §2).
+
+A policy must be readable by someone who has never seen bitplan: layer names are the model's
+fully-qualified module names, layers absent from ``layers`` stay in float, and costs are given
+under every budget metric with their units in the key names."""
+from __future__ import annotations
+
+import json
+from typing import Literal
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from search.formats import FLOAT_BITS, MAX_BITS, MIN_BITS, Format
+from search.layers import LayerInfo
+
+SCHEMA = "bitplan.policy/v1"
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ModelRef(_Strict):
+    ref: str
+    sha256: str = ""
+
+
+class Quantizer(_Strict):
+    method: Literal["rtn", "gptq"] = "rtn"
+    scale_dtype: Literal["float16"] = "float16"
+
+
+class LayerFormat(_Strict):
+    name: str
+    bits: int
+    group_size: int | None = None
+    symmetric: bool = False
+    numel: int = Field(ge=1)
+
+    @field_validator("bits")
+    @classmethod
+    def _bits(cls, v: int) -> int:
+        if not MIN_BITS <= v <= MAX_BITS:
+            raise ValueError(f"bits must be {MIN_BITS}..{MAX_BITS} (float layers are left out of 'layers'), got {v}")
+        return v
+
+    @property
+    def format(self) -> Format:
+        return Format(self.bits, self.group_size, self.symmetric)
+
+
+class Predicted(_Strict):
+    proxy: str
+    loss_increase: float
+
+
+class Measured(_Strict):
+    metric: str
+    value: float
+    float: float
+    uniform: dict[str, float] = Field(default_factory=dict)
+    split: str = "eval"
+    extra: dict[str, float] = Field(default_factory=dict)
+
+
+class SolverInfo(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    name: str
+    objective: float | None = None
+    lower_bound: float | None = None
+    gap: float | None = None
+
+
+class Policy(_Strict):
+    """Layer → format plus cost, predicted and measured loss, and the solver's certificate."""
+
+    schema_: Literal["bitplan.policy/v1"] = Field(SCHEMA, alias="schema")
+    model: ModelRef
+    quantizer: Quantizer = Quantizer()
+    layers: list[LayerFormat]
+    float_layers: list[str] = Field(default_factory=list)
+    ties: list[list[str]] = Field(default_factory=list)
+    budget: dict[str, float]
+    cost: dict[str, float | None]
+    predicted: Predicted | None = None
+    measured: Measured | None = None
+    solver: SolverInfo | None = None
+    refine: dict | None = None
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    def to_json(self, indent: int | None = 2) -> str:
+        return self.model_dump_json(by_alias=True, indent=indent, exclude_none=False)
+
+    @classmethod
+    def from_json(cls, text: str) -> "Policy":
+        data = json.loads(text)
+        if not isinstance(data, dict) or data.get("schema") != SCHEMA:
+            raise ValueError(f"not a {SCHEMA} document (schema={data.get('schema') if isinstance(data, dict) else None!r})")
+        return cls.model_validate(data)
+
+    def assignment(self) -> dict[str, Format]:
+        """Layer name → format for the quantized layers (float layers are absent)."""
+        return {l.name: l.format for l in self.layers}
+
+
+def build_policy(model_ref: str, model_sha256: str, layers: list[LayerInfo], formats: list[Format],
+                 choice: np.ndarray, budget: dict[str, float], cost: dict[str, float],
+                 ties: list[list[str]] | None = None, **extra) -> Policy:
+    """Assemble a policy from a solver's choice (format index per layer)."""
+    chosen = [(l, formats[int(k)]) for l, k in zip(layers, choice)]
+    return Policy(
+        model=ModelRef(ref=model_ref, sha256=model_sha256),
+        layers=[LayerFormat(name=l.name, bits=f.bits, group_size=f.group_size, symmetric=f.symmetric, numel=l.numel)
+                for l, f in chosen if f.bits != FLOAT_BITS],
+        float_layers=[l.name for l, f in chosen if f.bits == FLOAT_BITS],
+        ties=ties or [], budget=budget, cost={**{"bops": None}, **cost}, **extra)

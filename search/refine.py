@@ -1,0 +1,102 @@
+"""Refinement judged by *measured* loss: the step that accounts for interactions between
+layers, which every additive allocator (HAWQ, OMPQ, ModelOpt, our ILP) ignores.
+
+Starting from a solved policy, moves are pairs "one group one step up, another one step down"
+(plus single steps up when slack allows) that keep every budget. The proxy only *orders* the
+candidates — near-ties first, where interactions can tip the balance; the judge (a callable that
+measures the real loss of a policy on calibration data) decides. First improvement is accepted;
+the search stops when ``max_evals`` judgements are spent or no untried move is left."""
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from search.problem import Problem
+
+Judge = Callable[[np.ndarray], float]
+
+
+@dataclass
+class RefineResult:
+    choice: np.ndarray
+    start_loss: float
+    final_loss: float
+    evals: int
+    accepted: int
+    history: list[dict] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        return {"start_measured": self.start_loss, "final_measured": self.final_loss, "evals": self.evals,
+                "accepted": self.accepted, "history": self.history}
+
+
+def _ladders(problem: Problem, metric: str) -> np.ndarray:
+    """Per group, format indices ordered from cheapest to dearest on ``metric``."""
+    return np.argsort(problem.group_cost[metric], axis=1, kind="stable")
+
+
+def candidate_moves(problem: Problem, gchoice: np.ndarray, metric: str) -> list[tuple[float, tuple]]:
+    """Budget-feasible moves from ``gchoice`` with their proxy-predicted loss change."""
+    ladder = _ladders(problem, metric)
+    pos = np.array([int(np.where(ladder[g] == gchoice[g])[0][0]) for g in range(len(gchoice))])
+    K = problem.n_formats
+    ups = [(g, ladder[g][pos[g] + 1]) for g in range(len(gchoice)) if pos[g] + 1 < K]
+    downs = [(g, ladder[g][pos[g] - 1]) for g in range(len(gchoice)) if pos[g] > 0]
+    totals = problem.group_totals(gchoice)
+    C, Ls = problem.group_cost, problem.group_loss
+    moves = []
+
+    def fits(changes) -> bool:
+        for m, lim in problem.budgets.items():
+            t = totals[m] + sum(C[m][g, k] - C[m][g, gchoice[g]] for g, k in changes)
+            if t > lim * (1 + 1e-9):
+                return False
+        return True
+
+    def predicted(changes) -> float:
+        return float(sum(Ls[g, k] - Ls[g, gchoice[g]] for g, k in changes))
+
+    for up in ups:
+        if fits([up]):
+            moves.append((predicted([up]), (up,)))
+        for down in downs:
+            if down[0] != up[0] and fits([up, down]):
+                moves.append((predicted([up, down]), (up, down)))
+    moves.sort(key=lambda m: m[0])
+    return moves
+
+
+def refine(problem: Problem, start: np.ndarray, judge: Judge, max_evals: int = 40,
+           max_candidates: int = 400, progress: Callable[[int, int, float], None] | None = None) -> RefineResult:
+    """Local search from layer choice ``start``; returns the best *measured* policy found."""
+    if max_evals < 1:
+        raise ValueError(f"max_evals must be >= 1, got {max_evals}")
+    metric = next(iter(problem.budgets))
+    gcur = problem.collapse(start)
+    cur_loss = judge(problem.expand(gcur))
+    start_loss, evals, accepted, history = cur_loss, 1, 0, []
+    tried: set[bytes] = set()
+    improved = True
+    while improved and evals < max_evals:
+        improved = False
+        for pred, changes in candidate_moves(problem, gcur, metric)[:max_candidates]:
+            g = gcur.copy()
+            for grp, k in changes:
+                g[grp] = k
+            key = g.tobytes()
+            if key in tried:
+                continue
+            tried.add(key)
+            loss = judge(problem.expand(g))
+            evals += 1
+            history.append({"eval": evals, "predicted_delta": pred, "measured": loss, "accepted": loss < cur_loss})
+            if progress:
+                progress(evals, max_evals, min(cur_loss, loss))
+            if loss < cur_loss:
+                gcur, cur_loss, accepted, improved = g, loss, accepted + 1, True
+                break
+            if evals >= max_evals:
+                break
+    return RefineResult(problem.expand(gcur), start_loss, cur_loss, evals, accepted, history)
