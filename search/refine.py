@@ -77,7 +77,7 @@ def refine(problem: Problem, start: np.ndarray, judge: Judge, max_evals: int = 4
     gcur = problem.collapse(start)
     cur_loss = judge(problem.expand(gcur))
     start_loss, evals, accepted, history = cur_loss, 1, 0, []
-    tried: set[bytes] = set()
+    tried: set[bytes] = {gcur.tobytes()}  # the start is measured: never spend an eval on it again
     improved = True
     while improved and evals < max_evals:
         improved = False

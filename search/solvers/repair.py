@@ -18,7 +18,8 @@ def _deltas(problem: Problem, gchoice: np.ndarray) -> dict[str, np.ndarray]:
 
 
 def repair(problem: Problem, gchoice: np.ndarray) -> np.ndarray:
-    """Downgrade until feasible; raises InfeasibleError when no move helps."""
+    """Downgrade until feasible; if no greedy move helps, fall back to the exact ILP, so
+    InfeasibleError means that no policy meets every budget."""
     gchoice = gchoice.copy()
     rows = np.arange(len(gchoice))
     for _ in range(gchoice.size * problem.n_formats + 1):
@@ -36,7 +37,11 @@ def repair(problem: Problem, gchoice: np.ndarray) -> np.ndarray:
         ratio = np.where(ok, np.maximum(dloss, 0) / np.where(ok, saving, 1), np.inf)
         g, k = np.unravel_index(np.argmin(ratio), ratio.shape)
         gchoice[g] = k
-    raise InfeasibleError(f"no policy meets every budget at once ({problem.budgets})")
+    # Stuck: with several budgets a downgrade on one metric can be an upgrade on another (e.g. a
+    # latency table where low-bit kernels are slower), so the greedy can miss feasible policies.
+    # Settle feasibility exactly; the ILP raises InfeasibleError only when no policy fits.
+    from search.solvers.ilp import ILPSolver  # local: ilp is a sibling solver, keep imports one-way
+    return problem.collapse(ILPSolver().solve(problem).choice)
 
 
 def fill(problem: Problem, gchoice: np.ndarray) -> np.ndarray:

@@ -1,0 +1,107 @@
+"""Proxy base class and the context every proxy reads.
+
+Lifecycle: a proxy is built with its parameters (``__init__``, validated there so bad input
+fails before any work), then ``compute(ctx)`` runs once and returns a SensitivityTable whose
+``values[l, k]`` predicts the loss increase of layer l in format k, others in float. Proxies
+never keep the model modified: weights are restored even on error."""
+from __future__ import annotations
+
+import contextlib
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch import nn
+
+from proxies.quant import quantize_module_weight
+from proxies.tasks import Batch, Task
+from search.formats import Format
+from search.layers import LayerInfo
+from search.table import SensitivityTable
+
+Progress = Callable[[float, str], None]
+
+
+@dataclass
+class ProxyContext:
+    model: nn.Module
+    layers: list[LayerInfo]
+    modules: list[nn.Module]
+    task: Task
+    batches: list[Batch]
+    formats: list[Format]
+    seed: int = 0
+    progress: Progress | None = None
+    model_sha256: str = ""
+    calibration: dict = field(default_factory=dict)
+
+    def report(self, fraction: float, message: str = "") -> None:
+        if self.progress:
+            self.progress(min(max(fraction, 0.0), 1.0), message)
+
+
+class Proxy(ABC):
+    name: str = ""
+
+    def __init__(self, **params):
+        unknown = set(params) - set(self.defaults())
+        if unknown:
+            raise ValueError(f"proxy {self.name!r} has no parameter {sorted(unknown)[0]!r}; it takes {sorted(self.defaults())}")
+        self.params = {**self.defaults(), **params}
+
+    @classmethod
+    def defaults(cls) -> dict:
+        return {}
+
+    def compute(self, ctx: ProxyContext) -> SensitivityTable:
+        t0 = time.perf_counter()
+        values, stderr, diagnostics = self._compute(ctx)
+        seconds = time.perf_counter() - t0
+        return SensitivityTable(ctx.layers, ctx.formats, values, self.name, dict(self.params), ctx.calibration,
+                                stderr, {"seconds": round(seconds, 4)}, ctx.model_sha256, diagnostics)
+
+    @abstractmethod
+    def _compute(self, ctx: ProxyContext) -> tuple[np.ndarray, np.ndarray | None, dict]:
+        """Return (values L×K, stderr L×K or None, diagnostics)."""
+
+
+def quant_error_sq(ctx: ProxyContext) -> np.ndarray:
+    """‖Q_k(W_l) − W_l‖² for every layer and format (L×K), the perturbation size that the
+    second-order proxies scale."""
+    out = np.zeros((len(ctx.layers), len(ctx.formats)))
+    with torch.no_grad():
+        for i, m in enumerate(ctx.modules):
+            w = m.weight.detach().float()
+            for k, f in enumerate(ctx.formats):
+                if not f.is_float:
+                    out[i, k] = float(((quantize_module_weight(m, f).float() - w) ** 2).sum())
+    return out
+
+
+@contextlib.contextmanager
+def swapped(modules: list[nn.Module], weights: list[torch.Tensor]) -> Iterator[None]:
+    """Temporarily replace module weights; always restores the originals."""
+    saved = [m.weight.detach().clone() for m in modules]
+    try:
+        with torch.no_grad():
+            for m, w in zip(modules, weights):
+                m.weight.copy_(w)
+        yield
+    finally:
+        with torch.no_grad():
+            for m, w in zip(modules, saved):
+                m.weight.copy_(w)
+
+
+def mean_loss(ctx: ProxyContext) -> float:
+    """Task loss averaged over the calibration batches, weighted by batch size."""
+    total, n = 0.0, 0
+    with torch.no_grad():
+        for b in ctx.batches:
+            s = ctx.task.size(b)
+            total += float(ctx.task.loss(ctx.model, b)) * s
+            n += s
+    return total / max(n, 1)

@@ -1,0 +1,91 @@
+"""Layer discovery: which weights of a torch model are quantizable, with the numbers the
+cost model needs (numel, reduction dim, MACs per sample/token)."""
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import nn
+
+from search.layers import LayerInfo
+
+_CONV = (nn.Conv1d, nn.Conv2d)
+
+
+def _kind(module: nn.Module) -> str | None:
+    name = type(module).__name__
+    if isinstance(module, nn.Linear) or name == "Linear":
+        return "Linear"
+    if isinstance(module, _CONV) or name in ("Conv1d", "Conv2d"):
+        return name if name in ("Conv1d", "Conv2d") else type(module).__name__
+    if name == "Conv1D" and hasattr(module, "nf"):
+        return "Conv1D"  # HF GPT-2 style, weight stored (in, out)
+    if isinstance(module, nn.Embedding) or name == "Embedding":
+        return "Embedding"
+    return None
+
+
+def _script_kind(module: nn.Module) -> str | None:
+    """TorchScript modules keep their Python class name in ``original_name``."""
+    return getattr(module, "original_name", None) if isinstance(module, torch.jit.ScriptModule) else None
+
+
+def _head_names(model: nn.Module) -> set[str]:
+    heads = {"lm_head"}
+    get = getattr(model, "get_output_embeddings", None)
+    if callable(get):
+        try:
+            out = get()
+        except Exception:  # some HF models raise NotImplementedError here
+            out = None
+        if out is not None:
+            heads |= {n for n, m in model.named_modules() if m is out}
+    return heads
+
+
+def discover_layers(model: nn.Module, example: Callable[[nn.Module], object] | None = None,
+                    include_embeddings: bool = False, include_head: bool = False) -> list[tuple[LayerInfo, nn.Module]]:
+    """Quantizable layers in model order. ``example(model)`` runs one forward on a single
+    sample so conv MACs can use the real output size; without it convs count one position.
+    Weights shared by two modules (tied embeddings) are listed once."""
+    heads = _head_names(model)
+    found, seen = [], set()
+    for name, module in model.named_modules():
+        kind = _kind(module) if not isinstance(module, torch.jit.ScriptModule) else _script_kind(module)
+        if kind not in ("Linear", "Conv1d", "Conv2d", "Conv1D", "Embedding"):
+            continue
+        if kind == "Embedding" and not include_embeddings:
+            continue
+        if name in heads and not include_head:
+            continue
+        w = getattr(module, "weight", None)
+        if w is None or w.dim() < 2 or w.data_ptr() in seen:
+            continue
+        seen.add(w.data_ptr())
+        found.append((name, kind, module))
+    spatial = _conv_positions(model, [m for _, k, m in found if k.startswith("Conv") and k != "Conv1D"], example)
+    out = []
+    for name, kind, module in found:
+        w = module.weight
+        shape = tuple(w.shape)
+        numel = w.numel()
+        in_features = shape[0] if kind == "Conv1D" else numel // shape[0]
+        macs = 0 if kind == "Embedding" else numel * spatial.get(id(module), 1)
+        out.append((LayerInfo(name, kind, shape, numel, in_features, macs), module))
+    return out
+
+
+def _conv_positions(model: nn.Module, convs: list[nn.Module], example) -> dict[int, int]:
+    """Output positions per conv module from one forward pass (hooks), for MACs."""
+    if not convs or example is None or isinstance(model, torch.jit.ScriptModule):
+        return {}
+    sizes: dict[int, int] = {}
+    hooks = [m.register_forward_hook(lambda m, i, o: sizes.__setitem__(id(m), int(o[0].shape[1:].numel())))
+             for m in convs]
+    try:
+        with torch.no_grad():
+            example(model)
+    finally:
+        for h in hooks:
+            h.remove()
+    return sizes

@@ -1,0 +1,88 @@
+"""The search job specification: data, versioned, validated before any work starts. Shared by
+the CLI, the pipeline and (later) the service and SDK."""
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from search.budgets import METRICS
+from search.formats import FLOAT_BITS, MAX_BITS, MIN_BITS
+
+DEFAULT_PROXY = "measured"   # bitplan's recipe: measured sensitivities,
+DEFAULT_SOLVER = "ilp"       # exact allocation with a certificate,
+DEFAULT_REFINE_EVALS = 40    # then refinement judged by measured loss.
+
+
+class SearchSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    version: int = 1
+    model: str
+    budgets: dict[str, float]
+    bits: list[int] = Field(default_factory=lambda: [2, 3, 4, 8])
+    group_size: int | None = 64
+    symmetric: bool = False
+    proxy: str | None = None
+    proxy_params: dict = Field(default_factory=dict)
+    solver: str | None = None
+    refine: bool | None = None
+    refine_evals: int = DEFAULT_REFINE_EVALS
+    calib: str | None = None
+    eval: str | None = None
+    n_calib: int | None = None
+    n_eval: int | None = None
+    seq_len: int | None = None
+    seed: int = 0
+    ties: list[str] = Field(default_factory=list)
+    include_embeddings: bool = False
+    include_head: bool = False
+    latency_table: dict[str, dict[str, float]] | None = None
+    a_bits: int = 16
+
+    @field_validator("budgets")
+    @classmethod
+    def _budgets(cls, v: dict[str, float]) -> dict[str, float]:
+        if not v:
+            raise ValueError("give at least one budget, e.g. avg_bits=3.3")
+        for k, x in v.items():
+            if k not in METRICS:
+                raise ValueError(f"unknown budget metric {k!r}: use one of {', '.join(METRICS)}")
+            if not x > 0:
+                raise ValueError(f"budget {k}={x} must be positive")
+        return v
+
+    @field_validator("bits")
+    @classmethod
+    def _bits(cls, v: list[int]) -> list[int]:
+        if not v:
+            raise ValueError("give at least one bit-width, e.g. 2,3,4,8")
+        bad = [b for b in v if b != FLOAT_BITS and not MIN_BITS <= b <= MAX_BITS]
+        if bad:
+            raise ValueError(f"bits {bad[0]} not supported: use {MIN_BITS}..{MAX_BITS} or {FLOAT_BITS} (float)")
+        return sorted(set(v))
+
+    @field_validator("group_size")
+    @classmethod
+    def _group(cls, v: int | None) -> int | None:
+        if v is not None and not 1 <= v <= 1 << 16:
+            raise ValueError(f"group_size {v} must be between 1 and 65536 (or per-channel)")
+        return v
+
+    @model_validator(mode="after")
+    def _rest(self) -> "SearchSpec":
+        if self.refine_evals < 1:
+            raise ValueError("refine_evals must be >= 1")
+        if "latency_ms" in self.budgets and not self.latency_table:
+            raise ValueError("a latency_ms budget needs a per-layer latency table")
+        return self
+
+    @property
+    def proxy_name(self) -> str:
+        return self.proxy or DEFAULT_PROXY
+
+    @property
+    def solver_name(self) -> str:
+        return self.solver or DEFAULT_SOLVER
+
+    @property
+    def do_refine(self) -> bool:
+        return self.refine if self.refine is not None else (self.proxy is None and self.solver is None)

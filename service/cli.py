@@ -1,0 +1,145 @@
+"""``bitplan`` command line. ``bitplan search`` runs the engine locally (no server).
+
+Bad arguments print one line and exit with code 2; heavy imports (torch) happen only after the
+arguments have been validated, so ``--help`` and usage errors are instant."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+EXIT_USAGE = 2
+
+EPILOG = """examples:
+  bitplan search --model builtin:minilm-l6 --budget avg_bits=3.3 --bits 2,3,4,8 --group-size 64 --out policy.json
+  bitplan search --model builtin:digits-cnn --budget avg_bits=3.3 --budget bops=5e6 --proxy hessian_trace --solver ilp
+  bitplan search --model builtin:smollm2-135m --budget avg_bits=4.3125 --tie qkv,gate_up --n-eval 8
+
+default recipe (no --proxy/--solver): measured sensitivities → exact ILP → refine judged by
+measured calibration loss. budgets: avg_bits (bits/weight incl. scales), size_bytes, bops
+(Σ macs·w_bits·a_bits), latency_ms (needs --latency-table).
+"""
+
+
+def _bits(text: str) -> list[int]:
+    try:
+        return [int(b) for b in text.split(",") if b.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--bits {text!r}: give comma-separated integers such as 2,3,4,8") from None
+
+
+def _group(text: str) -> int | None:
+    if text.lower() in ("none", "pc", "per-channel", "0"):
+        return None
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--group-size {text!r}: give an integer (32, 64, 128) or 'per-channel'") from None
+
+
+def _kv(text: str) -> tuple[str, object]:
+    k, sep, v = text.partition("=")
+    if not sep:
+        raise argparse.ArgumentTypeError(f"{text!r} is not KEY=VALUE")
+    try:
+        return k, json.loads(v)
+    except ValueError:
+        return k, v
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="bitplan", description="Mixed-precision quantization policies under real budgets.")
+    sub = p.add_subparsers(dest="command", required=True)
+    s = sub.add_parser("search", help="find a policy for a model and budget (runs locally)", epilog=EPILOG,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    s.add_argument("--model", required=True, help="builtin:minilm-l6 | builtin:smollm2-135m | builtin:digits-cnn | hf:<dir> | torchscript:<file>")
+    s.add_argument("--budget", action="append", required=True, metavar="METRIC=VALUE",
+                   help="avg_bits=3.3, size_bytes=…, bops=…, latency_ms=…; repeat for several (all must hold)")
+    s.add_argument("--bits", type=_bits, default=[2, 3, 4, 8], help="candidate bit-widths, 2..8, 16 = keep float (default 2,3,4,8)")
+    s.add_argument("--group-size", type=_group, default=64, help="scale group size along the input dim, or 'per-channel' (default 64)")
+    s.add_argument("--symmetric", action="store_true", help="symmetric quantization (no zero points); default asymmetric")
+    s.add_argument("--proxy", help="hessian_trace | fisher | orthogonality | output_error | measured")
+    s.add_argument("--proxy-param", action="append", type=_kv, default=[], metavar="KEY=VALUE", help="proxy parameter, e.g. tol=0.05")
+    s.add_argument("--solver", help="ilp | lp | convex | pareto")
+    s.add_argument("--refine", dest="refine", action="store_true", default=None, help="refine with measured loss (default with the recipe)")
+    s.add_argument("--no-refine", dest="refine", action="store_false")
+    s.add_argument("--refine-evals", type=int, default=40, help="measured-loss evaluations refine may spend (default 40)")
+    s.add_argument("--calib", help="calibration data: wikitext2-valid | wikitext2-test | tinyshakespeare | pydoc | file:PATH (.txt/.jsonl)")
+    s.add_argument("--eval", help="held-out evaluation data (same choices); never overlaps calibration")
+    s.add_argument("--n-calib", type=int, help="calibration samples (sentences, token windows or images)")
+    s.add_argument("--n-eval", type=int, help="evaluation samples")
+    s.add_argument("--seq-len", type=int, help="tokens per sample")
+    s.add_argument("--tie", default="", help="tie fused projections to one format: qkv,gate_up")
+    s.add_argument("--include-embeddings", action="store_true", help="also quantize embeddings")
+    s.add_argument("--include-head", action="store_true", help="also quantize the LM head")
+    s.add_argument("--latency-table", type=Path, help="JSON {layer: {format label or bits: ms}} for latency_ms budgets")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--out", type=Path, default=Path("policy.json"), help="where to write the bitplan.policy/v1 JSON")
+    s.add_argument("--save-table", type=Path, help="also write the sensitivity table (JSON)")
+    return p
+
+
+def fail(message: str) -> int:
+    print(f"bitplan: error: {message}", file=sys.stderr)
+    return EXIT_USAGE
+
+
+def spec_from_args(args) -> "SearchSpec":
+    from search.budgets import parse_budget
+    from search.spec import SearchSpec
+    budgets = dict(parse_budget(b) for b in args.budget)
+    latency = None
+    if args.latency_table:
+        try:
+            latency = json.loads(args.latency_table.read_text())
+        except (OSError, ValueError) as e:
+            raise ValueError(f"--latency-table {args.latency_table}: {e}") from None
+    return SearchSpec(model=args.model, budgets=budgets, bits=args.bits, group_size=args.group_size,
+                      symmetric=args.symmetric, proxy=args.proxy, proxy_params=dict(args.proxy_param), solver=args.solver,
+                      refine=args.refine, refine_evals=args.refine_evals, calib=args.calib, eval=args.eval,
+                      n_calib=args.n_calib, n_eval=args.n_eval, seq_len=args.seq_len, seed=args.seed,
+                      ties=[t for t in args.tie.split(",") if t], include_embeddings=args.include_embeddings,
+                      include_head=args.include_head, latency_table=latency)
+
+
+def _one_line(exc: Exception) -> str:
+    from pydantic import ValidationError
+    if isinstance(exc, ValidationError):
+        e = exc.errors()[0]
+        where = ".".join(str(x) for x in e["loc"])
+        return f"{where}: {e['msg'].removeprefix('Value error, ')}" if where else e["msg"]
+    return str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+
+
+def cmd_search(args) -> int:
+    from pydantic import ValidationError
+    try:
+        spec = spec_from_args(args)
+        if not args.out.parent.exists():
+            raise ValueError(f"--out {args.out}: folder {str(args.out.parent)!r} does not exist")
+    except (ValueError, ValidationError) as e:
+        return fail(_one_line(e))
+    from service.report import run_with_progress, print_report
+    from workers.errors import USER_ERRORS
+    try:
+        result = run_with_progress(spec)
+    except USER_ERRORS as e:
+        return fail(_one_line(e))
+    args.out.write_text(result.policy.to_json())
+    if args.save_table:
+        args.save_table.write_text(json.dumps(result.table.to_dict()))
+    print_report(spec, result, args.out)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command == "search":
+        return cmd_search(args)
+    return fail(f"unknown command {args.command!r}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,193 @@
+"""Refinement judged by a (synthetic) measured loss with an interaction the additive table misses."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from search.budgets import CostModel, within
+from search.formats import make_formats
+from search.layers import LayerInfo, TieGroups
+from search.problem import Problem
+from search.refine import candidate_moves, refine
+from search.solvers.ilp import ILPSolver
+
+# 4 equal layers (64x64, g64): per layer 2-bit = 4096*2 + 64*18 = 9344 bits,
+# 4-bit = 4096*4 + 64*20 = 17664 bits, 8-bit = 4096*8 + 64*24 = 34304 bits.
+# Budget = cost of (2, 2, 4, 4) bits = (2*9344 + 2*17664) / 16384 = 3.296875 avg bits.
+# Table: layers 0, 1 tolerate 2 bits (loss 1.0), layers 2, 3 less so (loss 3.0):
+#   ILP optimum (2,2,4,4): 1 + 1 + 1 + 1 = 4.0; (4,2,2,4): 0.1 + 1 + 3 + 1 = 5.1.
+# Judge: the table's sum + 5.0 when layers 0 AND 1 are both at 2 bits (an interaction):
+#   judged (2,2,4,4) = 9.0, judged (4,2,2,4) = 5.1 -> refine must leave the ILP's start.
+LOSS = np.array([[1.0, 0.1, 0.0],
+                 [1.0, 0.1, 0.0],
+                 [3.0, 1.0, 0.05],
+                 [3.0, 1.0, 0.05]])
+PENALTY = 5.0
+
+
+def make_problem(ties: TieGroups | None = None, budgets: dict | None = None) -> Problem:
+    layers = [LayerInfo(f"block.{i}.fc", "linear", (64, 64), 4096, 64, 4096) for i in range(4)]
+    costs = CostModel(layers, make_formats([2, 4, 8], 64, False))
+    return Problem(LOSS, costs, budgets or {"avg_bits": 3.296875}, ties or TieGroups())
+
+
+class CountingJudge:
+    """The synthetic 'measurement': additive table + interaction; records every call."""
+
+    def __init__(self, problem: Problem, penalty: float = PENALTY):
+        self.problem = problem
+        self.penalty = penalty
+        self.calls: list[tuple[int, ...]] = []
+
+    def __call__(self, choice: np.ndarray) -> float:
+        choice = np.asarray(choice)
+        self.calls.append(tuple(int(k) for k in choice))
+        # refine may only ever measure policies that meet every budget and tie
+        assert within(self.problem.costs.cost(choice), self.problem.budgets)
+        self.problem.collapse(choice)  # raises if a tie group is split
+        loss = self.problem.objective(choice)
+        if choice[0] == 0 and choice[1] == 0:
+            loss += self.penalty
+        return loss
+
+
+def test_setup_ilp_start_is_hurt_by_the_interaction():
+    problem = make_problem()
+    sol = ILPSolver().solve(problem)
+    assert sol.choice.tolist() == [0, 0, 1, 1]
+    assert sol.objective == pytest.approx(4.0)
+    assert CountingJudge(problem)(sol.choice) == pytest.approx(9.0)
+
+
+def test_refine_beats_the_additive_optimum():
+    problem = make_problem()
+    start = ILPSolver().solve(problem).choice
+    judge = CountingJudge(problem)
+    res = refine(problem, start, judge, max_evals=40)
+    assert res.start_loss == pytest.approx(9.0)
+    assert res.final_loss < res.start_loss
+    assert res.final_loss <= 5.1 + 1e-12
+    assert res.accepted >= 1
+    # the reported loss is the judge's value for the returned policy
+    assert CountingJudge(problem)(res.choice) == pytest.approx(res.final_loss)
+    assert not (res.choice[0] == 0 and res.choice[1] == 0)
+    assert within(problem.costs.cost(res.choice), problem.budgets)
+    assert res.evals == len(judge.calls) <= 40
+    assert judge.calls[0] == tuple(start)
+    assert len(res.history) == res.evals - 1
+    assert sum(h["accepted"] for h in res.history) == res.accepted
+    assert res.to_dict()["final_measured"] == res.final_loss
+
+
+def test_refine_never_judges_a_policy_twice():
+    problem = make_problem()
+    judge = CountingJudge(problem)
+    refine(problem, ILPSolver().solve(problem).choice, judge, max_evals=40)
+    assert len(judge.calls) == len(set(judge.calls)), judge.calls
+
+
+@pytest.mark.parametrize("max_evals", [1, 2, 3, 5, 8])
+def test_refine_respects_max_evals(max_evals):
+    problem = make_problem()
+    judge = CountingJudge(problem)
+    res = refine(problem, ILPSolver().solve(problem).choice, judge, max_evals=max_evals)
+    assert len(judge.calls) <= max_evals
+    assert res.evals == len(judge.calls)
+    assert res.final_loss <= res.start_loss
+
+
+def test_refine_one_eval_only_measures_the_start():
+    problem = make_problem()
+    start = ILPSolver().solve(problem).choice
+    judge = CountingJudge(problem)
+    res = refine(problem, start, judge, max_evals=1)
+    assert judge.calls == [tuple(start)]
+    assert res.choice.tolist() == start.tolist() and res.final_loss == res.start_loss == 9.0
+
+
+@pytest.mark.parametrize("max_evals", [0, -1])
+def test_refine_rejects_no_evaluations(max_evals):
+    problem = make_problem()
+    judge = CountingJudge(problem)
+    with pytest.raises(ValueError, match="max_evals"):
+        refine(problem, ILPSolver().solve(problem).choice, judge, max_evals=max_evals)
+    assert judge.calls == []
+
+
+def test_refine_progress_callback():
+    problem = make_problem()
+    seen = []
+    refine(problem, ILPSolver().solve(problem).choice, CountingJudge(problem), max_evals=6,
+           progress=lambda done, total, best: seen.append((done, total, best)))
+    assert seen and all(total == 6 for _, total, _ in seen)
+    assert [d for d, _, _ in seen] == sorted(d for d, _, _ in seen)
+    assert all(b2 <= b1 for (_, _, b1), (_, _, b2) in zip(seen, seen[1:]))
+
+
+def test_refine_without_interaction_keeps_the_exact_optimum():
+    problem = make_problem()
+    start = ILPSolver().solve(problem).choice
+    res = refine(problem, start, CountingJudge(problem, penalty=0.0), max_evals=40)
+    assert res.accepted == 0
+    assert res.choice.tolist() == start.tolist()
+    assert res.final_loss == res.start_loss == pytest.approx(4.0)
+
+
+def test_refine_keeps_ties_and_secondary_budgets():
+    # layers 2 and 3 tied; a second budget (size) equal to the first one's bytes
+    problem = make_problem(TieGroups([[2, 3]]), {"avg_bits": 3.296875, "size_bytes": 3.296875 * 16384 / 8})
+    start = ILPSolver().solve(problem).choice
+    judge = CountingJudge(problem)  # asserts budgets + ties on every call
+    res = refine(problem, start, judge, max_evals=30)
+    assert res.choice[2] == res.choice[3]
+    assert within(problem.costs.cost(res.choice), problem.budgets)
+    assert res.final_loss <= res.start_loss
+
+
+def test_candidate_moves_keep_every_budget():
+    problem = make_problem()
+    g = problem.collapse(np.array([0, 0, 1, 1]))
+    moves = candidate_moves(problem, g, "avg_bits")
+    assert moves
+    preds = [m[0] for m in moves]
+    assert preds == sorted(preds)
+    for pred, changes in moves:
+        h = g.copy()
+        for grp, k in changes:
+            h[grp] = k
+        choice = problem.expand(h)
+        assert problem.feasible(choice)
+        assert pred == pytest.approx(problem.objective(choice) - problem.objective(problem.expand(g)))
+
+
+@settings(max_examples=40, deadline=None)
+@given(seed=st.integers(0, 2**32 - 1), max_evals=st.integers(1, 25), n=st.integers(3, 6))
+def test_refine_random_judges(seed, max_evals, n):
+    """Random tables and random non-additive judges: never over budget, never over max_evals,
+    never worse than the start."""
+    rng = np.random.default_rng(seed)
+    layers = [LayerInfo(f"l{i}", "linear", (int(rng.integers(1, 8)), 64), 0, 64, 0) for i in range(n)]
+    layers = [LayerInfo(l.name, l.kind, l.shape, l.shape[0] * 64, 64, l.shape[0] * 64) for l in layers]
+    formats = make_formats([2, 3, 4, 8])
+    costs = CostModel(layers, formats)
+    loss = np.sort(rng.uniform(0, 1, size=(n, 4)), axis=1)[:, ::-1]
+    ref = rng.integers(0, 4, size=n)
+    problem = Problem(loss, costs, {"avg_bits": costs.cost(ref)["avg_bits"]})
+    W = rng.normal(0, 0.2, size=(n, n))
+
+    calls = []
+
+    def judge(choice):
+        calls.append(tuple(int(k) for k in choice))
+        assert problem.feasible(choice)
+        low = (np.asarray(choice) == 0).astype(float)
+        return problem.objective(choice) + float(low @ W @ low)
+
+    start = ILPSolver().solve(problem).choice
+    res = refine(problem, start, judge, max_evals=max_evals)
+    assert len(calls) == res.evals <= max_evals
+    assert problem.feasible(res.choice)
+    assert res.final_loss <= res.start_loss
+    assert judge(res.choice) == pytest.approx(res.final_loss)

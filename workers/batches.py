@@ -1,0 +1,97 @@
+"""Turn data sources into model batches for calibration and evaluation, deterministically
+(seeded), with a content hash of the calibration data for the sensitivity table's key."""
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from workers import digits
+from workers.data import DataError, split_sources
+from workers.sources import LoadedModel
+
+# (n_calib, n_eval, seq_len, batch_size) per task kind; the CLI can override each.
+DEFAULTS = {
+    "embedding": (64, 256, 128, 32),
+    "causal_lm": (8, 16, 256, 4),
+    "classifier": (256, 10_000, 0, 256),
+}
+
+
+@dataclass
+class DataPlan:
+    calib: str
+    eval: str
+    n_calib: int
+    n_eval: int
+    seq_len: int
+    batch_size: int
+    seed: int = 0
+
+
+def plan_for(lm: LoadedModel, calib: str | None = None, evaluation: str | None = None, n_calib: int | None = None,
+             n_eval: int | None = None, seq_len: int | None = None, seed: int = 0) -> DataPlan:
+    nc, ne, sl, bs = DEFAULTS[lm.kind]
+    plan = DataPlan(calib or lm.default_calib, evaluation or lm.default_eval, n_calib or nc, n_eval or ne,
+                    seq_len or sl, bs, seed)
+    if plan.n_calib < 1 or plan.n_eval < 1:
+        raise DataError("n_calib and n_eval must be >= 1")
+    if lm.kind == "classifier" and (plan.calib != "digits" or plan.eval != "digits"):
+        raise DataError("classifier models calibrate and evaluate on 'digits' (sklearn load_digits)")
+    if lm.kind != "classifier" and "digits" in (plan.calib, plan.eval):
+        raise DataError("'digits' data only fits classifier models; use a text source for this model")
+    if lm.kind == "causal_lm" and plan.seq_len < 8:
+        raise DataError(f"seq_len={plan.seq_len} is too short; use at least 8 tokens")
+    return plan
+
+
+def _chunks(items: list, size: int) -> list[list]:
+    return [items[i:i + size] for i in range(0, len(items), size)]
+
+
+def _lm_windows(tok, paras: list[str], n: int, seq_len: int, rng: np.random.Generator | None) -> torch.Tensor:
+    ids = tok("\n\n".join(paras), return_tensors="pt", add_special_tokens=False).input_ids[0] \
+        if len(paras) < 4000 else torch.cat([tok(p + "\n\n", return_tensors="pt", add_special_tokens=False).input_ids[0] for p in paras])
+    count = len(ids) // seq_len
+    if count < 1:
+        raise DataError(f"not enough text for one window of {seq_len} tokens")
+    windows = ids[: count * seq_len].reshape(count, seq_len)
+    if rng is None:
+        return windows[:n]  # evaluation: the first n contiguous windows, the usual perplexity protocol
+    return windows[np.sort(rng.choice(count, size=min(n, count), replace=False))]
+
+
+def _text_batches(lm: LoadedModel, paras: list[str], n: int, plan: DataPlan, calib: bool) -> list[dict]:
+    rng = np.random.default_rng(plan.seed) if calib else None
+    if lm.kind == "causal_lm":
+        w = _lm_windows(lm.tokenizer, paras if calib else paras, n, plan.seq_len, rng)
+        return [{"input_ids": x} for x in w.split(plan.batch_size)]
+    chosen = [paras[i] for i in np.sort(rng.choice(len(paras), size=min(n, len(paras)), replace=False))] if rng is not None else paras[:n]
+    out = []
+    for group in _chunks(chosen, plan.batch_size):
+        enc = lm.tokenizer(group, padding=True, truncation=True, max_length=plan.seq_len, return_tensors="pt")
+        out.append({"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]})
+    return out
+
+
+def build_batches(lm: LoadedModel, plan: DataPlan) -> tuple[list[dict], list[dict], dict]:
+    """(calibration batches, evaluation batches, calibration info with content hash)."""
+    if lm.kind == "classifier":
+        xc, yc = digits.split("calib")
+        xe, ye = digits.split("eval")
+        calib = [{"x": x, "y": y} for x, y in zip(xc[: plan.n_calib].split(plan.batch_size), yc[: plan.n_calib].split(plan.batch_size))]
+        ev = [{"x": x, "y": y} for x, y in zip(xe[: plan.n_eval].split(plan.batch_size), ye[: plan.n_eval].split(plan.batch_size))]
+    else:
+        cal_p, ev_p = split_sources(plan.calib, plan.eval)
+        calib = _text_batches(lm, cal_p, plan.n_calib, plan, True)
+        ev = _text_batches(lm, ev_p, plan.n_eval, plan, False)
+    h = hashlib.sha256()
+    for b in calib:
+        for k in sorted(b):
+            h.update(k.encode())
+            h.update(b[k].numpy().tobytes())
+    n_samples = sum(int(next(iter(b.values())).shape[0]) for b in calib)
+    info = {"source": plan.calib, "samples": n_samples, "seq_len": plan.seq_len, "seed": plan.seed, "sha256": h.hexdigest()}
+    return calib, ev, info

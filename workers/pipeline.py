@@ -1,0 +1,145 @@
+"""The search pipeline, phase by phase: load → calibrate → sensitivity → solve → evaluate →
+refine. A plain function with a progress callback, so the CLI runs it in-process and the
+service runs the same phases in Ray tasks. Everything a user can get wrong is checked before
+the expensive phases start."""
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from proxies.base import ProxyContext
+from proxies.discovery import discover_layers
+from proxies.evaluate import Evaluator
+from proxies.registry import get_proxy
+from search.budgets import CostModel, check_budgets
+from search.formats import Format, make_formats
+from search.layers import find_tie_groups
+from search.policy import Measured, Policy, Predicted, SolverInfo, build_policy
+from search.problem import Problem, Solution
+from search.refine import refine
+from search.solvers import get_solver
+from search.spec import SearchSpec
+from search.table import SensitivityTable
+from workers.batches import build_batches, plan_for
+from workers.sources import LoadedModel, load_model
+
+PHASES = ("load", "calibrate", "sensitivity", "solve", "evaluate", "refine")
+Progress = Callable[[str, float, str], None]
+
+
+@dataclass
+class SearchResult:
+    policy: Policy
+    table: SensitivityTable
+    solution: Solution
+    baselines: dict
+    timings: dict = field(default_factory=dict)
+    unrefined: dict | None = None
+
+
+def _noop(phase: str, fraction: float, message: str) -> None:
+    pass
+
+
+def validate_static(spec: SearchSpec) -> tuple:
+    """Checks that need no model: proxy and solver names and parameters, formats."""
+    proxy = get_proxy(spec.proxy_name, **spec.proxy_params)
+    solver = get_solver(spec.solver_name)
+    formats = make_formats(spec.bits, spec.group_size, spec.symmetric)
+    return proxy, solver, formats
+
+
+def run_search(spec: SearchSpec, progress: Progress = _noop, loaded: LoadedModel | None = None,
+               table: SensitivityTable | None = None) -> SearchResult:
+    """Run every phase; ``loaded``/``table`` let a caller reuse a model or a cached table."""
+    torch.manual_seed(spec.seed)
+    proxy, solver, formats = validate_static(spec)
+    timings: dict[str, float] = {}
+
+    t = time.perf_counter()
+    progress("load", 0.0, spec.model)
+    lm = loaded or load_model(spec.model)
+    plan = plan_for(lm, spec.calib, spec.eval, spec.n_calib, spec.n_eval, spec.seq_len, spec.seed)
+    pairs = discover_layers(lm.model, _example(lm), spec.include_embeddings, spec.include_head)
+    if not pairs:
+        raise ValueError(f"model {spec.model!r} has no quantizable layers (Linear, Conv1d/2d, HF Conv1D)")
+    layers, modules = [p[0] for p in pairs], [p[1] for p in pairs]
+    ties = find_tie_groups(layers, spec.ties)
+    costs = CostModel(layers, formats, spec.a_bits, spec.latency_table)
+    check_budgets(costs, spec.budgets, ties)
+    timings["load"] = time.perf_counter() - t
+    progress("load", 1.0, f"{len(layers)} layers, {sum(l.numel for l in layers):,} weights")
+
+    t = time.perf_counter()
+    progress("calibrate", 0.0, f"{plan.calib} → calibration, {plan.eval} → evaluation")
+    calib, evals, calib_info = build_batches(lm, plan)
+    calib = lm.task.prepare(lm.model, calib)
+    evals = lm.task.prepare(lm.model, evals)
+    timings["calibrate"] = time.perf_counter() - t
+    progress("calibrate", 1.0, f"{calib_info['samples']} calibration samples")
+
+    t = time.perf_counter()
+    ctx = ProxyContext(lm.model, layers, modules, lm.task, calib, formats, spec.seed,
+                       lambda f, m: progress("sensitivity", f, m), lm.sha256, calib_info)
+    if table is None:
+        table = proxy.compute(ctx)
+    timings["sensitivity"] = time.perf_counter() - t
+    progress("sensitivity", 1.0, f"{proxy.name}: {table.timing.get('seconds', 0):.1f}s")
+
+    t = time.perf_counter()
+    progress("solve", 0.0, solver.name)
+    problem = Problem(table.values, costs, spec.budgets, ties)
+    solution = solver.solve(problem)
+    timings["solve"] = time.perf_counter() - t
+    progress("solve", 1.0, f"objective {solution.objective:.4g}, gap {solution.gap}")
+
+    t = time.perf_counter()
+    ev = Evaluator(lm.model, modules, lm.task)
+    baselines = _baselines(ev, formats, len(layers), evals, lambda f, m: progress("evaluate", f, m))
+    solved = ev.metrics([formats[k] for k in solution.choice], evals)
+    timings["evaluate"] = time.perf_counter() - t
+    progress("evaluate", 1.0, f"{lm.task.metric} {solved[lm.task.metric]:.4g}")
+
+    choice, refine_info, unrefined = solution.choice, None, None
+    if spec.do_refine:
+        t = time.perf_counter()
+        res = refine(problem, solution.choice, ev.judge(formats, calib), spec.refine_evals,
+                     progress=lambda i, n, best: progress("refine", i / n, f"eval {i}/{n}, best calib loss {best:.4g}"))
+        choice, refine_info = res.choice, res.to_dict()
+        refine_info.pop("history", None)
+        unrefined = solved
+        solved = ev.metrics([formats[k] for k in choice], evals) if res.accepted else solved
+        timings["refine"] = time.perf_counter() - t
+        progress("refine", 1.0, f"{res.accepted} accepted of {res.evals} evaluations")
+
+    metric = lm.task.metric
+    policy = build_policy(
+        spec.model, lm.sha256, layers, formats, choice, spec.budgets, costs.cost(choice), ties.names(layers),
+        predicted=Predicted(proxy=table.proxy, loss_increase=problem.objective(choice)),
+        measured=Measured(metric=metric, value=solved[metric], float=baselines["float"][metric],
+                          uniform={k: v[metric] for k, v in baselines["uniform"].items()},
+                          extra={k: v for k, v in solved.items() if k != metric}),
+        solver=SolverInfo(**{k: v for k, v in solution.to_dict().items() if k not in ("front",)}),
+        refine=refine_info)
+    return SearchResult(policy, table, solution, baselines, timings, unrefined)
+
+
+def _baselines(ev: Evaluator, formats: list[Format], n_layers: int, evals, progress) -> dict:
+    """Float and every uniform policy of the job's formats, measured on the same held-out data."""
+    out = {"float": ev.task.evaluate(ev.model, evals), "uniform": {}, "uniform_cost": {}}
+    quantized = [f for f in formats if not f.is_float]
+    for i, f in enumerate(quantized):
+        progress(i / max(len(quantized), 1), f"uniform {f.label}")
+        out["uniform"][str(f.bits)] = ev.metrics([f] * n_layers, evals)
+    return out
+
+
+def _example(lm: LoadedModel):
+    """One-sample forward for conv MACs (only convolutional models need it)."""
+    if lm.kind != "classifier":
+        return None
+    return lambda model: model(torch.zeros(1, 1, 8, 8))
