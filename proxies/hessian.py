@@ -37,15 +37,22 @@ class HessianTraceProxy(Proxy):
         gen = torch.Generator().manual_seed(ctx.seed)
         samples: list[np.ndarray] = []
         p_ = self.params
+        # one batch: every probe on its graph; several: a few probes per visit, cycling, so every
+        # batch is seen before the min_probes convergence check can stop the loop
+        n_b = len(ctx.batches)
+        per_batch = p_["max_probes"] if n_b == 1 else -(-p_["min_probes"] // n_b)
+        visits = 0
         try:
             while len(samples) < p_["max_probes"]:
-                batch = ctx.batches[len(samples) % len(ctx.batches)]
+                batch = ctx.batches[visits % n_b]
+                visits += 1
                 loss = ctx.task.loss(ctx.model, batch)
-                grads = torch.autograd.grad(loss, params, create_graph=True)
-                per_batch = max(1, p_["max_probes"] // len(ctx.batches))
+                grads = torch.autograd.grad(loss, params, create_graph=True, allow_unused=True)
+                grads = [torch.zeros_like(p) if g is None else g for p, g in zip(params, grads)]
                 for _ in range(per_batch):
                     v = [torch.randint(0, 2, p.shape, generator=gen).to(p.dtype) * 2 - 1 for p in params]
-                    hv = torch.autograd.grad(grads, params, grad_outputs=v, retain_graph=True)
+                    hv = torch.autograd.grad(grads, params, grad_outputs=v, retain_graph=True, allow_unused=True)
+                    hv = [torch.zeros_like(p) if h is None else h for p, h in zip(params, hv)]
                     samples.append(np.array([float((a * b).sum()) for a, b in zip(v, hv)]))
                     ctx.report(len(samples) / p_["max_probes"], f"Hutchinson probe {len(samples)}")
                     if self._converged(samples) or len(samples) >= p_["max_probes"]:

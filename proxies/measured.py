@@ -1,13 +1,21 @@
 """The most faithful additive proxy: quantize one layer at a time with each format and measure
-the real increase of the task loss on the calibration data (L×K forward passes over it).
-Embarrassingly parallel: ``layers`` restricts the work to a chunk, which is how the service
-fans it out over Ray tasks."""
+the real increase of the task loss on the calibration data (L×K forward passes over it; the
+blocks before the perturbed layer replay cached outputs, see ``blockcache``).
+
+``context`` (a format label such as ``w3g64a``) measures each layer's change *at an operating
+point*: every other layer sits in the context format instead of float, so the table sees the
+interactions with the quantization noise the final policy will actually have. The sum then
+predicts loss(policy) − loss(uniform context). With ``context=None`` it is DESIGN §2's
+definition (others in float). Embarrassingly parallel: ``layers`` restricts the work to a chunk,
+which is how the service fans it out over Ray tasks."""
 from __future__ import annotations
 
 import numpy as np
+import torch
 
-from proxies.base import Proxy, mean_loss, swapped
-from proxies.quant import quantize_module_weight
+from proxies.base import Proxy, ProxyContext, swapped
+from proxies.blockcache import PrefixCache
+from proxies.quant import from_2d, rtn, to_2d
 
 
 class MeasuredProxy(Proxy):
@@ -15,21 +23,62 @@ class MeasuredProxy(Proxy):
 
     @classmethod
     def defaults(cls) -> dict:
-        return {"layers": None}
+        return {"layers": None, "context": None}
 
-    def _compute(self, ctx):
+    def __init__(self, **params):
+        super().__init__(**params)
+        rows = self.params["layers"]
+        if rows is not None and (not isinstance(rows, list) or not all(isinstance(r, int) and r >= 0 for r in rows)):
+            raise ValueError("measured: 'layers' must be a list of layer indices")
+
+    def _context_format(self, ctx: ProxyContext):
+        label = self.params["context"]
+        if label is None:
+            return None
+        for f in ctx.formats:
+            if f.label == label:
+                return f
+        raise ValueError(f"measured: context {label!r} is not one of the job's formats {[f.label for f in ctx.formats]}")
+
+    def _compute(self, ctx: ProxyContext):
         L, K = len(ctx.layers), len(ctx.formats)
         rows = self.params["layers"] if self.params["layers"] is not None else list(range(L))
-        base = mean_loss(ctx)
+        if rows and max(rows) >= L:
+            raise ValueError(f"measured: layer index {max(rows)} out of range (model has {L} layers)")
+        base_fmt = self._context_format(ctx)
+        floats = [m.weight.detach().clone() for m in ctx.modules]
+
+        def q(i: int, f) -> torch.Tensor:
+            m = ctx.modules[i]
+            return floats[i] if f is None or f.is_float else from_2d(m, rtn(to_2d(m, floats[i]), f))
+
+        with swapped(ctx.modules, [q(i, base_fmt) for i in range(L)]):
+            return self._measure(ctx, rows, q, base_fmt)
+
+    def _measure(self, ctx, rows, q, base_fmt):
+        L, K = len(ctx.layers), len(ctx.formats)
+        sizes = [ctx.task.size(b) for b in ctx.batches]
+        cache = PrefixCache(ctx.model, lambda bi: ctx.task.loss(ctx.model, ctx.batches[bi]), len(ctx.batches))
+
+        def loss() -> float:
+            total = 0.0
+            with torch.no_grad():
+                for bi, b in enumerate(ctx.batches):
+                    cache.current = bi
+                    total += float(ctx.task.loss(ctx.model, b)) * sizes[bi]
+            return total / sum(sizes)
+
+        base = loss()
         values = np.zeros((L, K))
-        done, total = 0, len(rows) * sum(not f.is_float for f in ctx.formats)
+        todo = [k for k, f in enumerate(ctx.formats) if f != base_fmt and not (base_fmt is None and f.is_float)]
+        done, total = 0, len(rows) * len(todo)
         for i in rows:
             m = ctx.modules[i]
-            for k, f in enumerate(ctx.formats):
-                if f.is_float:
-                    continue
-                with swapped([m], [quantize_module_weight(m, f)]):
-                    values[i, k] = mean_loss(ctx) - base
-                done += 1
-                ctx.report(done / max(total, 1), f"{ctx.layers[i].name} {f.label}")
-        return values, None, {"base_loss": base, "forward_passes": done + 1}
+            with cache.skip_until(cache.block_of(ctx.layers[i].name)):
+                for k in todo:
+                    with swapped([m], [q(i, ctx.formats[k])]):
+                        values[i, k] = loss() - base
+                    done += 1
+                    ctx.report(done / max(total, 1), f"{ctx.layers[i].name} {ctx.formats[k].label}")
+        return values, None, {"base_loss": base, "forward_passes": done + 1, "trunk": cache.name,
+                              "context": None if base_fmt is None else base_fmt.label}

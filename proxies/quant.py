@@ -45,7 +45,9 @@ def rtn(w: torch.Tensor, fmt: Format) -> torch.Tensor:
         xh = q * s
     else:
         qmax = 2 ** fmt.bits - 1
-        mn, mx = x.amin(-1, keepdim=True), x.amax(-1, keepdim=True)
+        # the range always includes 0 so the zero point fits in ``bits`` unsigned bits, as the
+        # cost model counts it; a same-sign group would otherwise clamp z and saturate
+        mn, mx = x.amin(-1, keepdim=True).clamp_max(0), x.amax(-1, keepdim=True).clamp_min(0)
         s = ((mx - mn) / qmax).half().float().clamp_min(_FP16_TINY)
         z = torch.clamp(torch.round(-mn / s), 0, qmax)
         q = torch.clamp(torch.round(x / s) + z, 0, qmax)

@@ -22,11 +22,19 @@ measured calibration loss. budgets: avg_bits (bits/weight incl. scales), size_by
 """
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse whose usage errors follow the CLI's rule for every bad input: one line on
+    stderr, ``bitplan: error: …``, exit code 2 (no usage block; ``--help`` shows it)."""
+
+    def error(self, message: str):
+        self.exit(EXIT_USAGE, f"bitplan: error: {message}\n")
+
+
 def _bits(text: str) -> list[int]:
     try:
         return [int(b) for b in text.split(",") if b.strip()]
     except ValueError:
-        raise argparse.ArgumentTypeError(f"--bits {text!r}: give comma-separated integers such as 2,3,4,8") from None
+        raise argparse.ArgumentTypeError(f"{text!r}: give comma-separated integers such as 2,3,4,8") from None
 
 
 def _group(text: str) -> int | None:
@@ -35,7 +43,7 @@ def _group(text: str) -> int | None:
     try:
         return int(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"--group-size {text!r}: give an integer (32, 64, 128) or 'per-channel'") from None
+        raise argparse.ArgumentTypeError(f"{text!r}: give an integer (32, 64, 128) or 'per-channel'") from None
 
 
 def _kv(text: str) -> tuple[str, object]:
@@ -49,7 +57,7 @@ def _kv(text: str) -> tuple[str, object]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="bitplan", description="Mixed-precision quantization policies under real budgets.")
+    p = _Parser(prog="bitplan", description="Mixed-precision quantization policies under real budgets.")
     sub = p.add_subparsers(dest="command", required=True)
     s = sub.add_parser("search", help="find a policy for a model and budget (runs locally)", epilog=EPILOG,
                        formatter_class=argparse.RawDescriptionHelpFormatter)

@@ -24,7 +24,15 @@ def run_with_progress(spec: SearchSpec) -> SearchResult:
                 tasks[phase] = prog.add_task(message, total=1.0, phase=phase)
             prog.update(tasks[phase], completed=fraction, description=message[:60])
 
-        return run_search(spec, update)
+        try:
+            return run_search(spec, update)
+        except BaseException:
+            # the error is reported as one line on stderr: take the bars away first (and skip the
+            # blank line rich's stop() prints on a non-terminal)
+            prog.live.transient = True
+            prog.live.stop()
+            prog.disable = True
+            raise
 
 
 def print_report(spec: SearchSpec, result: SearchResult, out: Path) -> None:

@@ -14,7 +14,7 @@ from workers.sources import LoadedModel
 
 # (n_calib, n_eval, seq_len, batch_size) per task kind; the CLI can override each.
 DEFAULTS = {
-    "embedding": (64, 256, 128, 32),
+    "embedding": (32, 128, 64, 32),
     "causal_lm": (8, 16, 256, 4),
     "classifier": (256, 10_000, 0, 256),
 }
@@ -39,7 +39,8 @@ def plan_for(lm: LoadedModel, calib: str | None = None, evaluation: str | None =
     if plan.n_calib < 1 or plan.n_eval < 1:
         raise DataError("n_calib and n_eval must be >= 1")
     if lm.kind == "classifier" and (plan.calib != "digits" or plan.eval != "digits"):
-        raise DataError("classifier models calibrate and evaluate on 'digits' (sklearn load_digits)")
+        bad = plan.calib if plan.calib != "digits" else plan.eval
+        raise DataError(f"data {bad!r} does not fit classifier models: they calibrate and evaluate on 'digits' (sklearn load_digits)")
     if lm.kind != "classifier" and "digits" in (plan.calib, plan.eval):
         raise DataError("'digits' data only fits classifier models; use a text source for this model")
     if lm.kind == "causal_lm" and plan.seq_len < 8:

@@ -15,7 +15,7 @@ from proxies.base import ProxyContext
 from proxies.discovery import discover_layers
 from proxies.evaluate import Evaluator
 from proxies.registry import get_proxy
-from search.budgets import CostModel, check_budgets
+from search.budgets import CostModel, check_budgets, within
 from search.formats import Format, make_formats
 from search.layers import find_tie_groups
 from search.policy import Measured, Policy, Predicted, SolverInfo, build_policy
@@ -64,7 +64,7 @@ def run_search(spec: SearchSpec, progress: Progress = _noop, loaded: LoadedModel
     progress("load", 0.0, spec.model)
     lm = loaded or load_model(spec.model)
     plan = plan_for(lm, spec.calib, spec.eval, spec.n_calib, spec.n_eval, spec.seq_len, spec.seed)
-    pairs = discover_layers(lm.model, _example(lm), spec.include_embeddings, spec.include_head)
+    pairs = task_layers(lm, spec.include_embeddings, spec.include_head)
     if not pairs:
         raise ValueError(f"model {spec.model!r} has no quantizable layers (Linear, Conv1d/2d, HF Conv1D)")
     layers, modules = [p[0] for p in pairs], [p[1] for p in pairs]
@@ -128,6 +128,17 @@ def run_search(spec: SearchSpec, progress: Progress = _noop, loaded: LoadedModel
     return SearchResult(policy, table, solution, baselines, timings, unrefined)
 
 
+def operating_point(costs: CostModel, budgets: dict[str, float]) -> Format:
+    """The dearest uniform format that meets every budget (the cheapest if none does): the
+    recipe measures sensitivities there, where the final policy will actually operate."""
+    quantized = [k for k, f in enumerate(costs.formats) if not f.is_float] or list(range(len(costs.formats)))
+    n = len(costs.layers)
+    fits = [k for k in quantized if within(costs.cost(np.full(n, k)), budgets)]
+    pick = max(fits, key=lambda k: costs.cost(np.full(n, k))["avg_bits"]) if fits else \
+        min(quantized, key=lambda k: costs.cost(np.full(n, k))["avg_bits"])
+    return costs.formats[pick]
+
+
 def _baselines(ev: Evaluator, formats: list[Format], n_layers: int, evals, progress) -> dict:
     """Float and every uniform policy of the job's formats, measured on the same held-out data."""
     out = {"float": ev.task.evaluate(ev.model, evals), "uniform": {}, "uniform_cost": {}}
@@ -136,6 +147,12 @@ def _baselines(ev: Evaluator, formats: list[Format], n_layers: int, evals, progr
         progress(i / max(len(quantized), 1), f"uniform {f.label}")
         out["uniform"][str(f.bits)] = ev.metrics([f] * n_layers, evals)
     return out
+
+
+def task_layers(lm: LoadedModel, include_embeddings: bool = False, include_head: bool = False) -> list:
+    """Quantizable layers that the task's output depends on, in model order."""
+    pairs = discover_layers(lm.model, _example(lm), include_embeddings, include_head)
+    return [p for p in pairs if not p[0].name.startswith(lm.unused)]
 
 
 def _example(lm: LoadedModel):

@@ -36,6 +36,7 @@ class LoadedModel:
     default_calib: str = "wikitext2-valid"
     default_eval: str = "wikitext2-test"
     sha256: str = ""
+    unused: tuple[str, ...] = ()  # name prefixes of modules the task's output never depends on
     info: dict = field(default_factory=dict)
 
 
@@ -65,10 +66,14 @@ def _hf_dir_model(path: Path, ref: str) -> LoadedModel:
     archs = cfg.architectures or []
     tok = AutoTokenizer.from_pretrained(path, local_files_only=True)
     if any(a.endswith("ForCausalLM") or a.endswith("LMHeadModel") for a in archs):
-        model = AutoModelForCausalLM.from_pretrained(path, local_files_only=True, torch_dtype=torch.float32)
+        model = AutoModelForCausalLM.from_pretrained(path, local_files_only=True, dtype=torch.float32,
+                                                 attn_implementation="eager")  # SDPA has no double backward (HVPs)
         return LoadedModel(ref, model.eval(), CausalLMTask(), "causal_lm", tok)
-    model = AutoModel.from_pretrained(path, local_files_only=True, torch_dtype=torch.float32)
-    return LoadedModel(ref, model.eval(), EmbeddingTask(), "embedding", tok)
+    model = AutoModel.from_pretrained(path, local_files_only=True, dtype=torch.float32,
+                                                 attn_implementation="eager")  # SDPA has no double backward (HVPs)
+    # mean-pooled sentence embeddings never read the BERT pooler: quantizing it would "save"
+    # bits for free and flatter every mixed policy, so it is not a layer of this task
+    return LoadedModel(ref, model.eval(), EmbeddingTask(), "embedding", tok, unused=("pooler.",))
 
 
 class MiniLMSource(ModelSource):
@@ -100,7 +105,7 @@ class SmolLM2Source(ModelSource):
             src = Path(spec.origin).parent
             from transformers import AutoModelForCausalLM, AutoTokenizer
             tok = AutoTokenizer.from_pretrained(src, gguf_file=self.gguf)
-            model = AutoModelForCausalLM.from_pretrained(src, gguf_file=self.gguf, torch_dtype=torch.float32)
+            model = AutoModelForCausalLM.from_pretrained(src, gguf_file=self.gguf, dtype=torch.float32)
             tmp = cached.with_name(cached.name + ".tmp")
             model.save_pretrained(tmp)
             tok.save_pretrained(tmp)

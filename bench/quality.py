@@ -1,0 +1,133 @@
+"""Quality bench: methods × budgets × models, measured on held-out data beside float and uniform.
+
+Each proxy's table is computed once per model and reused for every budget and solver (as the
+service does). Budgets: the costs of uniform 3-bit and 4-bit at group 64 and one between.
+Methods: uniform, every proxy + ilp, orthogonality + lp (OMPQ), measured + convex (BAQ-style),
+and the default recipe (measured + ilp + refine). Prints a table per model and writes JSON.
+
+    python bench/quality.py --models minilm,digits [--smollm-layers 0-5]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from proxies.base import ProxyContext  # noqa: E402
+from proxies.evaluate import Evaluator  # noqa: E402
+from proxies.registry import get_proxy  # noqa: E402
+from search.budgets import CostModel  # noqa: E402
+from search.formats import make_formats  # noqa: E402
+from search.problem import Problem  # noqa: E402
+from search.refine import refine  # noqa: E402
+from search.solvers import get_solver  # noqa: E402
+from workers.batches import build_batches, plan_for  # noqa: E402
+from workers.pipeline import task_layers  # noqa: E402
+from workers.sources import load_model  # noqa: E402
+
+MODELS = {"minilm": "builtin:minilm-l6", "smollm2": "builtin:smollm2-135m", "digits": "builtin:digits-cnn"}
+PROXY_PARAMS = {"hessian_trace": {}, "fisher": {}, "orthogonality": {}, "output_error": {}, "measured": {}}
+
+
+def run_model(key: str, args) -> dict:
+    ref = MODELS[key]
+    torch.manual_seed(0)
+    lm = load_model(ref)
+    overrides = {"n_calib": args.n_calib, "n_eval": args.n_eval, "seq_len": args.seq_len} if key == "smollm2" else {}
+    plan = plan_for(lm, **{k: v for k, v in overrides.items() if v})
+    pairs = task_layers(lm)
+    if key == "smollm2" and args.smollm_blocks:
+        lo, hi = (int(x) for x in args.smollm_blocks.split("-"))
+        pairs = [p for p in pairs if lo <= int(p[0].name.split(".")[2]) <= hi]
+    layers, modules = [p[0] for p in pairs], [p[1] for p in pairs]
+    formats = make_formats([2, 3, 4, 8], 64, False)
+    costs = CostModel(layers, formats)
+    calib, evals, info = build_batches(lm, plan)
+    calib, evals = lm.task.prepare(lm.model, calib), lm.task.prepare(lm.model, evals)
+    ev = Evaluator(lm.model, modules, lm.task)
+    metric = lm.task.metric
+    n = len(layers)
+    u3, u4 = (costs.cost(np.full(n, formats.index(f)))["avg_bits"] for f in formats if f.bits in (3, 4))
+    budgets = [round(u3 + 1e-9, 6), round((u3 + u4) / 2, 6), round(u4 + 1e-9, 6)]
+    rows, tables, tsec = [], {}, {}
+    base = {"float": ev.task.evaluate(lm.model, evals)[metric]}
+    for f in formats:
+        base[f"uniform {f.bits}-bit"] = ev.metrics([f] * n, evals)[metric]
+    for name, params in PROXY_PARAMS.items():
+        ctx = ProxyContext(lm.model, layers, modules, lm.task, calib, formats, 0, None, lm.sha256, info)
+        if key == "smollm2" and name == "hessian_trace":
+            params = {"max_probes": args.hutchinson_probes, "min_probes": min(8, args.hutchinson_probes)}
+        t = time.perf_counter()
+        tables[name] = get_proxy(name, **params).compute(ctx)
+        tsec[name] = time.perf_counter() - t
+        print(f"  [{key}] {name}: {tsec[name]:.1f}s", file=sys.stderr)
+    methods = [(p, "ilp") for p in PROXY_PARAMS] + [("orthogonality", "lp"), ("measured", "convex")]
+    for budget in budgets:
+        nearest_uniform = min((f for f in formats if not f.is_float),
+                              key=lambda f: abs(costs.cost(np.full(n, formats.index(f)))["avg_bits"] - budget))
+        row = {"budget": budget, "uniform": base[f"uniform {nearest_uniform.bits}-bit"] if abs(
+            costs.cost(np.full(n, formats.index(nearest_uniform)))["avg_bits"] - budget) < 1e-3 else None}
+        for proxy, solver in methods:
+            prob = Problem(tables[proxy].values, costs, {"avg_bits": budget})
+            sol = get_solver(solver).solve(prob)
+            row[f"{proxy}+{solver}"] = ev.metrics([formats[k] for k in sol.choice], evals)[metric]
+        prob = Problem(tables["measured"].values, costs, {"avg_bits": budget})
+        sol = get_solver("ilp").solve(prob)
+        t = time.perf_counter()
+        res = refine(prob, sol.choice, ev.judge(formats, calib), args.refine_evals)
+        row["recipe (measured+ilp+refine)"] = ev.metrics([formats[k] for k in res.choice], evals)[metric]
+        row["refine_seconds"] = time.perf_counter() - t
+        rows.append(row)
+    return {"model": ref, "metric": metric, "layers": n, "baselines": base, "rows": rows, "proxy_seconds": tsec,
+            "calibration": info, "eval_batches": len(evals)}
+
+
+def print_table(res: dict) -> None:
+    higher = res["metric"] == "accuracy"
+    print(f"\n### {res['model']} — {res['metric']} ({'higher' if higher else 'lower'} is better), {res['layers']} layers")
+    print("baselines: " + ", ".join(f"{k} {v:.5g}" for k, v in res["baselines"].items()))
+    keys = [k for k in res["rows"][0] if k not in ("budget", "refine_seconds")]
+    print("| method | " + " | ".join(f"{r['budget']:.4f} bits" for r in res["rows"]) + " |")
+    print("|---|" + "---|" * len(res["rows"]))
+    for k in keys:
+        cells = []
+        for r in res["rows"]:
+            v = r[k]
+            cells.append("—" if v is None else f"{v:.5g}")
+        print(f"| {k} | " + " | ".join(cells) + " |")
+    if not higher:
+        ratios = [r["recipe (measured+ilp+refine)"] / r["uniform"] for r in res["rows"] if r["uniform"]]
+        print("recipe / uniform at the uniform budgets: " + ", ".join(f"{x:.3f}" for x in ratios))
+    print("proxy seconds: " + ", ".join(f"{k} {v:.1f}" for k, v in res["proxy_seconds"].items()))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--models", default="minilm,digits")
+    ap.add_argument("--refine-evals", type=int, default=40)
+    ap.add_argument("--smollm-blocks", default="", help="e.g. 0-29 (all) or 0-5: restrict SmolLM2 layers to these blocks")
+    ap.add_argument("--n-calib", type=int, default=4)
+    ap.add_argument("--n-eval", type=int, default=8)
+    ap.add_argument("--seq-len", type=int, default=128)
+    ap.add_argument("--hutchinson-probes", type=int, default=16)
+    ap.add_argument("--out", type=Path, default=Path("bench/results/quality.json"))
+    args = ap.parse_args()
+    torch.set_num_threads(max(1, torch.get_num_threads()))
+    results = []
+    for key in args.models.split(","):
+        res = run_model(key.strip(), args)
+        print_table(res)
+        results.append(res)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(results, indent=1))
+
+
+if __name__ == "__main__":
+    main()

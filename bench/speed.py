@@ -1,0 +1,155 @@
+"""Speed bench: solver times on synthetic tables, the pareto front, Hutchinson error vs probes
+and time per probe on MiniLM, and the default recipe end to end on MiniLM. Prints tables and
+writes JSON. Run on the machine whose numbers you report (say which in the README).
+
+    python bench/speed.py [--skip-recipe] [--skip-hutchinson]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from search.budgets import CostModel  # noqa: E402
+from search.formats import Format  # noqa: E402
+from search.layers import LayerInfo  # noqa: E402
+from search.problem import Problem  # noqa: E402
+from search.solvers import get_solver  # noqa: E402
+from search.solvers.pareto import front  # noqa: E402
+
+
+def synthetic(n_layers: int, seed: int = 0) -> tuple[list[LayerInfo], list[Format], np.ndarray, CostModel]:
+    """Layers of 4 widths; 12 formats (bits 2,3,4,8 × group 32,64,128, asymmetric); loss
+    s_l·2^(−2·eff_bits) with per-layer scale and per-format noise, like a real table."""
+    rng = np.random.default_rng(seed)
+    layers = []
+    for i in range(n_layers):
+        cols = 512 * (1 + i % 4)
+        layers.append(LayerInfo(f"blk.{i // 7}.proj{i % 7}", "Linear", (512, cols), 512 * cols, cols, 512 * cols))
+    fmts = [Format(b, g, False) for b in (2, 3, 4, 8) for g in (32, 64, 128)]
+    costs = CostModel(layers, fmts)
+    eff = costs.total_bits / np.array([l.numel for l in layers])[:, None]
+    loss = rng.lognormal(0, 1.5, (n_layers, 1)) * 2.0 ** (-2 * eff) * rng.lognormal(0, 0.1, (n_layers, len(fmts)))
+    return layers, fmts, loss, costs
+
+
+def bench_solvers(out: dict) -> None:
+    print("\n## Solvers on synthetic tables (two budgets: avg_bits 3.5 and bops ≤ 0.3 × all-8-bit)")
+    print("| layers × formats | solver | seconds | objective | lower bound | gap |")
+    print("|---|---|---|---|---|---|")
+    out["solvers"] = []
+    for n in (200, 2000):
+        layers, fmts, loss, costs = synthetic(n)
+        bops8 = costs.cost(np.full(n, len(fmts) - 1))["bops"]
+        prob = Problem(loss, costs, {"avg_bits": 3.5, "bops": 0.45 * bops8})
+        for name in ("ilp", "lp", "convex", "pareto"):
+            t = time.perf_counter()
+            sol = get_solver(name).solve(prob)
+            sec = time.perf_counter() - t
+            lb = "—" if sol.lower_bound is None else f"{sol.lower_bound:.6g}"
+            gap = "—" if sol.gap is None else f"{sol.gap:.1e}"
+            print(f"| {n} × {len(fmts)} | {name} | {sec:.3f} | {sol.objective:.6g} | {lb} | {gap} |")
+            out["solvers"].append({"layers": n, "formats": len(fmts), "solver": name, "seconds": sec,
+                                   "objective": sol.objective, "lower_bound": sol.lower_bound, "gap": sol.gap})
+
+
+def bench_pareto(out: dict) -> None:
+    print("\n## Pareto front: 50 avg_bits budgets from one table")
+    print("| layers × formats | seconds | max gap |")
+    print("|---|---|---|")
+    out["pareto"] = []
+    for n in (200, 2000):
+        layers, fmts, loss, costs = synthetic(n)
+        prob = Problem(loss, costs, {"avg_bits": 4.0})
+        t = time.perf_counter()
+        pts = front(prob, "avg_bits", list(np.linspace(2.6, 8.3, 50)))
+        sec = time.perf_counter() - t
+        gap = max(p["gap"] for p in pts if p["feasible"])
+        print(f"| {n} × {len(fmts)} | {sec:.3f} | {gap:.1e} |")
+        out["pareto"].append({"layers": n, "seconds": sec, "max_gap": gap, "points": len(pts)})
+
+
+def bench_hutchinson(out: dict) -> None:
+    import torch
+    from proxies.base import ProxyContext
+    from workers.pipeline import task_layers
+    from proxies.hessian import HessianTraceProxy
+    from search.formats import make_formats
+    from workers.batches import build_batches, plan_for
+    from workers.sources import load_model
+
+    lm = load_model("builtin:minilm-l6")
+    calib, _, info = build_batches(lm, plan_for(lm))
+    calib = lm.task.prepare(lm.model, calib)
+    pairs = task_layers(lm)
+    ctx = ProxyContext(lm.model, [p[0] for p in pairs], [p[1] for p in pairs], lm.task, calib, make_formats([2, 3, 4, 8]))
+    max_probes = 64
+    proxy = HessianTraceProxy(tol=1e-9, min_probes=2, max_probes=max_probes)
+    samples = []
+    t = time.perf_counter()
+    # record every probe's per-layer estimate by running the estimator with growing budgets is
+    # wasteful; instead we run once and keep the raw samples through a small subclass hook
+    orig = proxy._converged
+    proxy._converged = lambda s: (samples.append(s[-1].copy()) if s else None) or False
+    proxy.traces(ctx)
+    proxy._converged = orig
+    sec = time.perf_counter() - t
+    s = np.stack(samples)
+    ref = s.mean(0)
+    print(f"\n## Hutchinson on MiniLM ({len(ref)} layers, {info['samples']} calibration sentences)")
+    print(f"time per probe (one HVP for all layers): {sec / len(s):.3f} s")
+    print("| probes | median rel. error vs 64-probe mean | max rel. error | median reported rel. SE |")
+    print("|---|---|---|---|")
+    out["hutchinson"] = {"seconds_per_probe": sec / len(s), "rows": []}
+    for k in (4, 8, 16, 32):
+        est = s[:k].mean(0)
+        err = np.abs(est - ref) / np.abs(ref)
+        rse = s[:k].std(0, ddof=1) / np.sqrt(k) / np.abs(est)
+        print(f"| {k} | {np.median(err):.3f} | {err.max():.3f} | {np.median(rse):.3f} |")
+        out["hutchinson"]["rows"].append({"probes": k, "median_rel_err": float(np.median(err)),
+                                          "max_rel_err": float(err.max()), "median_reported_rse": float(np.median(rse))})
+
+
+def bench_recipe(out: dict) -> None:
+    from search.spec import SearchSpec
+    from workers.pipeline import run_search
+    t = time.perf_counter()
+    res = run_search(SearchSpec(model="builtin:minilm-l6", budgets={"avg_bits": 3.3}))
+    sec = time.perf_counter() - t
+    print("\n## Default recipe, MiniLM, avg_bits 3.3, end to end (load → refine)")
+    print("| phase | seconds |")
+    print("|---|---|")
+    for k, v in res.timings.items():
+        print(f"| {k} | {v:.1f} |")
+    print(f"| **total** | **{sec:.1f}** |")
+    out["recipe"] = {"seconds": sec, "timings": res.timings, "measured": res.policy.measured.value}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--skip-recipe", action="store_true")
+    ap.add_argument("--skip-hutchinson", action="store_true")
+    ap.add_argument("--out", type=Path, default=Path("bench/results/speed.json"))
+    args = ap.parse_args()
+    out = {"machine": f"{platform.machine()} {platform.processor() or ''} {os.cpu_count()} cpus, {platform.python_version()}"}
+    print(f"machine: {out['machine']}")
+    bench_solvers(out)
+    bench_pareto(out)
+    if not args.skip_hutchinson:
+        bench_hutchinson(out)
+    if not args.skip_recipe:
+        bench_recipe(out)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(out, indent=1, default=float))
+
+
+if __name__ == "__main__":
+    main()
