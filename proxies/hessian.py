@@ -48,10 +48,12 @@ class HessianTraceProxy(Proxy):
                 visits += 1
                 loss = ctx.task.loss(ctx.model, batch)
                 grads = torch.autograd.grad(loss, params, create_graph=True, allow_unused=True)
-                grads = [torch.zeros_like(p) if g is None else g for p, g in zip(params, grads)]
+                # a gradient without a graph (unused layer, or loss linear in it) has a zero Hessian row
+                live = [i for i, g in enumerate(grads) if g is not None and g.requires_grad]
                 for _ in range(per_batch):
                     v = [torch.randint(0, 2, p.shape, generator=gen).to(p.dtype) * 2 - 1 for p in params]
-                    hv = torch.autograd.grad(grads, params, grad_outputs=v, retain_graph=True, allow_unused=True)
+                    hv = torch.autograd.grad([grads[i] for i in live], params, grad_outputs=[v[i] for i in live],
+                                             retain_graph=True, allow_unused=True) if live else [None] * len(params)
                     hv = [torch.zeros_like(p) if h is None else h for p, h in zip(params, hv)]
                     samples.append(np.array([float((a * b).sum()) for a, b in zip(v, hv)]))
                     ctx.report(len(samples) / p_["max_probes"], f"Hutchinson probe {len(samples)}")

@@ -8,6 +8,7 @@ A budget is one or more limits that must all hold (DESIGN §2):
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -119,12 +120,20 @@ def check_budgets(costs: CostModel, budgets: dict[str, float], ties: TieGroups |
     for metric, limit in budgets.items():
         lo = group_min_cost(costs.matrix(metric), ties)
         hi = costs.float_cost(metric)
+        rng = f"feasible range is [{_show(lo, math.ceil)}, {_show(hi, math.floor)}]"
         if limit < lo * (1 - 1e-12):
             raise BudgetError(f"budget {metric}={limit:g} is below the cheapest policy with these formats "
-                              f"({metric}={lo:.6g}); feasible range is [{lo:.6g}, {hi:.6g}]")
+                              f"({metric}={lo:.6g}); {rng}")
         if limit > hi * (1 + 1e-12):
-            raise BudgetError(f"budget {metric}={limit:g} is above the float model ({metric}={hi:.6g}); "
-                              f"feasible range is [{lo:.6g}, {hi:.6g}]")
+            raise BudgetError(f"budget {metric}={limit:g} is above the float model ({metric}={hi:.6g}); {rng}")
+
+
+def _show(x: float, direction) -> str:
+    """6 significant digits rounded *into* the range, so a value typed back from the message is accepted."""
+    if x == 0 or not math.isfinite(x):
+        return f"{x:g}"
+    step = 10 ** (math.floor(math.log10(abs(x))) - 5)
+    return f"{direction(x / step) * step:.6g}"
 
 
 def within(cost: dict[str, float], budgets: dict[str, float], rtol: float = 1e-9) -> bool:

@@ -73,9 +73,14 @@ def storage_bits(fmt: Format, numel: int, in_features: int) -> int:
     return numel * fmt.bits + n_groups(numel, in_features, fmt.group_size) * per_group
 
 
-def make_formats(bits: list[int], group_size: int | None = 64, symmetric: bool = False) -> list[Format]:
-    """The candidate list of a job: one format per bit-width, shared group size/symmetry.
-    Duplicates are dropped and the order is by bits, so a table's columns are stable."""
+def make_formats(bits: list[int], group_size: int | None | list[int | None] = 64, symmetric: bool = False) -> list[Format]:
+    """The candidate list of a job: every bit-width × every group size (one or several; None =
+    per channel), shared symmetry. Duplicates are dropped and the order is by bits then group
+    size, so a table's columns are stable."""
     if not bits:
         raise FormatError("no formats: give at least one bit-width, e.g. --bits 2,3,4,8")
-    return sorted({Format(int(b), group_size, symmetric) for b in bits}, key=lambda f: (f.bits, f.label))
+    groups = group_size if isinstance(group_size, list) else [group_size]
+    if not groups:
+        raise FormatError("no group size: give one or more, e.g. --group-size 64 or 32,64,128")
+    fmts = {Format(int(b), g, symmetric) for b in bits for g in groups}
+    return sorted(fmts, key=lambda f: (f.bits, f.group_size or 1 << 30))

@@ -19,7 +19,7 @@ class SearchSpec(BaseModel):
     model: str
     budgets: dict[str, float]
     bits: list[int] = Field(default_factory=lambda: [2, 3, 4, 8])
-    group_size: int | None = 64
+    group_size: int | None | list[int | None] = 64
     symmetric: bool = False
     proxy: str | None = None
     proxy_params: dict = Field(default_factory=dict)
@@ -62,9 +62,12 @@ class SearchSpec(BaseModel):
 
     @field_validator("group_size")
     @classmethod
-    def _group(cls, v: int | None) -> int | None:
-        if v is not None and not 1 <= v <= 1 << 16:
-            raise ValueError(f"group_size {v} must be between 1 and 65536 (or per-channel)")
+    def _group(cls, v):
+        for g in v if isinstance(v, list) else [v]:
+            if g is not None and not 1 <= g <= 1 << 16:
+                raise ValueError(f"group_size {g} must be between 1 and 65536 (or per-channel)")
+        if isinstance(v, list) and not v:
+            raise ValueError("give at least one group size")
         return v
 
     @model_validator(mode="after")

@@ -37,13 +37,22 @@ def _bits(text: str) -> list[int]:
         raise argparse.ArgumentTypeError(f"{text!r}: give comma-separated integers such as 2,3,4,8") from None
 
 
-def _group(text: str) -> int | None:
+def _one_group(text: str) -> int | None:
     if text.lower() in ("none", "pc", "per-channel", "0"):
         return None
     try:
         return int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r}: give an integer (32, 64, 128) or 'per-channel'") from None
+
+
+def _group(text: str) -> int | None | list[int | None]:
+    """``64`` → 64; ``32,64,128`` → a menu of group sizes (formats are bits × group sizes)."""
+    parts = [t.strip() for t in text.split(",") if t.strip()]
+    if not parts:
+        raise argparse.ArgumentTypeError(f"{text!r}: give an integer (32, 64, 128) or 'per-channel'")
+    groups = [_one_group(t) for t in parts]
+    return groups[0] if len(groups) == 1 else groups
 
 
 def _kv(text: str) -> tuple[str, object]:
@@ -65,7 +74,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--budget", action="append", required=True, metavar="METRIC=VALUE",
                    help="avg_bits=3.3, size_bytes=…, bops=…, latency_ms=…; repeat for several (all must hold)")
     s.add_argument("--bits", type=_bits, default=[2, 3, 4, 8], help="candidate bit-widths, 2..8, 16 = keep float (default 2,3,4,8)")
-    s.add_argument("--group-size", type=_group, default=64, help="scale group size along the input dim, or 'per-channel' (default 64)")
+    s.add_argument("--group-size", type=_group, default=64, help="scale group size along the input dim, or 'per-channel'; several (32,64,128) give every bit-width in each (default 64)")
     s.add_argument("--symmetric", action="store_true", help="symmetric quantization (no zero points); default asymmetric")
     s.add_argument("--proxy", help="hessian_trace | fisher | orthogonality | output_error | measured")
     s.add_argument("--proxy-param", action="append", type=_kv, default=[], metavar="KEY=VALUE", help="proxy parameter, e.g. tol=0.05")

@@ -64,8 +64,8 @@ def print_report(spec: SearchSpec, result: SearchResult, out: Path) -> None:
     q = Table(title=f"Quality: {m.metric} on held-out data ({spec.eval or 'default eval split'})")
     q.add_column("model"); q.add_column(m.metric, justify="right")
     q.add_row("float", f"{m.float:.5g}")
-    for bits, v in sorted(m.uniform.items(), key=lambda kv: int(kv[0])):
-        q.add_row(f"uniform {bits}-bit", f"{v:.5g}")
+    for key, v in m.uniform.items():
+        q.add_row(f"uniform {key}-bit" if key.isdigit() else f"uniform {key}", f"{v:.5g}")
     if result.unrefined is not None:
         q.add_row(f"{pol.predicted.proxy}+{pol.solver.name} (before refine)", f"{result.unrefined[m.metric]:.5g}")
     q.add_row(f"[bold]bitplan policy[/] ({pol.cost['avg_bits']:.4f} avg bits)", f"[bold]{m.value:.5g}")

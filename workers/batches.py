@@ -34,7 +34,8 @@ class DataPlan:
 def plan_for(lm: LoadedModel, calib: str | None = None, evaluation: str | None = None, n_calib: int | None = None,
              n_eval: int | None = None, seq_len: int | None = None, seed: int = 0) -> DataPlan:
     nc, ne, sl, bs = DEFAULTS[lm.kind]
-    plan = DataPlan(calib or lm.default_calib, evaluation or lm.default_eval, n_calib or nc, n_eval or ne,
+    pick = lambda given, default: default if given is None else given  # 0 is an answer, not "unset"
+    plan = DataPlan(calib or lm.default_calib, evaluation or lm.default_eval, pick(n_calib, nc), pick(n_eval, ne),
                     seq_len or sl, bs, seed)
     if plan.n_calib < 1 or plan.n_eval < 1:
         raise DataError("n_calib and n_eval must be >= 1")

@@ -143,9 +143,10 @@ def _baselines(ev: Evaluator, formats: list[Format], n_layers: int, evals, progr
     """Float and every uniform policy of the job's formats, measured on the same held-out data."""
     out = {"float": ev.task.evaluate(ev.model, evals), "uniform": {}, "uniform_cost": {}}
     quantized = [f for f in formats if not f.is_float]
+    by_bits = len({f.bits for f in quantized}) == len(quantized)  # key "3" when unambiguous, else the label
     for i, f in enumerate(quantized):
         progress(i / max(len(quantized), 1), f"uniform {f.label}")
-        out["uniform"][str(f.bits)] = ev.metrics([f] * n_layers, evals)
+        out["uniform"][str(f.bits) if by_bits else f.label] = ev.metrics([f] * n_layers, evals)
     return out
 
 

@@ -88,25 +88,32 @@ def hull_walk(problem: Problem, metric: str) -> HullWalk:
 
 def front(problem: Problem, metric: str, limits: list[float], exact: bool = False) -> list[dict]:
     """One point per limit on ``metric`` (other budgets of ``problem`` held). Each point has
-    the policy's cost under every metric, its predicted loss, a lower bound and the gap."""
-    points = []
+    the policy's cost under every metric, its predicted loss, a lower bound and the gap.
+    Limits are visited in ascending order and a policy found for a smaller limit is kept when
+    the greedy finds worse for a larger one (it is feasible there too), so the front is monotone."""
+    points: dict[int, dict] = {}
     walk = None if exact else hull_walk(Problem(problem.loss, problem.costs, {**problem.budgets, metric: 1.0}, problem.ties), metric)
-    for limit in limits:
-        sub = Problem(problem.loss, problem.costs, {**problem.budgets, metric: float(limit)}, problem.ties)
+    best: tuple[float, np.ndarray] | None = None
+    for i in sorted(range(len(limits)), key=lambda j: limits[j]):
+        limit = float(limits[i])
+        sub = Problem(problem.loss, problem.costs, {**problem.budgets, metric: limit}, problem.ties)
         try:
             if exact:
                 sol = ILPSolver().solve(sub)
                 choice, bound = sol.choice, sol.lower_bound
             else:
-                g, bound = walk.prefix(float(limit))
+                g, bound = walk.prefix(limit)
                 choice = sub.expand(repair_and_fill(sub, g))
         except InfeasibleError:
-            points.append({"limit": float(limit), "feasible": False})
+            points[i] = {"limit": limit, "feasible": False}
             continue
         obj = sub.objective(choice)
-        points.append({"limit": float(limit), "feasible": True, "cost": problem.costs.cost(choice), "loss": obj,
-                       "lower_bound": bound, "gap": relative_gap(obj, bound), "choice": choice.tolist()})
-    return points
+        if best is not None and best[0] < obj:
+            obj, choice = best
+        best = (obj, choice)
+        points[i] = {"limit": limit, "feasible": True, "cost": problem.costs.cost(choice), "loss": obj,
+                     "lower_bound": bound, "gap": relative_gap(obj, bound), "choice": choice.tolist()}
+    return [points[i] for i in range(len(limits))]
 
 
 class ParetoSolver(Solver):

@@ -130,14 +130,25 @@ def test_check_budgets_below_cheapest_names_range(layers):
     with pytest.raises(BudgetError) as e:
         check_budgets(costs, {"avg_bits": 2.0})
     msg = str(e.value)
-    assert "below" in msg and "[2.32374, 16]" in msg
+    # the range is rounded inward (lower bound up) so a value typed back from it is accepted
+    assert "below" in msg and "[2.32375, 16]" in msg
+
+
+def test_printed_feasible_range_is_accepted_when_typed_back(layers):
+    import re
+    costs = CostModel(layers, FORMATS)
+    with pytest.raises(BudgetError) as e:
+        check_budgets(costs, {"avg_bits": 2.0})
+    lo, hi = (float(x) for x in re.search(r"\[([\d.e+-]+), ([\d.e+-]+)\]", str(e.value)).groups())
+    check_budgets(costs, {"avg_bits": lo})
+    check_budgets(costs, {"avg_bits": hi})
 
 
 def test_check_budgets_above_float_names_range(layers):
     costs = CostModel(layers, FORMATS)
     with pytest.raises(BudgetError) as e:
         check_budgets(costs, {"avg_bits": 17})
-    assert "above" in str(e.value) and "[2.32374, 16]" in str(e.value)
+    assert "above" in str(e.value) and "[2.32375, 16]" in str(e.value)
     # size: cheapest 1292/8 = 161.5 bytes, float 556*2 = 1112 bytes
     with pytest.raises(BudgetError) as e:
         check_budgets(costs, {"size_bytes": 2000})

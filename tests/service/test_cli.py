@@ -1,0 +1,109 @@
+"""``bitplan search`` end to end in a subprocess: the help, a real run that writes a policy and
+prints the quality table, and bad input — always exit code 2 and exactly one line on stderr,
+``bitplan: error: …``, that names the problem."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from search.policy import SCHEMA, Policy
+
+ROOT = Path(__file__).resolve().parents[2]
+ENV = {**os.environ, "COLUMNS": "200", "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
+BASE = {"--model": "builtin:digits-cnn", "--budget": "avg_bits=3.3", "--proxy": "output_error", "--solver": "ilp",
+        "--n-calib": "32", "--n-eval": "64"}
+
+
+def bitplan(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "service.cli", *args], cwd=ROOT, env=ENV, capture_output=True,
+                          text=True, timeout=timeout)
+
+
+def search_args(out_path: Path, **override: str) -> list[str]:
+    opts = {**BASE, "--out": str(out_path), **{"--" + k.replace("_", "-"): v for k, v in override.items()}}
+    return ["search", *[x for kv in opts.items() for x in kv]]
+
+
+def test_search_help_documents_the_main_options():
+    r = bitplan("search", "--help")
+    assert r.returncode == 0, r.stderr
+    for opt in ("--budget", "--proxy", "--solver", "--model", "--bits", "--group-size", "--out"):
+        assert opt in r.stdout
+    assert "avg_bits" in r.stdout and "hessian_trace" in r.stdout and "ilp" in r.stdout
+
+
+def test_search_on_digits_writes_a_policy_and_prints_the_quality_table(tmp_path):
+    out = tmp_path / "p.json"
+    r = bitplan(*search_args(out))
+    assert r.returncode == 0, r.stderr
+    text = out.read_text()
+    assert json.loads(text)["schema"] == SCHEMA
+    pol = Policy.from_json(text)
+    assert pol.model.ref == "builtin:digits-cnn" and len(pol.model.sha256) == 64
+    assert pol.cost["avg_bits"] <= 3.3 and pol.budget == {"avg_bits": 3.3}
+    assert pol.predicted.proxy == "output_error" and pol.solver.name == "ilp"
+    assert pol.measured.metric == "accuracy" and 0 <= pol.measured.value <= 1
+    assert sorted(pol.measured.uniform) == ["2", "3", "4", "8"]
+    flat = " ".join(r.stdout.split())  # rich wraps table titles to the table's width
+    for words in ("Quality: accuracy", "float", "uniform 2-bit", "uniform 8-bit", "bitplan policy", "Cost under every budget metric"):
+        assert words in flat
+    assert f"{pol.measured.value:.5g}" in r.stdout
+    assert "bitplan: error" not in r.stderr
+
+
+BAD = [
+    pytest.param({"budget": "avg_bits=1.0"}, ["avg_bits=1", "feasible range"], id="budget-below-cheapest"),
+    pytest.param({"budget": "avg_bits=20"}, ["avg_bits=20", "above the float model", "feasible range"], id="budget-above-float"),
+    pytest.param({"budget": "foo=3"}, ["'foo=3'", "avg_bits"], id="budget-unknown-metric"),
+    pytest.param({"bits": "1,3"}, ["bits 1", "2..8"], id="bits-out-of-range"),
+    pytest.param({"bits": "x"}, ["--bits", "'x'"], id="bits-not-integers"),
+    pytest.param({"proxy": "nope"}, ["proxy 'nope'", "hessian_trace"], id="unknown-proxy"),
+    pytest.param({"solver": "nope"}, ["solver 'nope'", "ilp"], id="unknown-solver"),
+    pytest.param({"model": "builtin:nope"}, ["'builtin:nope'", "builtin:digits-cnn"], id="unknown-model"),
+    pytest.param({"calib": "nope"}, ["'nope'"], id="unknown-calib"),
+    pytest.param({"group_size": "abc"}, ["--group-size", "'abc'"], id="group-size-not-integer"),
+    pytest.param({"out": "/nonexistent/dir/p.json"}, ["--out", "/nonexistent/dir"], id="out-folder-missing"),
+]
+
+
+@pytest.mark.parametrize("override,words", BAD)
+def test_bad_input_is_one_line_and_exit_code_2(tmp_path, override, words):
+    out = tmp_path / "p.json"
+    r = bitplan(*search_args(out, **override))
+    assert r.returncode == 2, (r.stdout, r.stderr)
+    lines = r.stderr.splitlines()
+    assert len(lines) == 1, r.stderr
+    assert lines[0].startswith("bitplan: error: ")
+    for w in words:
+        assert w in lines[0]
+    assert r.stdout == ""
+    assert not out.exists()
+
+
+def test_missing_arguments_are_one_line_too():
+    for args in ([], ["search"], ["search", "--model", "builtin:digits-cnn"], ["frobnicate"]):
+        r = bitplan(*args)
+        assert r.returncode == 2
+        lines = r.stderr.splitlines()
+        assert len(lines) == 1 and lines[0].startswith("bitplan: error: "), r.stderr
+
+
+@pytest.mark.integration
+def test_minilm_end_to_end_with_a_tiny_calibration_set(tmp_path):
+    out = tmp_path / "p.json"
+    r = bitplan("search", "--model", "builtin:minilm-l6", "--budget", "avg_bits=3.3", "--proxy", "output_error",
+                "--solver", "ilp", "--n-calib", "8", "--n-eval", "16", "--out", str(out))
+    assert r.returncode == 0, r.stderr
+    pol = Policy.from_json(out.read_text())
+    assert pol.cost["avg_bits"] <= 3.3
+    assert pol.measured.metric == "embedding_cosine_loss"
+    assert 0 <= pol.measured.value <= 2 and pol.measured.float == pytest.approx(0.0, abs=1e-6)
+    assert pol.measured.uniform["2"] > pol.measured.uniform["8"]
+    names = [l.name for l in pol.layers] + pol.float_layers
+    assert len(names) == 36 and all(n.startswith("encoder.layer.") for n in names)
+    assert "Quality: embedding_cosine_loss" in " ".join(r.stdout.split())

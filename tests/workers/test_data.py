@@ -1,0 +1,174 @@
+"""Calibration and evaluation data: deterministic, never overlapping (DESIGN §6), with errors
+that say what is accepted."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from workers import digits
+from workers.batches import build_batches, plan_for
+from workers.data import CALIB_FRACTION, TEXT_SOURCES, DataError, paragraphs, split_sources
+
+
+# ---------------------------------------------------------------- sources and splits
+
+
+def test_same_source_splits_ninety_ten_without_overlap():
+    cal, ev = split_sources("pydoc", "pydoc")
+    allp = paragraphs("pydoc")
+    assert cal + ev == allp  # in order, nothing lost
+    assert len(cal) == int(len(allp) * CALIB_FRACTION) and CALIB_FRACTION == 0.9
+    assert not set(cal) & set(ev)
+
+
+def test_same_builtin_text_source_splits_without_overlap():
+    cal, ev = split_sources("wikitext2-valid", "wikitext2-valid")
+    assert len(cal) / (len(cal) + len(ev)) == pytest.approx(0.9, abs=0.01)
+    assert not set(cal) & set(ev)
+    assert all(not (p.startswith("= ") and p.endswith(" =")) for p in cal[:200])  # headings dropped
+
+
+def test_different_sources_are_used_whole():
+    cal, ev = split_sources("pydoc", "tinyshakespeare")
+    assert cal == paragraphs("pydoc")
+    assert ev == paragraphs("tinyshakespeare")
+
+
+def test_paragraphs_are_deterministic():
+    assert paragraphs("tinyshakespeare") == paragraphs("tinyshakespeare")
+
+
+def test_unknown_source_lists_the_accepted_ones():
+    with pytest.raises(DataError) as err:
+        split_sources("nope", "pydoc")
+    msg = str(err.value)
+    assert "'nope'" in msg
+    for name in TEXT_SOURCES:
+        assert name in msg
+
+
+def test_txt_file_is_split_into_paragraphs(tmp_path):
+    f = tmp_path / "corpus.txt"
+    f.write_text("first paragraph\nstill first\n\nsecond one\n\n\nthird\n", encoding="utf-8")
+    assert paragraphs(f"file:{f}") == ["first paragraph\nstill first", "second one", "third"]
+    cal, ev = split_sources(f"file:{f}", f"file:{f}")
+    assert cal == ["first paragraph\nstill first", "second one"] and ev == ["third"]
+
+
+def test_txt_file_without_blank_lines_uses_lines(tmp_path):
+    f = tmp_path / "lines.txt"
+    f.write_text("a\nb\nc\n", encoding="utf-8")
+    assert paragraphs(f"file:{f}") == ["a", "b", "c"]
+
+
+def test_jsonl_file_reads_the_text_field(tmp_path):
+    f = tmp_path / "corpus.jsonl"
+    f.write_text("\n".join(json.dumps({"text": t, "id": i}) for i, t in enumerate(["alpha", "beta", "gamma"])) + "\n\n",
+                 encoding="utf-8")
+    assert paragraphs(f"file:{f}") == ["alpha", "beta", "gamma"]
+
+
+@pytest.mark.parametrize("bad", ['{"content": "x"}', "not json", "[1, 2]"])
+def test_jsonl_line_without_text_names_the_line(tmp_path, bad):
+    f = tmp_path / "corpus.jsonl"
+    f.write_text('{"text": "ok"}\n\n' + bad + "\n", encoding="utf-8")
+    with pytest.raises(DataError, match=r"corpus\.jsonl:3: .*'text'"):
+        paragraphs(f"file:{f}")
+
+
+def test_missing_file_is_named(tmp_path):
+    with pytest.raises(DataError, match="does not exist"):
+        paragraphs(f"file:{tmp_path / 'missing.txt'}")
+
+
+def test_single_paragraph_cannot_be_split(tmp_path):
+    f = tmp_path / "one.txt"
+    f.write_text("only one line\n", encoding="utf-8")
+    with pytest.raises(DataError, match="too little text"):
+        split_sources(f"file:{f}", f"file:{f}")
+
+
+def test_overlapping_sources_are_refused(tmp_path):
+    a, b = tmp_path / "a.txt", tmp_path / "b.txt"
+    a.write_text("x\n\ny\n\nz\n", encoding="utf-8")
+    b.write_text("y\n\nz\n\nw\n", encoding="utf-8")
+    with pytest.raises(DataError, match="overlaps"):
+        split_sources(f"file:{a}", f"file:{b}")
+
+
+# ---------------------------------------------------------------- batches
+
+
+@pytest.fixture(scope="module")
+def digits_lm():
+    from workers.sources import load_model
+    return load_model("builtin:digits-cnn")
+
+
+def _rows(x: torch.Tensor) -> set[bytes]:
+    return {r.numpy().tobytes() for r in x}
+
+
+def test_digits_calibration_and_evaluation_are_disjoint(digits_lm):
+    calib, ev, info = build_batches(digits_lm, plan_for(digits_lm))
+    xc, _ = digits.split("calib")
+    xe, _ = digits.split("eval")
+    got_c = torch.cat([b["x"] for b in calib])
+    got_e = torch.cat([b["x"] for b in ev])
+    assert torch.equal(got_c, xc) and torch.equal(got_e, xe)
+    assert info["samples"] == len(xc) == 256
+    # the underlying index sets of the fixed permutation do not meet
+    _, _, perm = digits.digits_arrays()
+    assert not set(perm[:digits.CALIB]) & set(perm[digits.TRAIN:])
+    # and no calibration image appears among the evaluation images
+    assert not _rows(got_c) & _rows(got_e)
+
+
+def test_digits_batches_respect_counts_and_batch_size(digits_lm):
+    calib, ev, info = build_batches(digits_lm, plan_for(digits_lm, n_calib=100, n_eval=50))
+    assert [len(b["y"]) for b in calib] == [100] and [len(b["y"]) for b in ev] == [50]
+    assert info["samples"] == 100
+
+
+def test_calibration_hash_is_deterministic(digits_lm):
+    a = build_batches(digits_lm, plan_for(digits_lm, seed=0))[2]
+    b = build_batches(digits_lm, plan_for(digits_lm, seed=0))[2]
+    assert a["sha256"] == b["sha256"] and len(a["sha256"]) == 64
+    assert build_batches(digits_lm, plan_for(digits_lm, n_calib=128))[2]["sha256"] != a["sha256"]
+
+
+def test_classifier_refuses_text_data(digits_lm):
+    with pytest.raises(DataError, match="'pydoc'.*digits"):
+        plan_for(digits_lm, calib="pydoc")
+    for bad in ({"n_eval": -1}, {"n_calib": 0}, {"n_eval": 0}):  # 0 is refused, not taken as "default"
+        with pytest.raises(DataError, match=">= 1"):
+            plan_for(digits_lm, **bad)
+
+
+@pytest.fixture(scope="module")
+def minilm():
+    from workers.sources import load_model
+    return load_model("builtin:minilm-l6")
+
+
+@pytest.mark.integration
+def test_text_calibration_depends_on_seed_only(minilm):
+    plan = lambda seed: plan_for(minilm, "pydoc", "pydoc", n_calib=8, n_eval=4, seq_len=16, seed=seed)
+    c0, e0, i0 = build_batches(minilm, plan(0))
+    c0b, e0b, i0b = build_batches(minilm, plan(0))
+    c1, e1, i1 = build_batches(minilm, plan(1))
+    assert i0["sha256"] == i0b["sha256"]
+    assert i0["sha256"] != i1["sha256"]  # a different calibration sample
+    # evaluation is the fixed held-out head of the 10% split, whatever the seed
+    assert torch.equal(e0[0]["input_ids"], e1[0]["input_ids"])
+    assert i0["samples"] == 8 and c0[0]["input_ids"].shape[1] <= 16
+    # calibration sentences come from the 90% part, evaluation from the 10% part
+    tok = minilm.tokenizer
+    cal_p, ev_p = split_sources("pydoc", "pydoc")
+    ev_text = {tok.decode(ids, skip_special_tokens=True) for b in e0 for ids in b["input_ids"]}
+    cal_text = {tok.decode(ids, skip_special_tokens=True) for b in c0 + c1 for ids in b["input_ids"]}
+    assert not ev_text & cal_text
+    assert np.all([b["attention_mask"].shape == b["input_ids"].shape for b in c0 + e0])

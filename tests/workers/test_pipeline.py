@@ -1,0 +1,118 @@
+"""The whole pipeline on the real digits CNN, for every registered proxy (and every solver on
+the proxies that suit them): the policy meets its budget, its measured value is a real held-out
+accuracy, float and uniform baselines sit beside it, and the JSON round-trips."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from proxies.evaluate import Evaluator
+from proxies.registry import PROXIES
+from search.budgets import BudgetError
+from search.formats import Format
+from search.policy import SCHEMA, Policy
+from search.spec import SearchSpec
+from workers.batches import build_batches, plan_for
+from workers.pipeline import run_search, task_layers
+
+pytestmark = pytest.mark.integration
+
+BUDGET = 3.3
+BITS = [2, 3, 4, 8]
+# small calibration/evaluation sets and probe counts keep every run to a few seconds on 2 cores
+DATA = {"n_calib": 64, "n_eval": 200}
+FAST = {"hessian_trace": {"min_probes": 4, "max_probes": 8}, "fisher": {"max_samples": 8}}
+CASES = [(p, "ilp") for p in sorted(PROXIES)] + [("orthogonality", "lp"), ("measured", "convex"), ("measured", "pareto")]
+
+
+@pytest.fixture(scope="module")
+def digits():
+    from workers.sources import load_model
+    return load_model("builtin:digits-cnn")
+
+
+def spec(**kw) -> SearchSpec:
+    return SearchSpec(**{"model": "builtin:digits-cnn", "budgets": {"avg_bits": BUDGET}, "bits": BITS, **DATA, **kw})
+
+
+@pytest.mark.parametrize("proxy,solver", CASES, ids=[f"{p}-{s}" for p, s in CASES])
+def test_every_proxy_and_solver_gives_a_valid_measured_policy(digits, proxy, solver):
+    res = run_search(spec(proxy=proxy, solver=solver, proxy_params=FAST.get(proxy, {})), loaded=digits)
+    pol = res.policy
+    assert pol.cost["avg_bits"] <= BUDGET * (1 + 1e-9)
+    assert pol.budget == {"avg_bits": BUDGET}
+    assert pol.predicted.proxy == proxy and pol.solver.name == solver
+    assert pol.refine is None and res.unrefined is None  # explicit proxy/solver: no refine by default
+    m = pol.measured
+    assert m.metric == "accuracy"
+    assert 0.0 <= m.value <= 1.0 and 0.0 <= m.float <= 1.0
+    assert m.float > 0.9  # the trained CNN really classifies the held-out digits
+    assert sorted(m.uniform, key=int) == [str(b) for b in BITS]
+    assert all(0.0 <= v <= 1.0 for v in m.uniform.values())
+    assert m.uniform["8"] >= m.uniform["2"]
+    # every layer is either quantized or listed in float, once
+    names = [l.name for l in pol.layers] + pol.float_layers
+    assert sorted(names) == sorted(l.name for l, _ in task_layers(digits))
+    assert all(l.bits in BITS and l.group_size == 64 and not l.symmetric for l in pol.layers)
+    # the document is self-describing and round-trips
+    text = pol.to_json()
+    back = Policy.from_json(text)
+    assert back == pol and back.schema_ == SCHEMA
+    assert back.to_json() == text
+    assert res.table.values.shape == (6, len(BITS))
+
+
+def test_measured_value_is_the_policy_applied_to_held_out_data(digits):
+    res = run_search(spec(proxy="output_error", solver="ilp"), loaded=digits)
+    pol = res.policy
+    pairs = task_layers(digits)
+    assignment = pol.assignment()
+    formats = [assignment.get(info.name, Format(16)) for info, _ in pairs]
+    _, evals, _ = build_batches(digits, plan_for(digits, n_calib=DATA["n_calib"], n_eval=DATA["n_eval"]))
+    evals = digits.task.prepare(digits.model, evals)
+    ev = Evaluator(digits.model, [m for _, m in pairs], digits.task)
+    assert ev.metrics(formats, evals)["accuracy"] == pol.measured.value
+    assert ev.metrics([Format(16)] * len(pairs), evals)["accuracy"] == pol.measured.float
+    assert ev.metrics([Format(2, 64)] * len(pairs), evals)["accuracy"] == pol.measured.uniform["2"]
+
+
+def test_default_recipe_refines_and_records_it(digits):
+    res = run_search(spec(refine_evals=8), loaded=digits)
+    pol = res.policy
+    assert pol.predicted.proxy == "measured" and pol.solver.name == "ilp"
+    assert pol.cost["avg_bits"] <= BUDGET * (1 + 1e-9)
+    info = pol.refine
+    assert info is not None and "history" not in info
+    assert {"start_measured", "final_measured", "evals", "accepted"} <= set(info)
+    assert 1 <= info["evals"] <= 8 and 0 <= info["accepted"] <= info["evals"]
+    assert info["final_measured"] <= info["start_measured"]
+    assert res.unrefined is not None and 0.0 <= res.unrefined["accuracy"] <= 1.0
+    assert 0.0 <= pol.measured.value <= 1.0
+    assert "refine" in res.timings
+    assert Policy.from_json(pol.to_json()).refine == info
+
+
+def test_refine_can_be_turned_off_for_the_recipe(digits):
+    res = run_search(spec(refine=False), loaded=digits)
+    assert res.policy.refine is None and "refine" not in res.timings
+
+
+@pytest.mark.parametrize("limit,words", [(1.0, "below the cheapest"), (20.0, "above the float model")])
+def test_impossible_budget_names_the_feasible_range(digits, limit, words):
+    with pytest.raises(BudgetError) as err:
+        run_search(spec(budgets={"avg_bits": limit}, proxy="orthogonality", solver="ilp"), loaded=digits)
+    msg = str(err.value)
+    assert words in msg and "feasible range is [" in msg
+    lo, hi = (float(x) for x in msg.split("feasible range is [")[1].rstrip("]").split(","))
+    assert 2.0 < lo < BUDGET and hi == 16.0
+    # the bottom of the range (printed to 6 significant digits) is the all-cheapest policy
+    res = run_search(spec(budgets={"avg_bits": lo * (1 + 1e-5)}, proxy="orthogonality", solver="ilp"), loaded=digits)
+    assert res.policy.cost["avg_bits"] == pytest.approx(lo, rel=1e-5)
+    assert all(l.bits == 2 for l in res.policy.layers)
+
+
+def test_policy_layer_order_and_numel_match_the_model(digits):
+    res = run_search(spec(proxy="orthogonality", solver="ilp"), loaded=digits)
+    numel = {info.name: info.numel for info, _ in task_layers(digits)}
+    assert all(l.numel == numel[l.name] for l in res.policy.layers)
+    assert np.isfinite(res.policy.predicted.loss_increase)
