@@ -29,7 +29,7 @@ from search.problem import Problem  # noqa: E402
 from search.refine import refine  # noqa: E402
 from search.solvers import get_solver  # noqa: E402
 from workers.batches import build_batches, plan_for  # noqa: E402
-from workers.pipeline import task_layers  # noqa: E402
+from workers.pipeline import reference_formats, task_layers  # noqa: E402
 from workers.sources import load_model  # noqa: E402
 
 MODELS = {"minilm": "builtin:minilm-l6", "smollm2": "builtin:smollm2-135m", "digits": "builtin:digits-cnn"}
@@ -47,18 +47,19 @@ def run_model(key: str, args) -> dict:
         lo, hi = (int(x) for x in args.smollm_blocks.split("-"))
         pairs = [p for p in pairs if lo <= int(p[0].name.split(".")[2]) <= hi]
     layers, modules = [p[0] for p in pairs], [p[1] for p in pairs]
-    formats = make_formats([2, 3, 4, 8], 64, False)
+    formats = make_formats([2, 3, 4, 8], args.group_sizes, False)
     costs = CostModel(layers, formats)
     calib, evals, info = build_batches(lm, plan)
     calib, evals = lm.task.prepare(lm.model, calib), lm.task.prepare(lm.model, evals)
     ev = Evaluator(lm.model, modules, lm.task)
     metric = lm.task.metric
     n = len(layers)
-    u3, u4 = (costs.cost(np.full(n, formats.index(f)))["avg_bits"] for f in formats if f.bits in (3, 4))
+    ref = {f.bits: f for f in reference_formats(formats)}
+    u3, u4 = (costs.cost(np.full(n, formats.index(ref[b])))["avg_bits"] for b in (3, 4))
     budgets = [round(u3 + 1e-9, 6), round((u3 + u4) / 2, 6), round(u4 + 1e-9, 6)]
     rows, tables, tsec = [], {}, {}
     base = {"float": ev.task.evaluate(lm.model, evals)[metric]}
-    for f in formats:
+    for f in reference_formats(formats):
         base[f"uniform {f.bits}-bit"] = ev.metrics([f] * n, evals)[metric]
     for name, params in PROXY_PARAMS.items():
         ctx = ProxyContext(lm.model, layers, modules, lm.task, calib, formats, 0, None, lm.sha256, info)
@@ -70,7 +71,7 @@ def run_model(key: str, args) -> dict:
         print(f"  [{key}] {name}: {tsec[name]:.1f}s", file=sys.stderr)
     methods = [(p, "ilp") for p in PROXY_PARAMS] + [("orthogonality", "lp"), ("measured", "convex")]
     for budget in budgets:
-        nearest_uniform = min((f for f in formats if not f.is_float),
+        nearest_uniform = min(reference_formats(formats),
                               key=lambda f: abs(costs.cost(np.full(n, formats.index(f)))["avg_bits"] - budget))
         row = {"budget": budget, "uniform": base[f"uniform {nearest_uniform.bits}-bit"] if abs(
             costs.cost(np.full(n, formats.index(nearest_uniform)))["avg_bits"] - budget) < 1e-3 else None}
@@ -112,6 +113,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--models", default="minilm,digits")
     ap.add_argument("--refine-evals", type=int, default=40)
+    ap.add_argument("--group-sizes", default="32,64,128", help="format menu for every method (uniform baselines use g64)")
     ap.add_argument("--smollm-blocks", default="", help="e.g. 0-29 (all) or 0-5: restrict SmolLM2 layers to these blocks")
     ap.add_argument("--n-calib", type=int, default=4)
     ap.add_argument("--n-eval", type=int, default=8)
@@ -119,6 +121,7 @@ def main() -> None:
     ap.add_argument("--hutchinson-probes", type=int, default=16)
     ap.add_argument("--out", type=Path, default=Path("bench/results/quality.json"))
     args = ap.parse_args()
+    args.group_sizes = [None if g == "pc" else int(g) for g in args.group_sizes.split(",")]
     torch.set_num_threads(max(1, torch.get_num_threads()))
     results = []
     for key in args.models.split(","):

@@ -42,7 +42,7 @@ def synthetic(n_layers: int, seed: int = 0) -> tuple[list[LayerInfo], list[Forma
 
 
 def bench_solvers(out: dict) -> None:
-    print("\n## Solvers on synthetic tables (two budgets: avg_bits 3.5 and bops ≤ 0.3 × all-8-bit)")
+    print("\n## Solvers on synthetic tables (two budgets: avg_bits 3.5 and bops ≤ 0.45 × all-8-bit)")
     print("| layers × formats | solver | seconds | objective | lower bound | gap |")
     print("|---|---|---|---|---|---|")
     out["solvers"] = []

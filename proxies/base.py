@@ -96,6 +96,19 @@ def swapped(modules: list[nn.Module], weights: list[torch.Tensor]) -> Iterator[N
                 m.weight.copy_(w)
 
 
+@contextlib.contextmanager
+def requiring_grad(params: list[torch.Tensor]) -> Iterator[None]:
+    """Let autograd differentiate w.r.t. ``params`` (frozen after loading), restoring the flags."""
+    flags = [p.requires_grad for p in params]
+    try:
+        for p in params:
+            p.requires_grad_(True)
+        yield
+    finally:
+        for p, f in zip(params, flags):
+            p.requires_grad_(f)
+
+
 def mean_loss(ctx: ProxyContext) -> float:
     """Task loss averaged over the calibration batches, weighted by batch size."""
     total, n = 0.0, 0

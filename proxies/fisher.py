@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from proxies.base import Proxy, ProxyContext
+from proxies.base import Proxy, ProxyContext, requiring_grad
 from proxies.quant import quantize_module_weight
 
 
@@ -24,30 +24,24 @@ class FisherProxy(Proxy):
             raise ValueError("fisher needs max_samples >= 1")
 
     def diagonal(self, ctx: ProxyContext) -> tuple[list[torch.Tensor], int]:
+        """Mean squared per-sample gradient of every layer weight, and the samples used."""
         params = [m.weight for m in ctx.modules]
-        flags = [p.requires_grad for p in params]
-        for p in params:
-            p.requires_grad_(True)
         acc = [torch.zeros_like(p, dtype=torch.float32) for p in params]
         gen = torch.Generator().manual_seed(ctx.seed)
         n, cap = 0, self.params["max_samples"]
-        try:
+        with requiring_grad(params):
             for batch in ctx.batches:
                 losses = ctx.task.sample_losses(ctx.model, batch, gen)
-                for i in range(len(losses)):
-                    if n >= cap:
-                        break
-                    grads = torch.autograd.grad(losses[i], params, retain_graph=i + 1 < len(losses))
+                for i in range(min(len(losses), cap - n)):
+                    grads = torch.autograd.grad(losses[i], params, retain_graph=i + 1 < len(losses), allow_unused=True)
                     for a, g in zip(acc, grads):
-                        a.add_(g.float() ** 2)
+                        if g is not None:  # a layer the loss never reads has zero Fisher
+                            a.add_(g.float() ** 2)
                     n += 1
                     ctx.report(n / cap, f"per-sample gradient {n}")
                 del losses
                 if n >= cap:
                     break
-        finally:
-            for p, f in zip(params, flags):
-                p.requires_grad_(f)
         return [a / max(n, 1) for a in acc], n
 
     def _compute(self, ctx):

@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from proxies.base import Proxy, ProxyContext, quant_error_sq
+from proxies.base import Proxy, ProxyContext, quant_error_sq, requiring_grad
 
 
 class HessianTraceProxy(Proxy):
@@ -31,9 +31,6 @@ class HessianTraceProxy(Proxy):
     def traces(self, ctx: ProxyContext) -> tuple[np.ndarray, np.ndarray, int]:
         """Per-layer Hessian trace estimates, their standard errors, and probes used."""
         params = [m.weight for m in ctx.modules]
-        flags = [p.requires_grad for p in params]
-        for p in params:
-            p.requires_grad_(True)
         gen = torch.Generator().manual_seed(ctx.seed)
         samples: list[np.ndarray] = []
         p_ = self.params
@@ -42,7 +39,7 @@ class HessianTraceProxy(Proxy):
         n_b = len(ctx.batches)
         per_batch = p_["max_probes"] if n_b == 1 else -(-p_["min_probes"] // n_b)
         visits = 0
-        try:
+        with requiring_grad(params):
             while len(samples) < p_["max_probes"]:
                 batch = ctx.batches[visits % n_b]
                 visits += 1
@@ -62,9 +59,6 @@ class HessianTraceProxy(Proxy):
                 del grads, loss
                 if self._converged(samples):
                     break
-        finally:
-            for p, f in zip(params, flags):
-                p.requires_grad_(f)
         s = np.stack(samples)
         return s.mean(0), s.std(0, ddof=1) / np.sqrt(len(s)), len(s)
 

@@ -10,6 +10,11 @@ from search.formats import FLOAT_BITS, MAX_BITS, MIN_BITS
 DEFAULT_PROXY = "measured"   # bitplan's recipe: measured sensitivities,
 DEFAULT_SOLVER = "ilp"       # exact allocation with a certificate,
 DEFAULT_REFINE_EVALS = 40    # then refinement judged by measured loss.
+# Without a forced group size the menu is every bit-width at g32, g64 and g128: finer cost steps
+# let the knapsack trade scale overhead against bits layer by layer (the uniform baselines stay
+# at g64, the reference format).
+DEFAULT_GROUP_SIZES: list[int | None] = [32, 64, 128]
+REFERENCE_GROUP = 64
 
 
 class SearchSpec(BaseModel):
@@ -19,7 +24,7 @@ class SearchSpec(BaseModel):
     model: str
     budgets: dict[str, float]
     bits: list[int] = Field(default_factory=lambda: [2, 3, 4, 8])
-    group_size: int | None | list[int | None] = 64
+    group_size: int | None | list[int | None] = Field(default_factory=lambda: list(DEFAULT_GROUP_SIZES))
     symmetric: bool = False
     proxy: str | None = None
     proxy_params: dict = Field(default_factory=dict)

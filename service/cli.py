@@ -74,7 +74,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--budget", action="append", required=True, metavar="METRIC=VALUE",
                    help="avg_bits=3.3, size_bytes=…, bops=…, latency_ms=…; repeat for several (all must hold)")
     s.add_argument("--bits", type=_bits, default=[2, 3, 4, 8], help="candidate bit-widths, 2..8, 16 = keep float (default 2,3,4,8)")
-    s.add_argument("--group-size", type=_group, default=64, help="scale group size along the input dim, or 'per-channel'; several (32,64,128) give every bit-width in each (default 64)")
+    s.add_argument("--group-size", type=_group, default=None,
+                   help="scale group size along the input dim, or 'per-channel'; several (e.g. 32,64,128) give every "
+                        "bit-width in each group size (default: the recipe's menu 32,64,128; uniform baselines use 64)")
     s.add_argument("--symmetric", action="store_true", help="symmetric quantization (no zero points); default asymmetric")
     s.add_argument("--proxy", help="hessian_trace | fisher | orthogonality | output_error | measured")
     s.add_argument("--proxy-param", action="append", type=_kv, default=[], metavar="KEY=VALUE", help="proxy parameter, e.g. tol=0.05")
@@ -112,7 +114,8 @@ def spec_from_args(args) -> "SearchSpec":
             latency = json.loads(args.latency_table.read_text())
         except (OSError, ValueError) as e:
             raise ValueError(f"--latency-table {args.latency_table}: {e}") from None
-    return SearchSpec(model=args.model, budgets=budgets, bits=args.bits, group_size=args.group_size,
+    extra = {} if args.group_size is None else {"group_size": args.group_size}
+    return SearchSpec(model=args.model, budgets=budgets, bits=args.bits, **extra,
                       symmetric=args.symmetric, proxy=args.proxy, proxy_params=dict(args.proxy_param), solver=args.solver,
                       refine=args.refine, refine_evals=args.refine_evals, calib=args.calib, eval=args.eval,
                       n_calib=args.n_calib, n_eval=args.n_eval, seq_len=args.seq_len, seed=args.seed,

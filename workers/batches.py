@@ -14,7 +14,7 @@ from workers.sources import LoadedModel
 
 # (n_calib, n_eval, seq_len, batch_size) per task kind; the CLI can override each.
 DEFAULTS = {
-    "embedding": (32, 128, 64, 32),
+    "embedding": (32, 256, 64, 32),
     "causal_lm": (8, 16, 256, 4),
     "classifier": (256, 10_000, 0, 256),
 }

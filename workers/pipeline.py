@@ -22,7 +22,7 @@ from search.policy import Measured, Policy, Predicted, SolverInfo, build_policy
 from search.problem import Problem, Solution
 from search.refine import refine
 from search.solvers import get_solver
-from search.spec import SearchSpec
+from search.spec import REFERENCE_GROUP, SearchSpec
 from search.table import SensitivityTable
 from workers.batches import build_batches, plan_for
 from workers.sources import LoadedModel, load_model
@@ -139,14 +139,24 @@ def operating_point(costs: CostModel, budgets: dict[str, float]) -> Format:
     return costs.formats[pick]
 
 
+def reference_formats(formats: list[Format]) -> list[Format]:
+    """One format per bit-width for the uniform baselines: the g64 one when the menu has it,
+    else the first group size listed for that bit-width."""
+    out: dict[int, Format] = {}
+    for f in formats:
+        if f.is_float:
+            continue
+        if f.bits not in out or (f.group_size == REFERENCE_GROUP and out[f.bits].group_size != REFERENCE_GROUP):
+            out[f.bits] = f
+    return [out[b] for b in sorted(out)]
+
+
 def _baselines(ev: Evaluator, formats: list[Format], n_layers: int, evals, progress) -> dict:
     """Float and every uniform policy of the job's formats, measured on the same held-out data."""
     out = {"float": ev.task.evaluate(ev.model, evals), "uniform": {}, "uniform_cost": {}}
-    quantized = [f for f in formats if not f.is_float]
-    by_bits = len({f.bits for f in quantized}) == len(quantized)  # key "3" when unambiguous, else the label
-    for i, f in enumerate(quantized):
-        progress(i / max(len(quantized), 1), f"uniform {f.label}")
-        out["uniform"][str(f.bits) if by_bits else f.label] = ev.metrics([f] * n_layers, evals)
+    for i, f in enumerate(reference_formats(formats)):
+        progress(i / max(len(formats), 1), f"uniform {f.label}")
+        out["uniform"][str(f.bits)] = ev.metrics([f] * n_layers, evals)
     return out
 
 
