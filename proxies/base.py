@@ -68,6 +68,13 @@ class Proxy(ABC):
         """Return (values L×K, stderr L×K or None, diagnostics)."""
 
 
+def require_hooks(ctx: ProxyContext, proxy: str) -> None:
+    """Activation-reading proxies need forward hooks, which TorchScript modules do not support."""
+    if isinstance(ctx.model, torch.jit.ScriptModule):
+        raise ValueError(f"proxy {proxy!r} reads activations through forward hooks, which TorchScript models do not "
+                         f"support; use measured, hessian_trace or fisher for this model")
+
+
 def quant_error_sq(ctx: ProxyContext) -> np.ndarray:
     """‖Q_k(W_l) − W_l‖² for every layer and format (L×K), the perturbation size that the
     second-order proxies scale."""

@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from proxies.base import Proxy
+from proxies.base import Proxy, require_hooks
 from search.formats import FLOAT_BITS, storage_bits
 
 
@@ -47,6 +47,7 @@ class OrthogonalityProxy(Proxy):
         return [(H @ grams[i] @ H).numpy() for i in range(len(ctx.modules))]
 
     def _compute(self, ctx):
+        require_hooks(ctx, self.name)
         cg = self.grams(ctx)
         L = len(cg)
         flat = np.stack([g.ravel() for g in cg])

@@ -8,7 +8,7 @@ import numpy as np
 import torch
 from torch.func import functional_call
 
-from proxies.base import Proxy
+from proxies.base import Proxy, require_hooks
 from proxies.quant import quantize_module_weight
 
 
@@ -49,6 +49,7 @@ class OutputErrorProxy(Proxy):
         return x
 
     def _compute(self, ctx):
+        require_hooks(ctx, self.name)
         L, K = len(ctx.layers), len(ctx.formats)
         values = np.zeros((L, K))
         gen = torch.Generator().manual_seed(ctx.seed)

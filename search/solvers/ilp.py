@@ -4,11 +4,12 @@ bound is the certificate: objective, lower bound and relative gap are reported."
 from __future__ import annotations
 
 import numpy as np
-from scipy.optimize import Bounds, LinearConstraint, milp
+from scipy.optimize import Bounds, LinearConstraint, linprog, milp
 from scipy.sparse import csr_matrix, kron, identity
 
 from search.problem import InfeasibleError, Problem, Solution, relative_gap
 from search.solvers.base import Solver
+from search.solvers.repair import repair_and_fill
 
 
 def knapsack_constraints(problem: Problem, keep: np.ndarray | None = None) -> tuple[list[LinearConstraint], float]:
@@ -40,8 +41,12 @@ def dominated(problem: Problem) -> np.ndarray:
 
 
 class ILPSolver(Solver):
-    """Exact solver. ``mip_rel_gap`` is the optimality tolerance HiGHS stops at (0 = prove
-    optimality); ``time_limit`` caps seconds, after which the best incumbent and its gap return."""
+    """Exact solver. The LP relaxation (HiGHS) gives a bound and, after repair, an incumbent;
+    reduced-cost fixing then removes every (group, format) whose LP reduced cost exceeds the
+    incumbent's gap — no optimal policy can use it, since c·x ≥ LP + Σ rc_j·x_j for every
+    feasible x — and dominated formats go too. The MILP that remains is tiny. ``mip_rel_gap``
+    is HiGHS' stopping tolerance (0 = prove optimality); ``time_limit`` caps seconds, after
+    which the best incumbent and its certified gap return."""
 
     name = "ilp"
 
@@ -51,21 +56,48 @@ class ILPSolver(Solver):
 
     def _solve(self, problem: Problem) -> Solution:
         G, K = problem.group_loss.shape
-        keep = np.flatnonzero(~dominated(problem).ravel())
-        cons, scale = knapsack_constraints(problem, keep)
-        c = problem.group_loss.ravel()[keep] / scale
-        res = milp(c, constraints=cons, integrality=np.ones(keep.size), bounds=Bounds(0, 1),
-                   options={"mip_rel_gap": self.mip_rel_gap, "time_limit": self.time_limit, "disp": False,
-                            # after dominance pruning HiGHS' presolve costs more than it saves
-                            "presolve": False})
-        if res.x is None:
+        cons, scale = knapsack_constraints(problem)
+        c = problem.group_loss.ravel() / scale
+        keep, incumbent, info = self._reduce(problem, cons, c)
+        keep = np.intersect1d(keep, np.flatnonzero(~dominated(problem).ravel()))
+        if incumbent is not None:  # the incumbent's columns always survive; keep them explicitly
+            keep = np.union1d(keep, np.arange(G) * K + incumbent)
+        sub, _ = knapsack_constraints(problem, keep)
+        res = milp(c[keep], constraints=sub, integrality=np.ones(keep.size), bounds=Bounds(0, 1),
+                   options={"mip_rel_gap": self.mip_rel_gap, "time_limit": self.time_limit, "disp": False})
+        if res.x is None and incumbent is None:
             raise InfeasibleError(f"no policy meets every budget at once ({problem.budgets}); HiGHS: {res.message}")
-        x = np.zeros(G * K)
-        x[keep] = res.x
-        gchoice = x.reshape(G, K).argmax(axis=1)
+        gchoice = incumbent
+        if res.x is not None:
+            x = np.zeros(G * K)
+            x[keep] = res.x
+            cand = x.reshape(G, K).argmax(axis=1)
+            if incumbent is None or problem.group_loss[np.arange(G), cand].sum() <= problem.group_loss[np.arange(G), incumbent].sum():
+                gchoice = cand
         choice = problem.expand(gchoice)
         obj = problem.objective(choice)
-        bound = getattr(res, "mip_dual_bound", None)
-        bound = None if bound is None or not np.isfinite(bound) else min(float(bound) * scale, obj)
-        return Solution(choice, obj, self.name, bound, relative_gap(obj, bound),
-                        info={"status": int(res.status), "nodes": int(getattr(res, "mip_node_count", 0) or 0)})
+        bounds = [b * scale for b in (getattr(res, "mip_dual_bound", None), info.get("lp_bound")) if b is not None and np.isfinite(b)]
+        bound = min(max(bounds), obj) if bounds else None
+        info.update(status=int(res.status), nodes=int(getattr(res, "mip_node_count", 0) or 0), variables=int(keep.size))
+        info.pop("lp_bound", None)
+        return Solution(choice, obj, self.name, bound, relative_gap(obj, bound), info=info)
+
+    def _reduce(self, problem: Problem, cons, c: np.ndarray) -> tuple[np.ndarray, np.ndarray | None, dict]:
+        """Columns that may appear in an optimal policy, an incumbent, and the LP bound."""
+        G, K = problem.group_loss.shape
+        eq, *ub = cons
+        kw = {"A_ub": ub[0].A, "b_ub": ub[0].ub} if ub else {}
+        lp = linprog(c, A_eq=eq.A, b_eq=eq.ub, bounds=(0, 1), method="highs", **kw)
+        if lp.status == 2:
+            raise InfeasibleError(f"no policy meets every budget at once ({problem.budgets})")
+        if lp.status != 0:
+            return np.arange(G * K), None, {}
+        try:
+            inc = repair_and_fill(problem, lp.x.reshape(G, K).argmax(axis=1), exact_fallback=False)
+        except InfeasibleError:
+            return np.arange(G * K), None, {"lp_bound": float(lp.fun)}
+        upper = float(c.reshape(G, K)[np.arange(G), inc].sum())
+        rc = c - eq.A.T @ lp.eqlin.marginals - (ub[0].A.T @ lp.ineqlin.marginals if ub else 0.0)
+        slack = upper - float(lp.fun)
+        keep = np.flatnonzero(rc <= slack + 1e-9 * max(1.0, abs(upper)) + 1e-12)
+        return keep, inc, {"lp_bound": float(lp.fun), "fixed_by_reduced_cost": int(G * K - keep.size)}
