@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import os
+import shutil
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -106,10 +107,13 @@ class SmolLM2Source(ModelSource):
             from transformers import AutoModelForCausalLM, AutoTokenizer
             tok = AutoTokenizer.from_pretrained(src, gguf_file=self.gguf)
             model = AutoModelForCausalLM.from_pretrained(src, gguf_file=self.gguf, dtype=torch.float32)
-            tmp = cached.with_name(cached.name + ".tmp")
+            tmp = cached.with_name(f"{cached.name}.tmp{os.getpid()}")
             model.save_pretrained(tmp)
             tok.save_pretrained(tmp)
-            tmp.rename(cached)
+            try:
+                tmp.rename(cached)
+            except OSError:  # another process finished the same conversion first
+                shutil.rmtree(tmp, ignore_errors=True)
         return _hf_dir_model(cached, ref)
 
 
