@@ -108,6 +108,11 @@ class SmolLM2Source(ModelSource):
             tok = AutoTokenizer.from_pretrained(src, gguf_file=self.gguf)
             model = AutoModelForCausalLM.from_pretrained(src, gguf_file=self.gguf, dtype=torch.float32)
             tmp = cached.with_name(f"{cached.name}.tmp{os.getpid()}")
+            # the weights are already de-quantized to fp32: drop the GGUF marker so transformers
+            # saves (and later loads) a plain float model
+            model.hf_quantizer, model.is_quantized = None, False
+            if hasattr(model.config, "quantization_config"):
+                del model.config.quantization_config
             model.save_pretrained(tmp)
             tok.save_pretrained(tmp)
             try:

@@ -11,7 +11,7 @@ from proxies.registry import PROXIES
 from search.budgets import BudgetError
 from search.formats import Format
 from search.policy import SCHEMA, Policy
-from search.spec import SearchSpec
+from search.spec import DEFAULT_GROUP_SIZES, SearchSpec
 from workers.batches import build_batches, plan_for
 from workers.pipeline import run_search, task_layers
 
@@ -35,6 +35,14 @@ def spec(**kw) -> SearchSpec:
     return SearchSpec(**{"model": "builtin:digits-cnn", "budgets": {"avg_bits": BUDGET}, "bits": BITS, **DATA, **kw})
 
 
+def test_a_forced_group_size_is_the_only_one_used(digits):
+    res = run_search(spec(proxy="output_error", solver="ilp", group_size=64), loaded=digits)
+    assert res.policy.layers and all(l.group_size == 64 for l in res.policy.layers)
+    res = run_search(spec(proxy="output_error", solver="ilp", group_size=[32, 128]), loaded=digits)
+    assert {l.group_size for l in res.policy.layers} <= {32, 128}
+    assert sorted(res.policy.measured.uniform, key=int) == [str(b) for b in BITS]  # one baseline per bit-width
+
+
 @pytest.mark.parametrize("proxy,solver", CASES, ids=[f"{p}-{s}" for p, s in CASES])
 def test_every_proxy_and_solver_gives_a_valid_measured_policy(digits, proxy, solver):
     res = run_search(spec(proxy=proxy, solver=solver, proxy_params=FAST.get(proxy, {})), loaded=digits)
@@ -53,13 +61,14 @@ def test_every_proxy_and_solver_gives_a_valid_measured_policy(digits, proxy, sol
     # every layer is either quantized or listed in float, once
     names = [l.name for l in pol.layers] + pol.float_layers
     assert sorted(names) == sorted(l.name for l, _ in task_layers(digits))
-    assert all(l.bits in BITS and l.group_size == 64 and not l.symmetric for l in pol.layers)
+    # default format menu: every bit-width at g32/g64/g128 (uniform baselines at g64)
+    assert all(l.bits in BITS and l.group_size in DEFAULT_GROUP_SIZES and not l.symmetric for l in pol.layers)
     # the document is self-describing and round-trips
     text = pol.to_json()
     back = Policy.from_json(text)
     assert back == pol and back.schema_ == SCHEMA
     assert back.to_json() == text
-    assert res.table.values.shape == (6, len(BITS))
+    assert res.table.values.shape == (6, len(BITS) * len(DEFAULT_GROUP_SIZES))
 
 
 def test_measured_value_is_the_policy_applied_to_held_out_data(digits):
