@@ -54,8 +54,8 @@ def run_model(key: str, args) -> dict:
     ev = Evaluator(lm.model, modules, lm.task)
     metric = lm.task.metric
     n = len(layers)
-    ref = {f.bits: f for f in reference_formats(formats)}
-    u3, u4 = (costs.cost(np.full(n, formats.index(ref[b])))["avg_bits"] for b in (3, 4))
+    by_bits = {f.bits: f for f in reference_formats(formats)}
+    u3, u4 = (costs.cost(np.full(n, formats.index(by_bits[b])))["avg_bits"] for b in (3, 4))
     budgets = [round(u3 + 1e-9, 6), round((u3 + u4) / 2, 6), round(u4 + 1e-9, 6)]
     rows, tables, tsec = [], {}, {}
     base = {"float": ev.task.evaluate(lm.model, evals)[metric]}
