@@ -129,11 +129,20 @@ def check_budgets(costs: CostModel, budgets: dict[str, float], ties: TieGroups |
 
 
 def _show(x: float, direction) -> str:
-    """6 significant digits rounded *into* the range, so a value typed back from the message is accepted."""
+    """≈6 significant digits rounded *into* the range (``math.ceil`` for a lower bound,
+    ``math.floor`` for an upper one), so a value typed back from the message is accepted."""
     if x == 0 or not math.isfinite(x):
         return f"{x:g}"
-    step = 10 ** (math.floor(math.log10(abs(x))) - 5)
-    return f"{direction(x / step) * step:.6g}"
+    step = 10.0 ** (math.floor(math.log10(abs(x))) - 5)
+    v = direction(x / step) * step
+    text = f"{v:.6g}"
+    sign = 1 if direction is math.ceil else -1
+    for _ in range(4):  # binary floats can print a hair outside; nudge one step inward
+        if (float(text) >= x) if sign > 0 else (float(text) <= x):
+            break
+        v += sign * step
+        text = f"{v:.7g}"
+    return text
 
 
 def within(cost: dict[str, float], budgets: dict[str, float], rtol: float = 1e-9) -> bool:

@@ -62,7 +62,7 @@ class SearchSpec(BaseModel):
             raise ValueError("give at least one bit-width, e.g. 2,3,4,8")
         bad = [b for b in v if b != FLOAT_BITS and not MIN_BITS <= b <= MAX_BITS]
         if bad:
-            raise ValueError(f"bits {bad[0]} not supported: use {MIN_BITS}..{MAX_BITS} or {FLOAT_BITS} (float)")
+            raise ValueError(f"{bad[0]} is not supported: use {MIN_BITS}..{MAX_BITS} or {FLOAT_BITS} (float)")
         return sorted(set(v))
 
     @field_validator("group_size")
