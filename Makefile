@@ -30,8 +30,10 @@ test-integration: setup
 	$(BIN)/python -m pytest -q -m integration tests
 
 bench: setup
+	$(BIN)/pip install -q -e '.[bench]'
 	$(BIN)/python bench/speed.py
 	$(BIN)/python bench/quality.py
+	$(BIN)/python bench/plot_quality.py
 
 clean:
 	rm -rf $(VENV) var .pytest_cache
