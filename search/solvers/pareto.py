@@ -69,8 +69,7 @@ class HullWalk:
 
 def hull_walk(problem: Problem, metric: str) -> HullWalk:
     L = problem.group_loss
-    C = problem.group_cost[metric] if metric in problem.group_cost else \
-        np.stack([problem.costs.matrix(metric)[g].sum(axis=0) for g in problem.groups])
+    C = problem.group_cost[metric] if metric in problem.group_cost else problem.group_sum(problem.costs.matrix(metric))
     start = np.empty(len(L), dtype=np.int64)
     segs = []
     for g in range(len(L)):
@@ -92,11 +91,11 @@ def front(problem: Problem, metric: str, limits: list[float], exact: bool = Fals
     Limits are visited in ascending order and a policy found for a smaller limit is kept when
     the greedy finds worse for a larger one (it is feasible there too), so the front is monotone."""
     points: dict[int, dict] = {}
-    walk = None if exact else hull_walk(Problem(problem.loss, problem.costs, {**problem.budgets, metric: 1.0}, problem.ties), metric)
+    walk = None if exact else hull_walk(problem.with_budgets({**problem.budgets, metric: 1.0}), metric)
     best: tuple[float, np.ndarray] | None = None
     for i in sorted(range(len(limits)), key=lambda j: limits[j]):
         limit = float(limits[i])
-        sub = Problem(problem.loss, problem.costs, {**problem.budgets, metric: limit}, problem.ties)
+        sub = problem.with_budgets({**problem.budgets, metric: limit})
         try:
             if exact:
                 sol = ILPSolver().solve(sub)
