@@ -32,14 +32,17 @@ def main() -> None:
         ubits = {3: budgets[0], 4: budgets[-1]}
         pts = [(ubits[b], v) for b, v in uni if b in ubits]
         ax.scatter([p[0] for p in pts], [p[1] for p in pts], marker="s", s=80, color="red", zorder=5, label="uniform (g64)")
-        ax.axhline(m["baselines"]["float"], color="gray", ls="--", label="float")
-        ax.set_title(f"{m['model']} ({m['layers']} layers)")
+        log = m["metric"] != "accuracy"
+        fl = m["baselines"]["float"]
+        if not (log and fl <= 0):  # a zero float loss has no place on a log axis: say it in the title
+            ax.axhline(fl, color="gray", ls="--", label="float")
+        ax.set_title(f"{m['model']} ({m['layers']} layers)" + (f", float = {fl:g}" if log and fl <= 0 else ""))
         ax.set_xlabel("avg bits per weight (scales and zero points included)")
         ax.set_ylabel(m["metric"])
-        if m["metric"] != "accuracy":
+        if log:
             ax.set_yscale("log")
         ax.grid(alpha=0.3)
-    axes[0][0].legend(fontsize=7, loc="best")
+        ax.legend(fontsize=7, loc="best")
     fig.tight_layout()
     args.out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(args.out, dpi=110)
