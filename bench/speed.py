@@ -78,7 +78,6 @@ def bench_pareto(out: dict) -> None:
 
 
 def bench_hutchinson(out: dict) -> None:
-    import torch
     from proxies.base import ProxyContext
     from workers.pipeline import task_layers
     from proxies.hessian import HessianTraceProxy

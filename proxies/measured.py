@@ -41,7 +41,7 @@ class MeasuredProxy(Proxy):
         raise ValueError(f"measured: context {label!r} is not one of the job's formats {[f.label for f in ctx.formats]}")
 
     def _compute(self, ctx: ProxyContext):
-        L, K = len(ctx.layers), len(ctx.formats)
+        L = len(ctx.layers)
         rows = self.params["layers"] if self.params["layers"] is not None else list(range(L))
         if rows and max(rows) >= L:
             raise ValueError(f"measured: layer index {max(rows)} out of range (model has {L} layers)")

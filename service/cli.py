@@ -8,6 +8,10 @@ import argparse
 import json
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # the engine's imports stay lazy so --help and usage errors are instant
+    from search.spec import SearchSpec
 
 EXIT_USAGE = 2
 

@@ -9,7 +9,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from search.spec import SearchSpec
-from workers.pipeline import PHASES, SearchResult, run_search
+from workers.pipeline import SearchResult, run_search
 
 console = Console(stderr=True)
 

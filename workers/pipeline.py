@@ -8,14 +8,13 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-import numpy as np
 import torch
 
 from proxies.base import ProxyContext
 from proxies.discovery import discover_layers
 from proxies.evaluate import Evaluator
 from proxies.registry import get_proxy
-from search.budgets import CostModel, check_budgets, within
+from search.budgets import CostModel, check_budgets
 from search.formats import Format, make_formats
 from search.layers import find_tie_groups
 from search.policy import Measured, Policy, Predicted, SolverInfo, build_policy
@@ -126,17 +125,6 @@ def run_search(spec: SearchSpec, progress: Progress = _noop, loaded: LoadedModel
         solver=SolverInfo(**{k: v for k, v in solution.to_dict().items() if k not in ("front",)}),
         refine=refine_info)
     return SearchResult(policy, table, solution, baselines, timings, unrefined)
-
-
-def operating_point(costs: CostModel, budgets: dict[str, float]) -> Format:
-    """The dearest uniform format that meets every budget (the cheapest if none does): the
-    recipe measures sensitivities there, where the final policy will actually operate."""
-    quantized = [k for k, f in enumerate(costs.formats) if not f.is_float] or list(range(len(costs.formats)))
-    n = len(costs.layers)
-    fits = [k for k in quantized if within(costs.cost(np.full(n, k)), budgets)]
-    pick = max(fits, key=lambda k: costs.cost(np.full(n, k))["avg_bits"]) if fits else \
-        min(quantized, key=lambda k: costs.cost(np.full(n, k))["avg_bits"])
-    return costs.formats[pick]
 
 
 def reference_formats(formats: list[Format]) -> list[Format]:

@@ -9,7 +9,7 @@ budget (repair first if a secondary budget is violated). Milliseconds for thousa
 ``exact=True`` solves the ILP at each point instead."""
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import numpy as np
 

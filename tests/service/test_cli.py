@@ -60,7 +60,7 @@ BAD = [
     pytest.param({"budget": "avg_bits=1.0"}, ["avg_bits=1", "feasible range"], id="budget-below-cheapest"),
     pytest.param({"budget": "avg_bits=20"}, ["avg_bits=20", "above the float model", "feasible range"], id="budget-above-float"),
     pytest.param({"budget": "foo=3"}, ["'foo=3'", "avg_bits"], id="budget-unknown-metric"),
-    pytest.param({"bits": "1,3"}, ["bits 1", "2..8"], id="bits-out-of-range"),
+    pytest.param({"bits": "1,3"}, ["bits: 1 is not supported", "2..8"], id="bits-out-of-range"),
     pytest.param({"bits": "x"}, ["--bits", "'x'"], id="bits-not-integers"),
     pytest.param({"proxy": "nope"}, ["proxy 'nope'", "hessian_trace"], id="unknown-proxy"),
     pytest.param({"solver": "nope"}, ["solver 'nope'", "ilp"], id="unknown-solver"),
