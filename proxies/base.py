@@ -116,12 +116,17 @@ def requiring_grad(params: list[torch.Tensor]) -> Iterator[None]:
             p.requires_grad_(f)
 
 
-def mean_loss(ctx: ProxyContext) -> float:
-    """Task loss averaged over the calibration batches, weighted by batch size."""
+def batch_mean_loss(task: Task, model: nn.Module, batches: list[Batch]) -> float:
+    """Task loss averaged over ``batches``, weighted by batch size (no gradients)."""
     total, n = 0.0, 0
     with torch.no_grad():
-        for b in ctx.batches:
-            s = ctx.task.size(b)
-            total += float(ctx.task.loss(ctx.model, b)) * s
+        for b in batches:
+            s = task.size(b)
+            total += float(task.loss(model, b)) * s
             n += s
     return total / max(n, 1)
+
+
+def mean_loss(ctx: ProxyContext) -> float:
+    """Task loss averaged over the calibration batches, weighted by batch size."""
+    return batch_mean_loss(ctx.task, ctx.model, ctx.batches)

@@ -11,7 +11,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from proxies.base import swapped
+from proxies.base import batch_mean_loss, swapped
 from proxies.quant import quantize_module_weight
 from proxies.tasks import Batch, Task
 from search.formats import Format
@@ -49,13 +49,8 @@ class Evaluator:
     def loss(self, formats: list[Format], batches: list[Batch]) -> float:
         """Mean task loss (the refine judge) with layer i in ``formats[i]``."""
         mods, ws = self._weights(formats)
-        total, n = 0.0, 0
-        with swapped(mods, ws), torch.no_grad():
-            for b in batches:
-                s = self.task.size(b)
-                total += float(self.task.loss(self.model, b)) * s
-                n += s
-        return total / max(n, 1)
+        with swapped(mods, ws):
+            return batch_mean_loss(self.task, self.model, batches)
 
     def judge(self, table_formats: list[Format], batches: list[Batch]) -> Callable[[np.ndarray], float]:
         """A refine judge: choice (format index per layer) → measured calibration loss."""
