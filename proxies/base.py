@@ -45,6 +45,9 @@ class ProxyContext:
 
 class Proxy(ABC):
     name: str = ""
+    # True when the proxy takes a ``layers`` parameter (row indices) and rows are independent,
+    # so a table can be computed in chunks on several workers and summed.
+    chunkable: bool = False
 
     def __init__(self, **params):
         unknown = set(params) - set(self.defaults())

@@ -20,6 +20,7 @@ from proxies.quant import from_2d, rtn, to_2d
 
 class MeasuredProxy(Proxy):
     name = "measured"
+    chunkable = True
 
     @classmethod
     def defaults(cls) -> dict:

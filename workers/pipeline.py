@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from proxies.base import ProxyContext
+from proxies.base import Proxy, ProxyContext
 from proxies.discovery import discover_layers
 from proxies.evaluate import Evaluator
 from proxies.registry import get_proxy
@@ -53,8 +53,11 @@ def validate_static(spec: SearchSpec) -> tuple:
 
 
 def run_search(spec: SearchSpec, progress: Progress = _noop, loaded: LoadedModel | None = None,
-               table: SensitivityTable | None = None) -> SearchResult:
-    """Run every phase; ``loaded``/``table`` let a caller reuse a model or a cached table."""
+               table: SensitivityTable | None = None,
+               compute_table: Callable[[Proxy, ProxyContext], SensitivityTable] | None = None) -> SearchResult:
+    """Run every phase; ``loaded``/``table`` let a caller reuse a model or a cached table, and
+    ``compute_table`` replaces the in-process sensitivity phase (the service fans it out over
+    Ray tasks)."""
     torch.manual_seed(spec.seed)
     proxy, solver, formats = validate_static(spec)
     timings: dict[str, float] = {}
@@ -85,7 +88,7 @@ def run_search(spec: SearchSpec, progress: Progress = _noop, loaded: LoadedModel
     ctx = ProxyContext(lm.model, layers, modules, lm.task, calib, formats, spec.seed,
                        lambda f, m: progress("sensitivity", f, m), lm.sha256, calib_info)
     if table is None:
-        table = proxy.compute(ctx)
+        table = compute_table(proxy, ctx) if compute_table else proxy.compute(ctx)
     timings["sensitivity"] = time.perf_counter() - t
     progress("sensitivity", 1.0, f"{proxy.name}: {table.timing.get('seconds', 0):.1f}s")
 

@@ -130,8 +130,13 @@ class DigitsCNNSource(ModelSource):
 
 
 def _allowed(path: Path) -> Path:
+    """Server-side paths only under BITPLAN_MODEL_ROOT (when set) or the service's own upload
+    folder (BITPLAN_UPLOAD_DIR), so a job cannot read arbitrary files."""
     root = os.environ.get("BITPLAN_MODEL_ROOT")
+    uploads = os.environ.get("BITPLAN_UPLOAD_DIR")
     p = path.expanduser().resolve()
+    if uploads and p.is_relative_to(Path(uploads).resolve()):
+        return p
     if root and not p.is_relative_to(Path(root).resolve()):
         raise SourceError(f"path {str(path)!r} is outside the allowed model root {root!r} (BITPLAN_MODEL_ROOT)")
     return p

@@ -1,0 +1,217 @@
+"""The server's job loop: claim queued jobs, run them as Ray tasks, and write their progress and
+results to the store.
+
+One thread per server. Each pass it (1) re-queues jobs whose server stopped heart-beating,
+(2) claims queued jobs up to ``max_running``, (3) drains every running job's progress queue
+into the store, (4) stops jobs whose cancel was requested (``ray.cancel(force=True)``), and
+(5) records finished ones. Ray retries a job whose worker died (``max_retries``); a failure
+that outlives the retries is recorded with its reason."""
+from __future__ import annotations
+
+import logging
+import socket
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+
+import ray
+from ray.util.queue import Queue
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+from service.config import Settings
+from service.schemas import JobCreate
+from service.store import Store
+
+log = logging.getLogger("bitplan.dispatcher")
+
+# share of a budget point's progress bar per phase (the sensitivity phase dominates)
+WEIGHTS = {"load": 0.04, "calibrate": 0.04, "sensitivity": 0.6, "solve": 0.02, "evaluate": 0.2, "refine": 0.1}
+_START = {p: sum(list(WEIGHTS.values())[:i]) for i, p in enumerate(WEIGHTS)}
+
+
+def overall(phase: str, fraction: float, point: int, points: int) -> float:
+    within = _START.get(phase, 0.0) + WEIGHTS.get(phase, 0.0) * min(max(fraction, 0.0), 1.0)
+    return min((point + min(within, 1.0)) / max(points, 1), 0.999)
+
+
+@dataclass
+class Running:
+    job_id: str
+    ref: ray.ObjectRef
+    queue: Queue
+    points: int
+    cached: bool
+    point: int = 0
+    phase: str | None = None
+    chunks: dict[int, float] = field(default_factory=dict)
+    last_write: float = 0.0
+    last_log: float = 0.0
+    cancelling: bool = False
+
+
+class Dispatcher:
+    def __init__(self, store: Store, settings: Settings):
+        self.store = store
+        self.settings = settings
+        self.owner = f"{socket.gethostname()}-{uuid.uuid4().hex[:12]}"
+        self.running: dict[str, Running] = {}
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._last_recover = 0.0
+        self._last_beat = 0.0
+        self.wake = threading.Event()
+
+    # lifecycle ----------------------------------------------------------------------------
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._loop, name="bitplan-dispatcher", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Graceful shutdown: stop the Ray work and put running jobs back in the queue at once
+        (no lease wait), so the next server start runs them again."""
+        self._stop.set()
+        self.wake.set()
+        if self._thread:
+            self._thread.join(timeout=10)
+        for r in list(self.running.values()):
+            try:
+                ray.cancel(r.ref, force=True, recursive=True)
+            except Exception:
+                pass
+        if self.running:
+            self.store.recover(owner="", lease_seconds=-3600, max_attempts=self.settings.max_attempts)
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self.tick()
+            except Exception:  # the loop must survive a DB hiccup; the next pass retries
+                log.exception("dispatcher pass failed")
+            self.wake.wait(self.settings.poll_seconds)
+            self.wake.clear()
+
+    # one pass -----------------------------------------------------------------------------
+    def tick(self) -> None:
+        now = time.monotonic()
+        if now - self._last_recover > max(self.settings.lease_seconds / 4, 0.5):
+            self._last_recover = now
+            for jid, action in self.store.recover(self.owner, self.settings.lease_seconds, self.settings.max_attempts):
+                log.warning("job %s %s (its server stopped heart-beating)", jid, action)
+        for job in self.store.claim(self.owner, self.settings.max_running - len(self.running)):
+            try:
+                self._launch(job)
+            except Exception as e:
+                log.exception("could not start job %s", job.id)
+                self.store.fail(job.id, self.owner, f"could not start on Ray: {type(e).__name__}: {e}")
+        for jid in self.store.cancel_requested(self.owner):
+            r = self.running.get(jid)
+            if r and not r.cancelling:
+                r.cancelling = True
+                ray.cancel(r.ref, force=True, recursive=True)
+        for r in list(self.running.values()):
+            self._drain(r)
+        self._collect()
+        if now - self._last_beat > 2.0:
+            self._last_beat = now
+            self.store.heartbeat(self.owner, list(self.running))
+
+    def _launch(self, job) -> None:
+        from service.jobspec import plan_job
+        from workers.ray_jobs import _gpu_options, run_job
+
+        model = self.store.get_model(job.model_id)
+        req = JobCreate.model_validate(job.request)
+        plan = plan_job(req, model.ref, model.id, model.kind, model.info["layers"])
+        cached = self.store.table_by_key(job.sensitivity_key)
+        node = ray.get_runtime_context().get_node_id()
+        queue = Queue(maxsize=10_000, actor_options={
+            "num_cpus": 0, "scheduling_strategy": NodeAffinitySchedulingStrategy(node, soft=True)})
+        chunks = self.settings.sensitivity_chunks or max(1, int(ray.cluster_resources().get("CPU", 1)))
+        ref = run_job.options(**_gpu_options()).remote(plan.specs, plan.texts, cached.data if cached else None, chunks, queue)
+        self.running[job.id] = Running(job.id, ref, queue, len(plan.specs), cached is not None)
+        msg = "sensitivity table reused from cache" if cached else f"dispatched to Ray ({chunks} sensitivity chunks)"
+        self.store.progress(job.id, self.owner, "load", 0.0, msg, log=True)
+
+    def _drain(self, r: Running) -> None:
+        try:
+            items = r.queue.get_nowait_batch(r.queue.qsize())
+        except Exception:
+            items = []
+        if not items:
+            return
+        last, log_it = None, False
+        for it in items:
+            phase = it["phase"]
+            if phase == "done":  # a budget point finished: fraction = points done / points
+                r.point = min(round(it["fraction"] * r.points), r.points)
+                log_it = True
+                last = it
+                continue
+            if "chunk" in it:
+                r.chunks[it["chunk"]] = it["fraction"]
+                it = {**it, "fraction": sum(r.chunks.values()) / it["of"]}
+            if phase != r.phase:
+                r.phase, log_it = phase, True
+            last = it
+        now = time.monotonic()
+        if last is None or (now - r.last_write < 0.3 and not log_it):
+            return
+        log_it = log_it or now - r.last_log > 2.0
+        phase = r.phase or "load"
+        prog = overall(phase, last["fraction"], r.point, r.points) if last["phase"] != "done" else \
+            overall("load", 0.0, r.point, r.points)
+        self.store.progress(r.job_id, self.owner, phase, prog, last["message"], log=log_it)
+        r.last_write = now
+        if log_it:
+            r.last_log = now
+
+    def _collect(self) -> None:
+        if not self.running:
+            return
+        refs = [r.ref for r in self.running.values()]
+        done, _ = ray.wait(refs, num_returns=len(refs), timeout=0)
+        for ref in done:
+            r = next(x for x in self.running.values() if x.ref == ref)
+            self._drain(r)
+            self._finish(r)
+            del self.running[r.job_id]
+            try:
+                ray.kill(r.queue.actor)
+            except Exception:
+                pass
+
+    def _finish(self, r: Running) -> None:
+        from ray.exceptions import RayError, TaskCancelledError
+
+        try:
+            out = ray.get(r.ref)
+        except TaskCancelledError:
+            self.store.cancelled(r.job_id, self.owner, "cancelled; its Ray work was stopped")
+            return
+        except RayError as e:
+            if r.cancelling:
+                self.store.cancelled(r.job_id, self.owner, "cancelled; its Ray work was stopped")
+                return
+            reason = str(e).strip().splitlines()
+            tail = next((line for line in reversed(reason) if line.strip()), type(e).__name__)
+            self.store.fail(r.job_id, self.owner, f"{type(e).__name__}: {tail}"[:2000])
+            return
+        if r.cancelling:
+            self.store.cancelled(r.job_id, self.owner, "cancelled")
+            return
+        if not out["ok"]:
+            self.store.fail(r.job_id, self.owner, out["error"])
+            return
+        job = self.store.get_job(r.job_id)
+        table_id = None
+        if out["table"] is not None:
+            table_id = self.store.put_table(job.sensitivity_key, job.model_id, out["table"])
+        else:
+            found = self.store.table_by_key(job.sensitivity_key)
+            table_id = found.id if found else None
+        timings: dict[str, float] = {}
+        for res in out["results"]:
+            for k, v in res["timings"].items():
+                timings[k] = timings.get(k, 0.0) + float(v)
+        self.store.succeed(r.job_id, self.owner, [res["policy"] for res in out["results"]], timings, table_id, r.cached)

@@ -1,0 +1,88 @@
+"""From an API request to engine specs, validated before anything is queued.
+
+Everything that can be checked without running the model is checked here, so a bad request is a
+422 with a message instead of a job that fails minutes later: budgets against the model's
+feasible range (from the layers recorded at registration), format menu, proxy and solver names
+and parameters, data sources. The sensitivity key is derived from the request (model weights,
+proxy and its full parameters, calibration data, formats), so the server can find a cached table
+before it dispatches anything."""
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+
+from search.budgets import CostModel, check_budgets
+from search.formats import make_formats
+from search.layers import LayerInfo, find_tie_groups
+from search.spec import SearchSpec
+from service.schemas import JobCreate
+from workers.data import BUILTIN_TEXT
+
+TEXT_SOURCE_NAMES = (*BUILTIN_TEXT, "pydoc")
+SPEC_VERSION = 1  # bump when calibration batching changes, so old cached tables are not reused
+
+
+@dataclass
+class JobPlan:
+    specs: list[dict]
+    texts: dict[str, str | None]
+    sensitivity_key: str
+    request_hash: str
+
+
+def _data_source(kind: str, data, model_kind: str) -> str | None:
+    if data.source and data.text:
+        raise ValueError(f"{kind}: give either a builtin 'source' or uploaded 'text', not both")
+    if data.text is not None and not data.text.strip():
+        raise ValueError(f"{kind}.text is empty; give some text (paragraphs separated by blank lines)")
+    if model_kind == "classifier":
+        if data.text or (data.source not in (None, "digits")):
+            raise ValueError(f"{kind}: classifier models calibrate and evaluate on 'digits' only")
+        return data.source
+    if data.source is not None and data.source not in TEXT_SOURCE_NAMES:
+        raise ValueError(f"{kind}.source {data.source!r} is unknown: use one of {', '.join(TEXT_SOURCE_NAMES)} "
+                         "or upload 'text'")
+    return data.source
+
+
+def request_hash(req: JobCreate) -> str:
+    return hashlib.sha256(json.dumps(req.model_dump(mode="json"), sort_keys=True).encode()).hexdigest()
+
+
+def plan_job(req: JobCreate, model_ref: str, model_id: str, model_kind: str, layers: list[dict]) -> JobPlan:
+    """Raises ValueError (pydantic's ValidationError is one) with a message a person can act on."""
+    from workers.pipeline import validate_static  # the proxy registry lives with torch
+
+    budgets = req.budgets if isinstance(req.budgets, list) else [req.budgets]
+    if not budgets:
+        raise ValueError("budgets: give at least one budget, e.g. {\"avg_bits\": 3.3}")
+    if len(budgets) > 64:
+        raise ValueError(f"budgets: {len(budgets)} budget points is too many for one job; use at most 64")
+    calib = _data_source("calibration", req.calibration, model_kind)
+    evaluation = _data_source("evaluation", req.evaluation, model_kind)
+    f = req.formats
+    base = dict(model=model_ref, bits=f.bits, group_size=f.group_size, symmetric=f.symmetric, proxy=req.proxy,
+                proxy_params=req.proxy_params, solver=req.solver, refine=req.refine, refine_evals=req.refine_evals,
+                calib=calib, eval=evaluation, n_calib=req.calibration.n_samples, n_eval=req.evaluation.n_samples,
+                seq_len=req.calibration.seq_len or req.evaluation.seq_len, seed=req.seed, ties=req.ties,
+                latency_table=req.latency_table)
+    specs = [SearchSpec(**base, budgets=b) for b in budgets]
+    proxy, _, formats = validate_static(specs[0])
+    if not formats:
+        raise ValueError("formats: the menu is empty; give at least one bit-width")
+    if len(formats) * max(len(layers), 1) > 200_000:
+        raise ValueError(f"formats: {len(formats)} formats × {len(layers)} layers is too large a table; use fewer formats")
+    infos = [LayerInfo.from_dict(d) for d in layers]
+    ties = find_tie_groups(infos, specs[0].ties)
+    costs = CostModel(infos, formats, specs[0].a_bits, specs[0].latency_table)
+    for s in specs:
+        check_budgets(costs, s.budgets, ties)
+    texts = {"calib": req.calibration.text, "eval": req.evaluation.text}
+    sha = lambda t: None if t is None else hashlib.sha256(t.encode()).hexdigest()
+    key_blob = {"v": SPEC_VERSION, "model": model_id, "proxy": proxy.name, "params": proxy.params,
+                "calib": calib, "calib_text": sha(texts["calib"]), "eval": evaluation, "eval_text": sha(texts["eval"]),
+                "n_calib": specs[0].n_calib, "seq_len": specs[0].seq_len, "seed": specs[0].seed,
+                "formats": [x.label for x in formats]}
+    key = hashlib.sha256(json.dumps(key_blob, sort_keys=True, default=str).encode()).hexdigest()
+    return JobPlan([s.model_dump(mode="json") for s in specs], texts, key, request_hash(req))

@@ -1,0 +1,132 @@
+"""Pydantic schemas shared by the server and the SDK (the API's wire format).
+
+Only pydantic here: the SDK imports this module on laptops that have no torch, Ray, SQLAlchemy
+or FastAPI. Field names follow DESIGN §2 (model, job, phase, budget, sensitivity, policy).
+Engine-level validation (budget ranges, proxy/solver names) happens on the server, which turns
+these requests into a ``search.spec.SearchSpec``."""
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+JobStatus = Literal["queued", "running", "succeeded", "failed", "cancelled"]
+TERMINAL: tuple[str, ...] = ("succeeded", "failed", "cancelled")
+PHASES: tuple[str, ...] = ("load", "calibrate", "sensitivity", "solve", "evaluate", "refine")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ErrorBody(BaseModel):
+    """Every non-2xx response: a stable ``code``, a ``message`` that says what to change, and
+    optional ``detail`` (e.g. the offending field)."""
+    code: str
+    message: str
+    detail: Any = None
+
+
+class ModelCreate(_Strict):
+    """Register by reference: ``builtin:minilm-l6``, ``builtin:smollm2-135m``,
+    ``builtin:digits-cnn`` or ``hf:<dir>`` under the server's BITPLAN_MODEL_ROOT. TorchScript
+    archives are uploaded as multipart ``file`` to the same endpoint."""
+    ref: str = Field(min_length=1, max_length=1024)
+
+
+class ModelOut(BaseModel):
+    id: str = Field(description="sha256 of the model's weights")
+    ref: str
+    kind: str
+    metric: str
+    n_layers: int
+    n_weights: int
+    created_at: datetime
+
+
+class Formats(_Strict):
+    bits: list[int] = Field(default_factory=lambda: [2, 3, 4, 8], max_length=16)
+    group_size: int | None | list[int | None] = Field(default_factory=lambda: [32, 64, 128])
+    symmetric: bool = False
+
+
+class Data(_Strict):
+    """Calibration or evaluation data: a builtin corpus name (``wikitext2-valid``,
+    ``wikitext2-test``, ``tinyshakespeare``, ``pydoc``, ``digits``) or uploaded ``text``
+    (paragraphs separated by blank lines). ``n_samples``/``seq_len`` override the model's
+    defaults."""
+    source: str | None = Field(default=None, max_length=64)
+    text: str | None = Field(default=None, max_length=4_000_000)
+    n_samples: int | None = Field(default=None, ge=1, le=4096)
+    seq_len: int | None = Field(default=None, ge=1, le=32_768)
+
+
+class JobCreate(_Strict):
+    model_id: str = Field(min_length=1, max_length=128)
+    budgets: dict[str, float] | list[dict[str, float]] = Field(
+        description="one budget (constraints on avg_bits, size_bytes, bops, latency_ms that must all hold) or a "
+                    "list of them: one policy per budget, all from one sensitivity table")
+    formats: Formats = Field(default_factory=Formats)
+    proxy: str | None = Field(default=None, max_length=64, description="null = bitplan's recipe (measured)")
+    proxy_params: dict[str, Any] = Field(default_factory=dict)
+    solver: str | None = Field(default=None, max_length=64, description="null = bitplan's recipe (ilp)")
+    refine: bool | None = None
+    refine_evals: int = Field(default=40, ge=1, le=10_000)
+    calibration: Data = Field(default_factory=Data)
+    evaluation: Data = Field(default_factory=Data)
+    seed: int = Field(default=0, ge=0, le=2**31 - 1)
+    ties: list[str] = Field(default_factory=list, max_length=8)
+    latency_table: dict[str, dict[str, float]] | None = None
+
+
+class JobEvent(BaseModel):
+    seq: int
+    at: datetime
+    status: str
+    phase: str | None
+    progress: float
+    message: str
+
+
+class JobOut(BaseModel):
+    id: str
+    model_id: str
+    status: JobStatus
+    phase: str | None
+    progress: float = Field(description="0..1 over all phases")
+    message: str
+    request: JobCreate
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    timings: dict[str, float]
+    error: str | None
+    attempts: int
+    sensitivity_id: str | None
+    sensitivity_cached: bool
+    policy_ids: list[str]
+
+
+class JobPage(BaseModel):
+    items: list[JobOut]
+    next_cursor: str | None = Field(description="pass as ?cursor= to get the next page; null at the end")
+
+
+class PolicySummary(BaseModel):
+    id: str
+    job_id: str
+    model_id: str
+    budget: dict[str, float]
+    cost: dict[str, float | None]
+    metric: str | None
+    value: float | None
+    created_at: datetime
+
+
+class SensitivitySummary(BaseModel):
+    id: str
+    key: str
+    model_id: str
+    proxy: str
+    created_at: datetime

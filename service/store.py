@@ -1,0 +1,313 @@
+"""The durable store: every model, job (with its progress log), sensitivity table and policy.
+
+All SQL goes through the ORM. State changes that can race (claiming a queued job, cancelling,
+finishing) are single conditional UPDATEs (``… WHERE status = 'queued'``), so two servers or a
+cancel arriving mid-finish never both win. Works the same on SQLite (WAL) and PostgreSQL."""
+from __future__ import annotations
+
+import base64
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from alembic import command
+from alembic.config import Config
+from sqlalchemy import and_, or_, select, update
+from sqlalchemy.engine import Engine
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session, sessionmaker
+
+from service.db import JobEventRow, JobRow, ModelRow, PolicyRow, SensitivityRow, make_engine, utcnow
+
+MIGRATIONS = Path(__file__).with_name("migrations")
+
+
+class Conflict(Exception):
+    """An Idempotency-Key reused with a different request body, or an impossible transition."""
+
+
+class BadCursor(ValueError):
+    pass
+
+
+def migrate(url: str) -> None:
+    """Bring the schema to the newest Alembic revision (the server does this on start)."""
+    cfg = Config(str(MIGRATIONS / "alembic.ini"))
+    cfg.set_main_option("script_location", str(MIGRATIONS))
+    cfg.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
+    command.upgrade(cfg, "head")
+
+
+def new_id() -> str:
+    return uuid.uuid4().hex
+
+
+def encode_cursor(row: JobRow) -> str:
+    return base64.urlsafe_b64encode(f"{row.created_at.isoformat()}|{row.id}".encode()).decode()
+
+
+def decode_cursor(cursor: str) -> tuple[datetime, str]:
+    try:
+        at, jid = base64.urlsafe_b64decode(cursor.encode()).decode().split("|")
+        return datetime.fromisoformat(at), jid
+    except Exception:
+        raise BadCursor("cursor is not one this server issued; start again without ?cursor=") from None
+
+
+class Store:
+    def __init__(self, url: str, engine: Engine | None = None):
+        self.url = url
+        self.engine = engine or make_engine(url)
+        self._session = sessionmaker(self.engine, expire_on_commit=False)
+
+    @contextmanager
+    def session(self) -> Iterator[Session]:
+        with self._session() as s:
+            try:
+                yield s
+                s.commit()
+            except Exception:
+                s.rollback()
+                raise
+
+    def ping(self) -> None:
+        with self.session() as s:
+            s.execute(select(1))
+
+    # models -------------------------------------------------------------------------------
+    def add_model(self, info: dict) -> ModelRow:
+        """Insert a model or return the existing record with the same weights sha256."""
+        existing = self.get_model(info["id"])
+        if existing:
+            return existing
+        row = ModelRow(id=info["id"], ref=info["ref"], kind=info["kind"], metric=info["metric"],
+                       n_layers=info["n_layers"], n_weights=info["n_weights"], info={"layers": info["layers"]})
+        try:
+            with self.session() as s:
+                s.add(row)
+        except IntegrityError:  # registered concurrently: same weights, same record
+            return self.get_model(info["id"])
+        return row
+
+    def get_model(self, model_id: str) -> ModelRow | None:
+        with self.session() as s:
+            return s.get(ModelRow, model_id)
+
+    # jobs ---------------------------------------------------------------------------------
+    def create_job(self, model_id: str, request: dict, request_hash: str, sensitivity_key: str,
+                   idempotency_key: str | None) -> tuple[JobRow, bool]:
+        """(job, created). The same key with the same body returns the first job; the same key
+        with another body raises Conflict."""
+        if idempotency_key:
+            found = self._by_key(idempotency_key)
+            if found:
+                return self._same(found, request_hash), False
+        row = JobRow(id=new_id(), model_id=model_id, status="queued", phase=None, progress=0.0, message="queued",
+                     request=request, request_hash=request_hash, idempotency_key=idempotency_key,
+                     sensitivity_key=sensitivity_key, attempts=0, cancel_requested=False, timings={},
+                     sensitivity_cached=False, created_at=utcnow())
+        try:
+            with self.session() as s:
+                s.add(row)
+                s.flush()
+                s.add(JobEventRow(job_id=row.id, at=row.created_at, status="queued", phase=None, progress=0.0,
+                                  message="queued"))
+        except IntegrityError:
+            found = self._by_key(idempotency_key) if idempotency_key else None
+            if not found:
+                raise
+            return self._same(found, request_hash), False
+        return row, True
+
+    def _by_key(self, key: str) -> JobRow | None:
+        with self.session() as s:
+            return s.scalars(select(JobRow).where(JobRow.idempotency_key == key)).first()
+
+    @staticmethod
+    def _same(row: JobRow, request_hash: str) -> JobRow:
+        if row.request_hash != request_hash:
+            raise Conflict(f"Idempotency-Key was already used for job {row.id} with a different request body; "
+                           "use a new key for a new job")
+        return row
+
+    def get_job(self, job_id: str) -> JobRow | None:
+        with self.session() as s:
+            return s.get(JobRow, job_id)
+
+    def list_jobs(self, status: str | None = None, model_id: str | None = None, cursor: str | None = None,
+                  limit: int = 50) -> tuple[list[JobRow], str | None]:
+        q = select(JobRow)
+        if status:
+            q = q.where(JobRow.status == status)
+        if model_id:
+            q = q.where(JobRow.model_id == model_id)
+        if cursor:
+            at, jid = decode_cursor(cursor)
+            q = q.where(or_(JobRow.created_at < at, and_(JobRow.created_at == at, JobRow.id < jid)))
+        q = q.order_by(JobRow.created_at.desc(), JobRow.id.desc()).limit(limit + 1)
+        with self.session() as s:
+            rows = list(s.scalars(q))
+        more = len(rows) > limit
+        rows = rows[:limit]
+        return rows, encode_cursor(rows[-1]) if more and rows else None
+
+    def policy_ids(self, job_ids: list[str]) -> dict[str, list[str]]:
+        out: dict[str, list[str]] = {j: [] for j in job_ids}
+        if not job_ids:
+            return out
+        with self.session() as s:
+            for pid, jid in s.execute(select(PolicyRow.id, PolicyRow.job_id).where(PolicyRow.job_id.in_(job_ids))
+                                      .order_by(PolicyRow.position)):
+                out[jid].append(pid)
+        return out
+
+    def events(self, job_id: str, after: int = 0, limit: int = 1000) -> list[JobEventRow]:
+        with self.session() as s:
+            return list(s.scalars(select(JobEventRow).where(JobEventRow.job_id == job_id, JobEventRow.seq > after)
+                                  .order_by(JobEventRow.seq).limit(limit)))
+
+    def _event(self, s: Session, job_id: str, status: str, phase: str | None, progress: float, message: str) -> None:
+        s.add(JobEventRow(job_id=job_id, at=utcnow(), status=status, phase=phase, progress=progress, message=message))
+
+    def claim(self, owner: str, limit: int) -> list[JobRow]:
+        """Move up to ``limit`` of the oldest queued jobs to running for ``owner``."""
+        if limit <= 0:
+            return []
+        with self.session() as s:
+            ids = list(s.scalars(select(JobRow.id).where(JobRow.status == "queued")
+                                 .order_by(JobRow.created_at).limit(limit)))
+        won = []
+        for jid in ids:
+            now = utcnow()
+            with self.session() as s:
+                res = s.execute(update(JobRow).where(JobRow.id == jid, JobRow.status == "queued").values(
+                    status="running", owner=owner, heartbeat_at=now, started_at=now, attempts=JobRow.attempts + 1,
+                    message="starting"))
+                if res.rowcount == 1:
+                    self._event(s, jid, "running", None, 0.0, "starting")
+                    won.append(jid)
+        return [self.get_job(j) for j in won]
+
+    def progress(self, job_id: str, owner: str, phase: str | None, progress: float, message: str,
+                 log: bool) -> None:
+        with self.session() as s:
+            s.execute(update(JobRow).where(JobRow.id == job_id, JobRow.owner == owner, JobRow.status == "running")
+                      .values(phase=phase, progress=progress, message=message[:2000], heartbeat_at=utcnow()))
+            if log:
+                self._event(s, job_id, "running", phase, progress, message[:2000])
+
+    def heartbeat(self, owner: str, job_ids: list[str]) -> None:
+        if job_ids:
+            with self.session() as s:
+                s.execute(update(JobRow).where(JobRow.id.in_(job_ids), JobRow.owner == owner, JobRow.status == "running")
+                          .values(heartbeat_at=utcnow()))
+
+    def _end(self, job_id: str, owner: str | None, status: str, message: str, **values: Any) -> bool:
+        with self.session() as s:
+            q = update(JobRow).where(JobRow.id == job_id, JobRow.status.in_(("running", "queued")))
+            if owner is not None:
+                q = q.where(JobRow.owner == owner)
+            res = s.execute(q.values(status=status, finished_at=utcnow(), message=message[:2000], **values))
+            if res.rowcount == 1:
+                job = s.get(JobRow, job_id)
+                self._event(s, job_id, status, job.phase, job.progress, message[:2000])
+            return res.rowcount == 1
+
+    def succeed(self, job_id: str, owner: str, policies: list[dict], timings: dict, sensitivity_id: str | None,
+                cached: bool) -> bool:
+        with self.session() as s:
+            job = s.get(JobRow, job_id)
+            if job is None or job.status != "running" or job.owner != owner:
+                return False
+            for i, p in enumerate(policies):
+                s.add(PolicyRow(id=new_id(), job_id=job_id, model_id=job.model_id, position=i, data=p, created_at=utcnow()))
+            job.status, job.finished_at, job.progress = "succeeded", utcnow(), 1.0
+            job.timings, job.sensitivity_id, job.sensitivity_cached = timings, sensitivity_id, cached
+            job.message = f"{len(policies)} polic{'y' if len(policies) == 1 else 'ies'}"
+            self._event(s, job_id, "succeeded", job.phase, 1.0, job.message)
+        return True
+
+    def fail(self, job_id: str, owner: str | None, error: str) -> bool:
+        return self._end(job_id, owner, "failed", error, error=error[:4000])
+
+    def cancelled(self, job_id: str, owner: str | None, message: str = "cancelled") -> bool:
+        return self._end(job_id, owner, "cancelled", message)
+
+    def request_cancel(self, job_id: str) -> JobRow | None:
+        """Queued → cancelled now; running → flagged, and its owner stops the Ray work."""
+        job = self.get_job(job_id)
+        if job is None:
+            return None
+        if job.status == "queued":
+            self._end(job_id, None, "cancelled", "cancelled before it started")
+        elif job.status == "running":
+            with self.session() as s:
+                s.execute(update(JobRow).where(JobRow.id == job_id, JobRow.status == "running")
+                          .values(cancel_requested=True, message="cancelling"))
+        elif job.status in ("succeeded", "failed"):
+            raise Conflict(f"job {job_id} already {job.status}; only queued or running jobs can be cancelled")
+        return self.get_job(job_id)
+
+    def cancel_requested(self, owner: str) -> list[str]:
+        with self.session() as s:
+            return list(s.scalars(select(JobRow.id).where(JobRow.owner == owner, JobRow.status == "running",
+                                                          JobRow.cancel_requested.is_(True))))
+
+    def recover(self, owner: str, lease_seconds: float, max_attempts: int) -> list[tuple[str, str]]:
+        """Jobs whose owner stopped heart-beating (server killed, machine lost) go back to the
+        queue, or fail with the reason once they have used ``max_attempts``. Returns (id, action)."""
+        cutoff = utcnow() - timedelta(seconds=lease_seconds)
+        with self.session() as s:
+            stale = list(s.scalars(select(JobRow).where(JobRow.status == "running", JobRow.owner != owner,
+                                                        JobRow.heartbeat_at < cutoff)))
+        out = []
+        for job in stale:
+            with self.session() as s:
+                if job.cancel_requested:
+                    values, action = {"status": "cancelled", "finished_at": utcnow(),
+                                      "message": "cancelled (its server stopped)"}, "cancelled"
+                elif job.attempts >= max_attempts:
+                    msg = f"gave up after {job.attempts} attempts: the server running it stopped each time"
+                    values, action = {"status": "failed", "finished_at": utcnow(), "message": msg, "error": msg}, "failed"
+                else:
+                    values, action = {"status": "queued", "owner": None, "phase": None, "progress": 0.0,
+                                      "message": f"re-queued: its server stopped during attempt {job.attempts}"}, "requeued"
+                res = s.execute(update(JobRow).where(JobRow.id == job.id, JobRow.status == "running",
+                                                     JobRow.heartbeat_at < cutoff).values(**values))
+                if res.rowcount == 1:
+                    self._event(s, job.id, values["status"], None, 0.0, values["message"])
+                    out.append((job.id, action))
+        return out
+
+    # sensitivity tables and policies ------------------------------------------------------
+    def table_by_key(self, key: str) -> SensitivityRow | None:
+        with self.session() as s:
+            return s.scalars(select(SensitivityRow).where(SensitivityRow.key == key)).first()
+
+    def put_table(self, key: str, model_id: str, data: dict) -> str:
+        found = self.table_by_key(key)
+        if found:
+            return found.id
+        row = SensitivityRow(id=new_id(), key=key, model_id=model_id, proxy=data["proxy"], data=data, created_at=utcnow())
+        try:
+            with self.session() as s:
+                s.add(row)
+        except IntegrityError:
+            return self.table_by_key(key).id
+        return row.id
+
+    def get_table(self, table_id: str) -> SensitivityRow | None:
+        with self.session() as s:
+            return s.get(SensitivityRow, table_id)
+
+    def get_policy(self, policy_id: str) -> PolicyRow | None:
+        with self.session() as s:
+            return s.get(PolicyRow, policy_id)
+
+    def list_policies(self, model_id: str, limit: int = 500) -> list[PolicyRow]:
+        with self.session() as s:
+            return list(s.scalars(select(PolicyRow).where(PolicyRow.model_id == model_id)
+                                  .order_by(PolicyRow.created_at.desc()).limit(limit)))

@@ -1,0 +1,199 @@
+"""The Ray side of the service: model inspection, whole jobs, and sensitivity chunks.
+
+A job is one Ray task (``run_job``) that runs the pipeline's phases; its sensitivity phase fans
+out as ``measure_chunk`` tasks (rows of the table) when the proxy is chunkable, so N workers
+compute it about N times faster — while the job task waits in ``ray.get`` Ray lends its CPU to
+the chunks. Progress goes into a Ray queue that the server drains into the store. User errors
+come back as ``{"ok": False, "error": …}`` (so the server needs none of the engine's exception
+classes); anything else raises and the server records it as a failure with its reason.
+
+Each worker process keeps the last loaded model and data (keyed by reference and data plan), so
+chunks of one job, and later jobs on the same model, do not reload it."""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import ray
+
+_CACHE: dict[str, Any] = {}
+
+
+def _user_errors() -> tuple[type[Exception], ...]:
+    from workers.errors import USER_ERRORS
+    return USER_ERRORS
+
+
+def _gpu_options() -> dict:
+    """Ask for a GPU only when the cluster has one (CPU-only clusters would never schedule)."""
+    try:
+        return {"num_gpus": 1} if ray.cluster_resources().get("GPU", 0) >= 1 else {}
+    except Exception:  # not connected: let Ray decide later
+        return {}
+
+
+def _materialise(spec: dict, texts: dict[str, str]) -> dict:
+    """Uploaded calibration/evaluation text becomes a file: source on this worker."""
+    spec = dict(spec)
+    for field, text in texts.items():
+        if text is None:
+            continue
+        import hashlib
+        digest = hashlib.sha256(text.encode()).hexdigest()[:32]
+        path = Path(tempfile.gettempdir()) / "bitplan-data" / f"{digest}.txt"
+        if not path.exists():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_suffix(f".{os.getpid()}.tmp")
+            tmp.write_text(text, encoding="utf-8")
+            tmp.replace(path)
+        spec[field] = f"file:{path}"
+    return spec
+
+
+def _prepared(spec_d: dict) -> dict:
+    """Model, layers, calibration batches and formats for a spec, cached per worker process."""
+
+    from search.spec import SearchSpec
+    from workers.batches import build_batches, plan_for
+    from workers.pipeline import task_layers, validate_static
+    from workers.sources import load_model
+
+    spec = SearchSpec(**spec_d)
+    key = json.dumps([spec.model, spec.calib, spec.eval, spec.n_calib, spec.n_eval, spec.seq_len, spec.seed,
+                      spec.include_embeddings, spec.include_head], default=str)
+    if _CACHE.get("key") == key:
+        return _CACHE["value"]
+    lm = _CACHE["value"]["lm"] if _CACHE.get("ref") == spec.model else load_model(spec.model)
+    _, _, formats = validate_static(spec)
+    plan = plan_for(lm, spec.calib, spec.eval, spec.n_calib, spec.n_eval, spec.seq_len, spec.seed)
+    pairs = task_layers(lm, spec.include_embeddings, spec.include_head)
+    calib, _, info = build_batches(lm, plan)
+    calib = lm.task.prepare(lm.model, calib)
+    value = {"lm": lm, "pairs": pairs, "calib": calib, "info": info, "formats": formats}
+    _CACHE.update(key=key, ref=spec.model, value=value)
+    return value
+
+
+@ray.remote(num_cpus=1, max_retries=3)
+def inspect_model(ref: str) -> dict:
+    """Load a model once to learn its identity (weights sha256), task and quantizable layers."""
+    try:
+        from workers.pipeline import task_layers
+        from workers.sources import load_model
+        lm = load_model(ref)
+        pairs = task_layers(lm)
+    except _user_errors() as e:
+        return {"ok": False, "error": str(e).splitlines()[0]}
+    layers = [p[0] for p in pairs]
+    return {"ok": True, "id": lm.sha256, "ref": ref, "kind": lm.kind, "metric": lm.task.metric,
+            "n_layers": len(layers), "n_weights": int(sum(l.numel for l in layers)),
+            "layers": [l.to_dict() for l in layers]}
+
+
+@ray.remote(num_cpus=1, max_retries=3)
+def measure_chunk(spec_d: dict, texts: dict[str, str], rows: list[int], chunk: int, n_chunks: int,
+                  queue=None) -> list[list[float]]:
+    """Rows ``rows`` of a chunkable proxy's table (zeros elsewhere are dropped by the caller)."""
+    from proxies.base import ProxyContext
+    from proxies.registry import get_proxy
+
+    torch_threads()
+    spec_d = _materialise(spec_d, texts)
+    p = _prepared(spec_d)
+    pairs = p["pairs"]
+    params = {**spec_d.get("proxy_params", {}), "layers": rows}
+    last = [0.0]
+
+    def report(fraction: float, message: str) -> None:
+        now = time.monotonic()
+        if queue is not None and (now - last[0] > 0.5 or fraction >= 1.0):
+            last[0] = now
+            queue.put({"phase": "sensitivity", "fraction": fraction, "message": message,
+                       "chunk": chunk, "of": n_chunks}, block=False)
+
+    ctx = ProxyContext(p["lm"].model, [q[0] for q in pairs], [q[1] for q in pairs], p["lm"].task, p["calib"],
+                       p["formats"], spec_d.get("seed", 0), report, p["lm"].sha256, p["info"])
+    table = get_proxy(spec_d.get("proxy") or "measured", **params).compute(ctx)
+    return table.values[rows].tolist()
+
+
+def torch_threads() -> None:
+    """Ray sets OMP_NUM_THREADS=1 in workers; give torch the CPUs this task was granted."""
+    import torch
+    n = int(ray.get_runtime_context().get_assigned_resources().get("CPU", 1) or 1)
+    torch.set_num_threads(max(1, n))
+
+
+def chunk_rows(numels: list[int], n_chunks: int) -> list[list[int]]:
+    """Split layer indices into ``n_chunks`` contiguous runs of about equal weight count (work
+    per row is roughly proportional to it), keeping model order within each chunk."""
+    n_chunks = max(1, min(n_chunks, len(numels)))
+    total = float(sum(numels)) or 1.0
+    out, cur, acc = [], [], 0.0
+    for i, n in enumerate(numels):
+        cur.append(i)
+        acc += n
+        if acc >= total * (len(out) + 1) / n_chunks and len(out) < n_chunks - 1:
+            out.append(cur)
+            cur = []
+    if cur:
+        out.append(cur)
+    return out
+
+
+def _fan_out(spec_d: dict, texts: dict[str, str], n_chunks: int, queue):
+    """A ``compute_table`` for the pipeline that spreads a chunkable proxy over Ray tasks."""
+    from search.table import SensitivityTable
+
+    def compute(proxy, ctx):
+        if not proxy.chunkable or n_chunks <= 1 or len(ctx.layers) < 2:
+            return proxy.compute(ctx)
+        t0 = time.perf_counter()
+        parts = chunk_rows([l.numel for l in ctx.layers], n_chunks)
+        opts = _gpu_options()
+        refs = [measure_chunk.options(**opts).remote(spec_d, texts, rows, i, len(parts), queue) for i, rows in enumerate(parts)]
+        values = np.zeros((len(ctx.layers), len(ctx.formats)))
+        pending, where = list(refs), {r: rows for r, rows in zip(refs, parts)}
+        while pending:
+            ready, pending = ray.wait(pending, num_returns=1)
+            values[where[ready[0]]] = np.array(ray.get(ready[0]))
+            ctx.report(1 - len(pending) / len(refs), f"{len(refs) - len(pending)}/{len(refs)} chunks")
+        return SensitivityTable(ctx.layers, ctx.formats, values, proxy.name, proxy.params, ctx.calibration,
+                                None, {"seconds": time.perf_counter() - t0, "chunks": len(parts)},
+                                ctx.model_sha256, {"chunks": len(parts)})
+    return compute
+
+
+@ray.remote(num_cpus=1, max_retries=2)
+def run_job(spec_ds: list[dict], texts: dict[str, str], table_d: dict | None, n_chunks: int, queue=None) -> dict:
+    """Run a job: one policy per budget point, one sensitivity table shared by all of them."""
+    from search.spec import SearchSpec
+    from search.table import SensitivityTable
+    from workers.pipeline import run_search
+    from workers.sources import load_model
+
+    torch_threads()
+
+    def progress(phase: str, fraction: float, message: str) -> None:
+        if queue is not None:
+            queue.put({"phase": phase, "fraction": fraction, "message": message}, block=False)
+
+    try:
+        table = SensitivityTable.from_dict(table_d) if table_d else None
+        lm, out, computed = None, [], False
+        for i, raw in enumerate(spec_ds):
+            spec = SearchSpec(**_materialise(raw, texts))
+            lm = lm or load_model(spec.model)
+            res = run_search(spec, progress, loaded=lm, table=table, compute_table=_fan_out(raw, texts, n_chunks, queue))
+            computed = computed or table is None
+            table = res.table
+            out.append({"policy": json.loads(res.policy.to_json(None)), "timings": res.timings})
+            progress("done", (i + 1) / len(spec_ds), f"budget {i + 1}/{len(spec_ds)} done")
+    except _user_errors() as e:
+        return {"ok": False, "error": str(e).splitlines()[0] if str(e) else type(e).__name__}
+    return {"ok": True, "results": out, "table": table.to_dict() if computed else None}
