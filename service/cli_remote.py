@@ -4,7 +4,6 @@ They use the SDK (``service.client``), so they need no torch locally except ``se
 arguments and 4xx answers print one line and exit 2; an unreachable server exits 1."""
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys

@@ -13,7 +13,6 @@ import json
 from dataclasses import dataclass
 
 from search.budgets import CostModel, check_budgets
-from search.formats import make_formats
 from search.layers import LayerInfo, find_tie_groups
 from search.spec import SearchSpec
 from service.schemas import JobCreate

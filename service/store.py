@@ -45,7 +45,7 @@ def new_id() -> str:
     return uuid.uuid4().hex
 
 
-def encode_cursor(row: JobRow) -> str:
+def encode_cursor(row) -> str:
     return base64.urlsafe_b64encode(f"{row.created_at.isoformat()}|{row.id}".encode()).decode()
 
 
@@ -137,9 +137,18 @@ class Store:
         with self.session() as s:
             return s.get(JobRow, job_id)
 
+    def job_with_policies(self, job_id: str) -> tuple[JobRow | None, list[str]]:
+        """The hot path of every poll: one session, two indexed lookups."""
+        with self._session() as s:
+            row = s.get(JobRow, job_id)
+            if row is None:
+                return None, []
+            return row, list(s.scalars(select(PolicyRow.id).where(PolicyRow.job_id == job_id)
+                                       .order_by(PolicyRow.position)))
+
     def list_jobs(self, status: str | None = None, model_id: str | None = None, cursor: str | None = None,
                   limit: int = 50) -> tuple[list[JobRow], str | None]:
-        q = select(JobRow)
+        q = select(JobRow.__table__)  # Core rows: no ORM identity map for a read-only page
         if status:
             q = q.where(JobRow.status == status)
         if model_id:
@@ -148,8 +157,8 @@ class Store:
             at, jid = decode_cursor(cursor)
             q = q.where(or_(JobRow.created_at < at, and_(JobRow.created_at == at, JobRow.id < jid)))
         q = q.order_by(JobRow.created_at.desc(), JobRow.id.desc()).limit(limit + 1)
-        with self.session() as s:
-            rows = list(s.scalars(q))
+        with self._session() as s:
+            rows = list(s.execute(q))
         more = len(rows) > limit
         rows = rows[:limit]
         return rows, encode_cursor(rows[-1]) if more and rows else None
@@ -158,7 +167,7 @@ class Store:
         out: dict[str, list[str]] = {j: [] for j in job_ids}
         if not job_ids:
             return out
-        with self.session() as s:
+        with self._session() as s:
             for pid, jid in s.execute(select(PolicyRow.id, PolicyRow.job_id).where(PolicyRow.job_id.in_(job_ids))
                                       .order_by(PolicyRow.position)):
                 out[jid].append(pid)

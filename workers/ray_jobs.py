@@ -129,21 +129,12 @@ def torch_threads() -> None:
     torch.set_num_threads(max(1, n))
 
 
-def chunk_rows(numels: list[int], n_chunks: int) -> list[list[int]]:
-    """Split layer indices into ``n_chunks`` contiguous runs of about equal weight count (work
-    per row is roughly proportional to it), keeping model order within each chunk."""
-    n_chunks = max(1, min(n_chunks, len(numels)))
-    total = float(sum(numels)) or 1.0
-    out, cur, acc = [], [], 0.0
-    for i, n in enumerate(numels):
-        cur.append(i)
-        acc += n
-        if acc >= total * (len(out) + 1) / n_chunks and len(out) < n_chunks - 1:
-            out.append(cur)
-            cur = []
-    if cur:
-        out.append(cur)
-    return out
+def chunk_rows(n_rows: int, n_chunks: int) -> list[list[int]]:
+    """Deal rows out round-robin (0, n, 2n, … to chunk 0; 1, n+1, … to chunk 1). A measured row
+    costs a forward pass from its layer's block to the output, so early rows cost more than late
+    ones: contiguous chunks would give one worker all the expensive rows."""
+    n_chunks = max(1, min(n_chunks, n_rows))
+    return [list(range(i, n_rows, n_chunks)) for i in range(n_chunks)]
 
 
 def _fan_out(spec_d: dict, texts: dict[str, str], n_chunks: int, queue):
@@ -154,7 +145,7 @@ def _fan_out(spec_d: dict, texts: dict[str, str], n_chunks: int, queue):
         if not proxy.chunkable or n_chunks <= 1 or len(ctx.layers) < 2:
             return proxy.compute(ctx)
         t0 = time.perf_counter()
-        parts = chunk_rows([l.numel for l in ctx.layers], n_chunks)
+        parts = chunk_rows(len(ctx.layers), n_chunks)
         opts = _gpu_options()
         refs = [measure_chunk.options(**opts).remote(spec_d, texts, rows, i, len(parts), queue) for i, rows in enumerate(parts)]
         values = np.zeros((len(ctx.layers), len(ctx.formats)))

@@ -243,3 +243,42 @@ def test_sdk_minilm_tiny_end_to_end(server):
         from service.client import Client
         with Client(server.url, server.token) as c:
             c.submit(job.model_id, {"avg_bits": 1.0})
+
+
+def _cli(server, *args: str, token: bool = True):
+    import subprocess
+    import sys
+    extra = ["--url", server.url] + (["--token", server.token] if token else [])
+    cmd, rest = args[0], list(args[1:])
+    return subprocess.run([sys.executable, "-m", "service.cli", cmd, *extra, *rest], capture_output=True, text=True,
+                          timeout=600)
+
+
+def test_cli_submit_wait_status_policy(server, digits_id, tmp_path):
+    out = tmp_path / "p.json"
+    r = _cli(server, "submit", "--model", digits_id, "--budget", "avg_bits=3.5", "--proxy", "output_error",
+             "--solver", "ilp", "--no-refine", "--wait", "--out", str(out))
+    assert r.returncode == 0, r.stderr
+    policy = json.loads(out.read_text())
+    assert policy["schema"] == "bitplan.policy/v1" and policy["cost"]["avg_bits"] <= 3.5 + 1e-9
+    job_id = r.stdout.split()[1]
+    r = _cli(server, "status", job_id)
+    assert r.returncode == 0 and '"succeeded"' in r.stdout
+    assert _cli(server, "status").returncode == 0
+    again = tmp_path / "again.json"
+    assert _cli(server, "policy", job_id, "--out", str(again)).returncode == 0
+    assert json.loads(again.read_text()) == policy
+    bad = _cli(server, "submit", "--model", digits_id, "--budget", "avg_bits=0.5")
+    assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1 and "below" in bad.stderr
+    noauth = _cli(server, "status", token=False)
+    assert noauth.returncode == 2 and "token" in noauth.stderr
+    down = subprocess_run_down(tmp_path)
+    assert down.returncode == 1 and "cannot reach" in down.stderr
+
+
+def subprocess_run_down(tmp_path):
+    import subprocess
+    import sys
+    from tests.service.conftest import free_port
+    return subprocess.run([sys.executable, "-m", "service.cli", "status", "--url", f"http://127.0.0.1:{free_port()}"],
+                          capture_output=True, text=True, timeout=60)
