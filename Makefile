@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.bitplan-installed
 
-.PHONY: setup run serve search test test-unit test-integration bench clean
+.PHONY: setup setup-browser vendor run serve search test test-unit test-integration bench clean
 
 setup: $(STAMP)
 
@@ -28,13 +28,25 @@ serve: setup
 search: setup
 	$(BIN)/bitplan search --model builtin:minilm-l6 --budget avg_bits=3.3 --bits 2,3,4,8 --group-size 64 --out policy.json
 
-test: setup
+# Debian's chromium for the dashboard tests (Playwright drives it; it never downloads a browser).
+setup-browser:
+	@command -v chromium >/dev/null 2>&1 || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver)
+
+# Chart.js for the dashboard, vendored from the npm registry (no CDN: the page works offline).
+CHARTJS := 4.6.1
+vendor:
+	rm -rf .vendor-tmp && mkdir .vendor-tmp && cd .vendor-tmp && npm pack -q chart.js@$(CHARTJS) && tar xzf chart.js-$(CHARTJS).tgz
+	cp .vendor-tmp/package/dist/chart.umd.min.js .vendor-tmp/package/LICENSE.md service/static/vendor/chartjs/
+	cd service/static/vendor/chartjs && sha256sum -c SHA256SUMS
+	rm -rf .vendor-tmp
+
+test: setup setup-browser
 	$(BIN)/python -m pytest -q tests
 
 test-unit: setup
 	$(BIN)/python -m pytest -q -m "not integration" tests
 
-test-integration: setup
+test-integration: setup setup-browser
 	$(BIN)/python -m pytest -q -m integration tests
 
 bench: setup

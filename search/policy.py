@@ -60,6 +60,9 @@ class Measured(_Strict):
     value: float
     float: float
     uniform: dict[str, float] = Field(default_factory=dict)
+    # avg_bits of each uniform baseline (same keys as ``uniform``), so a reader can place the
+    # baselines on the same cost axis as the policy
+    uniform_avg_bits: dict[str, float] = Field(default_factory=dict)
     split: str = "eval"
     extra: dict[str, float] = Field(default_factory=dict)
 

@@ -21,7 +21,8 @@ import ray
 from fastapi import APIRouter, Depends, FastAPI, Header, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
-from fastapi.responses import JSONResponse, Response, StreamingResponse
+from fastapi.responses import FileResponse, JSONResponse, Response, StreamingResponse
+from fastapi.staticfiles import StaticFiles
 from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -33,6 +34,7 @@ from service.store import BadCursor, Conflict, Store, migrate
 
 log = logging.getLogger("bitplan.api")
 API_VERSION = "v1"
+STATIC = Path(__file__).with_name("static")
 
 
 class ApiError(Exception):
@@ -450,4 +452,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                     for r in rows]
 
     app.include_router(v1)
+
+    # the dashboard: static files that talk only to /v1 (no token needed to load the page itself)
+    app.mount("/static", StaticFiles(directory=STATIC), name="static")
+
+    @app.get("/", include_in_schema=False)
+    def dashboard():
+        return FileResponse(STATIC / "index.html", headers={"Cache-Control": "no-cache"})
+
     return app

@@ -126,7 +126,7 @@ def _serve(args) -> int:
     from service.config import Settings
     settings = Settings()
     where = f"http://{args.host}:{args.port}"
-    print(f"bitplan: serving {where}  (API docs {where}/docs, database "
+    print(f"bitplan: serving {where}  (dashboard {where}/, API docs {where}/docs, database "
           f"{settings.database_url.split('@')[-1]})", flush=True)
     uvicorn.run(create_app(settings), host=args.host, port=args.port, log_level=args.log_level)
     return 0

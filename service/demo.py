@@ -60,7 +60,7 @@ def main(argv: list[str] | None = None) -> int:
             model = c.register_model("builtin:minilm-l6")
             print(f"registered {model.ref}: {model.n_layers} layers, {model.n_weights:,} weights, id {model.id[:16]}…")
             job = c.submit(model.id, {"avg_bits": args.budget}, formats={"bits": [2, 3, 4, 8], "group_size": 64})
-            print(f"job {job.id}: follow it at {url}/v1/jobs/{job.id} (events: …/events, API docs: {url}/docs)", flush=True)
+            print(f"job {job.id}: watch it on the dashboard {url}/#/jobs/{job.id}", flush=True)
             job = _follow(c, job.id)
             policy = c.policy(job.policy_ids[0])
             args.out.write_text(json.dumps(policy, indent=2))

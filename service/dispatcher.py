@@ -151,8 +151,14 @@ class Dispatcher:
             if "chunk" in it:
                 r.chunks[it["chunk"]] = it["fraction"]
                 it = {**it, "fraction": sum(r.chunks.values()) / it["of"]}
-            if phase != r.phase:
-                r.phase, log_it = phase, True
+            if phase != r.phase:  # every phase change goes into the log, even inside one batch
+                if last is not None and last["phase"] == r.phase and r.phase is not None:
+                    self.store.progress(r.job_id, self.owner, r.phase, overall(r.phase, last["fraction"], r.point,
+                                                                              r.points), last["message"], log=True)
+                r.phase = phase
+                self.store.progress(r.job_id, self.owner, phase, overall(phase, it["fraction"], r.point, r.points),
+                                    it["message"], log=True)
+                r.last_log = r.last_write = time.monotonic()
             last = it
         now = time.monotonic()
         if last is None or (now - r.last_write < 0.3 and not log_it):

@@ -8,6 +8,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 
 from proxies.base import Proxy, ProxyContext
@@ -102,6 +103,8 @@ def run_search(spec: SearchSpec, progress: Progress = _noop, loaded: LoadedModel
     t = time.perf_counter()
     ev = Evaluator(lm.model, modules, lm.task)
     baselines = _baselines(ev, formats, len(layers), evals, lambda f, m: progress("evaluate", f, m))
+    baselines["uniform_cost"] = {str(f.bits): costs.cost(np.full(len(layers), formats.index(f)))["avg_bits"]
+                                 for f in reference_formats(formats)}
     solved = ev.metrics([formats[k] for k in solution.choice], evals)
     timings["evaluate"] = time.perf_counter() - t
     progress("evaluate", 1.0, f"{lm.task.metric} {solved[lm.task.metric]:.4g}")
@@ -124,6 +127,7 @@ def run_search(spec: SearchSpec, progress: Progress = _noop, loaded: LoadedModel
         predicted=Predicted(proxy=table.proxy, loss_increase=problem.objective(choice)),
         measured=Measured(metric=metric, value=solved[metric], float=baselines["float"][metric],
                           uniform={k: v[metric] for k, v in baselines["uniform"].items()},
+                          uniform_avg_bits=baselines["uniform_cost"],
                           extra={k: v for k, v in solved.items() if k != metric}),
         solver=SolverInfo(**{k: v for k, v in solution.to_dict().items() if k not in ("front",)}),
         refine=refine_info)
