@@ -84,6 +84,18 @@ def _raise_for(r: httpx.Response) -> None:
     raise cls(r.status_code, code, message, detail)
 
 
+def _settled(job: JobOut, deadline: float, timeout: float, raise_on_failure: bool) -> bool:
+    """One step of ``wait`` shared by both clients: True when the job has ended (raising
+    JobFailed if it did not succeed and the caller asked for that), WaitTimeout past the deadline."""
+    if job.status in TERMINAL:
+        if job.status != "succeeded" and raise_on_failure:
+            raise JobFailed(job)
+        return True
+    if time.monotonic() > deadline:
+        raise WaitTimeout(job, timeout)
+    return False
+
+
 def _headers(token: str | None) -> dict:
     return {"Authorization": f"Bearer {token}"} if token else {}
 
@@ -187,12 +199,8 @@ class Client:
             job = self.get(job_id)
             if on_progress:
                 on_progress(job)
-            if job.status in TERMINAL:
-                if job.status != "succeeded" and raise_on_failure:
-                    raise JobFailed(job)
+            if _settled(job, deadline, timeout, raise_on_failure):
                 return job
-            if time.monotonic() > deadline:
-                raise WaitTimeout(job, timeout)
             time.sleep(poll_interval)
 
     def policy(self, policy_id: str) -> dict:
@@ -285,12 +293,8 @@ class AsyncClient:
             job = await self.get(job_id)
             if on_progress:
                 on_progress(job)
-            if job.status in TERMINAL:
-                if job.status != "succeeded" and raise_on_failure:
-                    raise JobFailed(job)
+            if _settled(job, deadline, timeout, raise_on_failure):
                 return job
-            if time.monotonic() > deadline:
-                raise WaitTimeout(job, timeout)
             await asyncio.sleep(poll_interval)
 
     async def policy(self, policy_id: str) -> dict:
