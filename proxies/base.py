@@ -37,6 +37,9 @@ class ProxyContext:
     progress: Progress | None = None
     model_sha256: str = ""
     calibration: dict = field(default_factory=dict)
+    # optional parallel measurement of many policies (format index per layer → calibration
+    # loss); the service sets it to fan the work out over Ray
+    map_policies: Callable | None = None
 
     def report(self, fraction: float, message: str = "") -> None:
         if self.progress:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from proxies.base import Proxy
+from proxies.evolved import EvolvedProxy
 from proxies.fisher import FisherProxy
 from proxies.hessian import HessianTraceProxy
 from proxies.measured import MeasuredProxy
@@ -14,10 +15,14 @@ PROXIES: dict[str, type[Proxy]] = {
     "orthogonality": OrthogonalityProxy,
     "output_error": OutputErrorProxy,
     "measured": MeasuredProxy,
+    "evolved": EvolvedProxy,
 }
 
 
-def get_proxy(name: str, **params) -> Proxy:
+def get_proxy(name: str, /, **params) -> Proxy:
+    """``evolved:<name>`` is the stored evolved program ``<name>`` (EMQ)."""
+    if name.startswith("evolved:"):
+        return EvolvedProxy(**{**params, "program": name.split(":", 1)[1]})
     try:
         cls = PROXIES[name]
     except KeyError:

@@ -127,7 +127,7 @@ def _event_out(e) -> JobEvent:
 def _init_ray(settings: Settings) -> None:
     if ray.is_initialized():
         return
-    env = {"BITPLAN_UPLOAD_DIR": str(settings.upload_dir)}
+    env = {"BITPLAN_UPLOAD_DIR": str(settings.upload_dir), "BITPLAN_EVOLVED_DIR": str(settings.evolved_dir)}
     for k in ("BITPLAN_MODEL_ROOT", "BITPLAN_DATA_DIR", "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"):
         if os.environ.get(k):
             env[k] = os.environ[k]
@@ -147,6 +147,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         settings.var_dir.mkdir(parents=True, exist_ok=True)
         settings.upload_dir.mkdir(parents=True, exist_ok=True)
         os.environ.setdefault("BITPLAN_UPLOAD_DIR", str(settings.upload_dir))
+        os.environ["BITPLAN_EVOLVED_DIR"] = str(settings.evolved_dir)
         migrate(settings.database_url)
         store = Store(settings.database_url)
         _init_ray(settings)

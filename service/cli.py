@@ -101,6 +101,19 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--out", type=Path, default=Path("policy.json"), help="where to write the bitplan.policy/v1 JSON")
     s.add_argument("--save-table", type=Path, help="also write the sensitivity table (JSON)")
+    e = sub.add_parser("evolve", help="evolve a proxy program on a model (EMQ) and compare it with the built-in proxies")
+    e.add_argument("--model", required=True)
+    e.add_argument("--name", required=True, help="store the winner as evolved:<name> (letters, digits, _ . -)")
+    e.add_argument("--bits", type=_bits, default=[2, 3, 4, 8])
+    e.add_argument("--group-size", type=_group, default=64)
+    e.add_argument("--n-policies", type=int, default=50, help="ground-truth policies to measure (default 50)")
+    e.add_argument("--population", type=int, default=32)
+    e.add_argument("--generations", type=int, default=12)
+    e.add_argument("--n-calib", type=int)
+    e.add_argument("--compare", default="hessian_trace,fisher,orthogonality,output_error,measured",
+                   help="built-in proxies to compare on the same held-out policies ('' for none)")
+    e.add_argument("--seed", type=int, default=0)
+    e.add_argument("--out", type=Path, help="write the comparison as JSON")
     from service.cli_remote import add_commands
     add_commands(sub, _bits, _group, _kv)
     return p
@@ -160,11 +173,44 @@ def cmd_search(args) -> int:
     return 0
 
 
+def cmd_evolve(args) -> int:
+    from pydantic import ValidationError
+    compare = tuple(c for c in args.compare.split(",") if c)
+    params = {"n_policies": args.n_policies, "population": args.population, "generations": args.generations}
+    try:
+        from proxies.registry import PROXIES, get_proxy
+        get_proxy("evolved", name=args.name, **params)  # parameter errors before any work
+        bad = [c for c in compare if c not in PROXIES or c == "evolved"]
+        if bad:
+            raise ValueError(f"--compare: unknown built-in proxy {bad[0]!r}")
+        if args.out and not args.out.parent.exists():
+            raise ValueError(f"--out {args.out}: folder {str(args.out.parent)!r} does not exist")
+    except (ValueError, ValidationError) as e:
+        return fail(_one_line(e))
+    from rich.progress import Progress
+    from workers.errors import USER_ERRORS
+    from workers.evolution import evolve_and_compare, print_table, to_json
+    with Progress(transient=True) as bar:
+        task = bar.add_task("evolve", total=1.0)
+        try:
+            res = evolve_and_compare(args.model, args.bits, args.group_size, args.name, params, compare,
+                                     n_calib=args.n_calib, seed=args.seed,
+                                     progress=lambda ph, f, m: bar.update(task, completed=f, description=f"{ph}: {m[:70]}"))
+        except USER_ERRORS as e:
+            return fail(_one_line(e))
+    print_table(res)
+    if args.out:
+        args.out.write_text(to_json(res))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command == "search":
         return cmd_search(args)
+    if args.command == "evolve":
+        return cmd_evolve(args)
     from service.cli_remote import run
     return run(args)
 

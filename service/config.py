@@ -48,3 +48,8 @@ class Settings:
     @property
     def upload_dir(self) -> Path:
         return self.var_dir / "uploads"
+
+    @property
+    def evolved_dir(self) -> Path:
+        """Stored evolved proxies (proxy=evolved:<name>), shared with the Ray workers."""
+        return Path(os.environ.get("BITPLAN_EVOLVED_DIR") or self.var_dir / "evolved")

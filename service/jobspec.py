@@ -72,6 +72,8 @@ def plan_job(req: JobCreate, model_ref: str, model_id: str, model_kind: str, lay
         raise ValueError("formats: the menu is empty; give at least one bit-width")
     if len(formats) * max(len(layers), 1) > 200_000:
         raise ValueError(f"formats: {len(formats)} formats × {len(layers)} layers is too large a table; use fewer formats")
+    if hasattr(proxy, "check_model"):
+        proxy.check_model(len(layers), len(formats))
     infos = [LayerInfo.from_dict(d) for d in layers]
     ties = find_tie_groups(infos, specs[0].ties)
     costs = CostModel(infos, formats, specs[0].a_bits, specs[0].latency_table)

@@ -137,11 +137,40 @@ def chunk_rows(n_rows: int, n_chunks: int) -> list[list[int]]:
     return [list(range(i, n_rows, n_chunks)) for i in range(n_chunks)]
 
 
+@ray.remote(num_cpus=1, max_retries=3)
+def measure_policies(spec_d: dict, texts: dict[str, str], choices: list[list[int]]) -> list[float]:
+    """Calibration loss of each policy (format index per layer): the evolved proxy's ground truth."""
+    from proxies.evaluate import Evaluator
+
+    torch_threads()
+    p = _prepared(_materialise(spec_d, texts))
+    ev = Evaluator(p["lm"].model, [q[1] for q in p["pairs"]], p["lm"].task)
+    return [ev.loss([p["formats"][int(k)] for k in c], p["calib"]) for c in choices]
+
+
+def _policy_mapper(spec_d: dict, texts: dict[str, str], n_chunks: int, ctx):
+    """``ctx.map_policies`` for the evolved proxy: the ground-truth set measured on Ray."""
+    def run(choices):
+        parts = [choices[i::n_chunks].tolist() for i in range(n_chunks)]
+        refs = [measure_policies.remote(spec_d, texts, part) for part in parts if part]
+        out = np.zeros(len(choices))
+        done = 0
+        for i, ref in enumerate(refs):
+            out[i::n_chunks] = ray.get(ref)
+            done += 1
+            ctx.report(0.1 * done / len(refs), f"ground truth: {done}/{len(refs)} chunks")
+        return out.tolist()
+    return run
+
+
 def _fan_out(spec_d: dict, texts: dict[str, str], n_chunks: int, queue):
-    """A ``compute_table`` for the pipeline that spreads a chunkable proxy over Ray tasks."""
+    """A ``compute_table`` for the pipeline that spreads a chunkable proxy over Ray tasks (and
+    the evolved proxy's ground-truth measurements)."""
     from search.table import SensitivityTable
 
     def compute(proxy, ctx):
+        if proxy.name == "evolved" and n_chunks > 1:
+            ctx.map_policies = _policy_mapper(spec_d, texts, n_chunks, ctx)
         if not proxy.chunkable or n_chunks <= 1 or len(ctx.layers) < 2:
             return proxy.compute(ctx)
         t0 = time.perf_counter()

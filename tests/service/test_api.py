@@ -283,3 +283,23 @@ def subprocess_run_down(tmp_path):
     from tests.service.conftest import free_port
     return subprocess.run([sys.executable, "-m", "service.cli", "status", "--url", f"http://127.0.0.1:{free_port()}"],
                           capture_output=True, text=True, timeout=60)
+
+
+def test_evolved_proxy_through_the_service_and_reuse_by_name(server, digits_id):
+    """proxy=evolved runs EMQ in the job (ground truth measured by Ray tasks), stores the
+    program on the server, and a later job uses it as proxy=evolved:<name>."""
+    name = f"svc-{server.port}"
+    with server.client() as c:
+        job = c.wait(c.submit(digits_id, {"avg_bits": 3.5}, proxy="evolved", solver="ilp", refine=False,
+                              proxy_params={"name": name, "generations": 2, "population": 8, "n_policies": 16}).id,
+                     timeout=300)
+        table = c.sensitivity(job.sensitivity_id)
+        assert table["proxy"] == "evolved" and table["diagnostics"]["name"] == name
+        assert table["diagnostics"]["ground_truth_policies"] == 16 and "dW" in table["diagnostics"]["formula"]
+        again = c.wait(c.submit(digits_id, {"avg_bits": 3.5}, proxy=f"evolved:{name}", solver="ilp", refine=False).id,
+                       timeout=300)
+        assert c.sensitivity(again.sensitivity_id)["diagnostics"]["formula"] == table["diagnostics"]["formula"]
+        with pytest.raises(InvalidRequest, match="no stored evolved proxy"):
+            c.submit(digits_id, {"avg_bits": 3.5}, proxy="evolved:does-not-exist")
+        with pytest.raises(InvalidRequest, match="population"):
+            c.submit(digits_id, {"avg_bits": 3.5}, proxy="evolved", proxy_params={"population": 0})

@@ -44,7 +44,7 @@ def test_services_and_wiring():
 def test_environment_is_what_the_server_reads(monkeypatch):
     c = _compose()
     known = set(re.findall(r'"(BITPLAN_[A-Z_]+)"', (ROOT / "service" / "config.py").read_text()))
-    known |= {"BITPLAN_UPLOAD_DIR", "BITPLAN_MODEL_ROOT"}  # read by the workers' model sources
+    known |= {"BITPLAN_UPLOAD_DIR", "BITPLAN_MODEL_ROOT", "BITPLAN_EVOLVED_DIR"}  # read by the workers' sources and proxies
     env = {k: _resolve(str(v)) for k, v in c["services"]["api"]["environment"].items()}
     assert {k for k in env if k.startswith("BITPLAN_")} <= known
     pg = c["services"]["postgres"]["environment"]

@@ -1,0 +1,153 @@
+"""``evolved`` (EMQ): a proxy program found by evolution on the user's own model, or a stored one
+re-used by name (``proxy=evolved:<name>``).
+
+Without ``program`` the proxy (1) samples ``n_policies`` random mixed-precision policies across
+the budget range and measures each one's real calibration loss — the ground-truth set, fanned
+out over Ray when the context offers a ``map_policies`` hook; (2) evolves programs over the
+model's primitives (search/evolve.py) for Kendall τ with that loss on a training part; (3)
+stores the winner (formula, tree, τ on the held-out part, the ground truth) under ``name``; and
+(4) returns the winner's table. With ``program=<name>`` it loads the stored program and only
+computes the primitives of this model."""
+from __future__ import annotations
+
+import json
+import os
+import re
+import time
+from pathlib import Path
+
+import numpy as np
+
+from proxies.base import Proxy, ProxyContext, swapped
+from proxies.primitives import compute_primitives
+from proxies.quant import quantize_module_weight
+from search.budgets import CostModel
+from search.evolve import EvolveParams, Program, evolve, predict, program_json, rank_corr, sample_policies, scores, split
+
+NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+
+
+def store_dir() -> Path:
+    return Path(os.environ.get("BITPLAN_EVOLVED_DIR") or Path.home() / ".cache" / "bitplan" / "evolved")
+
+
+def save_program(name: str, doc: str) -> Path:
+    if not NAME.match(name):
+        raise ValueError(f"evolved proxy name {name!r}: use letters, digits, '_', '.', '-' (at most 64)")
+    d = store_dir()
+    d.mkdir(parents=True, exist_ok=True)
+    tmp = d / f".{name}.{os.getpid()}.tmp"
+    tmp.write_text(doc)
+    tmp.replace(d / f"{name}.json")
+    return d / f"{name}.json"
+
+
+def load_program(name: str) -> tuple[Program, dict]:
+    if not NAME.match(name or ""):
+        raise ValueError(f"evolved proxy name {name!r} is not valid")
+    path = store_dir() / f"{name}.json"
+    if not path.is_file():
+        known = sorted(p.stem for p in store_dir().glob("*.json")) if store_dir().is_dir() else []
+        raise ValueError(f"no stored evolved proxy {name!r}; known: {', '.join(known) or 'none yet'} "
+                         f"(evolve one with proxy 'evolved' and no program)")
+    doc = json.loads(path.read_text())
+    return Program.from_dict(doc["program"]), doc
+
+
+class EvolvedProxy(Proxy):
+    name = "evolved"
+
+    @classmethod
+    def defaults(cls) -> dict:
+        return {"program": None, "name": None, "n_policies": 50, "population": 32, "generations": 12,
+                "samples": 512, "holdout": 0.3, "max_depth": 4, "gradient_samples": 32}
+
+    def __init__(self, **params):
+        super().__init__(**params)
+        p = self.params
+        if p["program"] is not None:
+            load_program(p["program"])  # fail before any work when the name is unknown
+            return
+        if p["name"] is not None and not NAME.match(str(p["name"])):
+            raise ValueError(f"evolved: name {p['name']!r}: use letters, digits, '_', '.', '-' (at most 64)")
+        if not 8 <= int(p["n_policies"]) <= 5000:
+            raise ValueError(f"evolved: n_policies={p['n_policies']}: use 8..5000 ground-truth policies")
+        if not 16 <= int(p["samples"]) <= 65536:
+            raise ValueError(f"evolved: samples={p['samples']}: use 16..65536 elements per layer")
+        if int(p["gradient_samples"]) < 1:
+            raise ValueError("evolved: gradient_samples must be >= 1")
+        EvolveParams(population=int(p["population"]), generations=int(p["generations"]),
+                     max_depth=int(p["max_depth"]), tournament=min(4, max(2, int(p["population"])))).check()
+        from search.evolve import split as _split
+        _split(int(p["n_policies"]), float(p["holdout"]), 0)
+
+    def check_model(self, n_layers: int, n_formats: int) -> None:
+        """Errors that need the model: too few layers, more policies than exist."""
+        if self.params["program"] is not None:
+            return
+        if n_layers < 2:
+            raise ValueError(f"evolved: the model has {n_layers} quantizable layer(s); evolution ranks policies and "
+                             "needs at least 2")
+        distinct = n_formats ** n_layers
+        if self.params["n_policies"] > distinct:
+            raise ValueError(f"evolved: n_policies={self.params['n_policies']} is more than the {distinct} distinct "
+                             f"policies of {n_layers} layers × {n_formats} formats")
+
+    def _compute(self, ctx: ProxyContext):
+        p = self.params
+        self.check_model(len(ctx.layers), len(ctx.formats))
+        t0 = time.perf_counter()
+        prim = compute_primitives(ctx, int(p["samples"]), int(p["gradient_samples"]))
+        if p["program"] is not None:
+            prog, doc = load_program(p["program"])
+            table = scores(prog, prim)
+            return table, None, {"formula": prog.formula(), "program": p["program"],
+                                 "evolved_on": doc.get("model_sha256"), "primitives_seconds": time.perf_counter() - t0}
+        choices, truth = self.ground_truth(ctx)
+        train, hold = split(len(truth), float(p["holdout"]), ctx.seed)
+        params = EvolveParams(population=int(p["population"]), generations=int(p["generations"]),
+                              max_depth=int(p["max_depth"]), seed=ctx.seed, tournament=min(4, int(p["population"])))
+        res = evolve(prim, choices, truth, train, hold, params,
+                     lambda g, n, best: ctx.report(g / n, f"generation {g}/{n}: τ {best.tau:.3f} {best.program.formula()}"))
+        name = p["name"] or f"{(ctx.model_sha256 or 'model')[:12]}-s{ctx.seed}"
+        meta = {"name": name, "model_sha256": ctx.model_sha256, "formats": [f.label for f in ctx.formats],
+                "tau_train": res.best.tau, "spearman_train": res.best.rho, "tau_holdout": res.tau_holdout,
+                "spearman_holdout": res.rho_holdout, "history": res.history, "screened_out": res.screened,
+                "ground_truth": {"choices": choices.tolist(), "loss": truth.tolist(), "train": train.tolist(),
+                                 "holdout": hold.tolist()}}
+        path = save_program(name, program_json(res.best.program, meta))
+        table = scores(res.best.program, prim)
+        diag = {k: v for k, v in meta.items() if k not in ("ground_truth", "history")}
+        diag.update(formula=res.best.program.formula(), stored=str(path), generations=len(res.history),
+                    ground_truth_policies=len(truth))
+        return table, None, diag
+
+    def ground_truth(self, ctx: ProxyContext) -> tuple[np.ndarray, np.ndarray]:
+        """Random policies stratified by avg bits and their measured calibration loss."""
+        costs = CostModel(ctx.layers, ctx.formats)
+        numel = np.array([l.numel for l in ctx.layers], float)
+        allowed = np.array([not f.is_float for f in ctx.formats]) if any(not f.is_float for f in ctx.formats) else None
+        choices = sample_policies(costs.total_bits, numel, int(self.params["n_policies"]), ctx.seed, allowed)
+        mapper = getattr(ctx, "map_policies", None)
+        if mapper is not None:
+            truth = np.array(mapper(choices), dtype=float)
+        else:
+            truth = np.array([self._measure(ctx, c, i, len(choices)) for i, c in enumerate(choices)])
+        return choices, truth
+
+    @staticmethod
+    def _measure(ctx: ProxyContext, choice: np.ndarray, i: int, n: int) -> float:
+        from proxies.base import mean_loss
+        weights = [quantize_module_weight(m, ctx.formats[int(k)]) for m, k in zip(ctx.modules, choice)]
+        with swapped(ctx.modules, weights):
+            loss = mean_loss(ctx)
+        ctx.report(0.1 * (i + 1) / n, f"ground truth {i + 1}/{n}")
+        return loss
+
+
+def held_out_tau(table: np.ndarray, doc: dict) -> tuple[float, float]:
+    """τ and ρ of any L×K table on a stored program's held-out ground truth (the comparison
+    table of built-in proxies uses this)."""
+    gt = doc["ground_truth"]
+    choices, loss, hold = np.array(gt["choices"]), np.array(gt["loss"]), np.array(gt["holdout"])
+    return rank_corr(predict(table, choices[hold]), loss[hold])

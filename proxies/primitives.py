@@ -1,0 +1,107 @@
+"""The primitives an evolved-proxy program reads (search/evolve.py), sampled from a real model:
+per layer, ``S`` fixed element positions of the weight in its (out, reduction) layout, and at
+those positions the weight W, the mean per-sample gradient G, the Fisher diagonal F (mean squared
+per-sample gradient — our Hessian-diagonal estimate), the input activation second moment A of
+the element's input channel, and each format's quantization perturbation dW."""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from proxies.base import ProxyContext, requiring_grad
+from proxies.quant import quantize_module_weight, to_2d
+from search.evolve import Primitives
+
+
+def _gradients(ctx: ProxyContext, max_samples: int) -> tuple[list[torch.Tensor], list[torch.Tensor], int]:
+    params = [m.weight for m in ctx.modules]
+    g1 = [torch.zeros_like(p, dtype=torch.float32) for p in params]
+    g2 = [torch.zeros_like(p, dtype=torch.float32) for p in params]
+    gen = torch.Generator().manual_seed(ctx.seed)
+    n = 0
+    with requiring_grad(params):
+        for batch in ctx.batches:
+            losses = ctx.task.sample_losses(ctx.model, batch, gen)
+            for i in range(min(len(losses), max_samples - n)):
+                grads = torch.autograd.grad(losses[i], params, retain_graph=i + 1 < len(losses), allow_unused=True)
+                for a, b, g in zip(g1, g2, grads):
+                    if g is not None:
+                        a.add_(g.float())
+                        b.add_(g.float() ** 2)
+                n += 1
+            del losses
+            if n >= max_samples:
+                break
+    n = max(n, 1)
+    return [a / n for a in g1], [b / n for b in g2], n
+
+
+def _activation_moments(ctx: ProxyContext) -> list[torch.Tensor] | None:
+    """Mean squared input per input channel of every layer (None for TorchScript: no hooks)."""
+    if isinstance(ctx.model, torch.jit.ScriptModule):
+        return None
+    acc: list[torch.Tensor | None] = [None] * len(ctx.modules)
+    count = [0] * len(ctx.modules)
+
+    def hook(i, kind):
+        def fn(m, inp, out):
+            x = inp[0].detach().float()
+            if kind in ("Conv1d", "Conv2d"):
+                s, c = (x ** 2).transpose(0, 1).reshape(x.shape[1], -1).mean(1), 1
+            else:
+                s, c = (x.reshape(-1, x.shape[-1]) ** 2).mean(0), 1
+            acc[i] = s if acc[i] is None else acc[i] + s
+            count[i] += c
+        return fn
+
+    handles = [m.register_forward_hook(hook(i, l.kind)) for i, (m, l) in enumerate(zip(ctx.modules, ctx.layers))]
+    try:
+        with torch.no_grad():
+            for b in ctx.batches:
+                ctx.task.features(ctx.model, b)
+    finally:
+        for h in handles:
+            h.remove()
+    return [a / max(c, 1) if a is not None else None for a, c in zip(acc, count)]
+
+
+def _column_channels(module: torch.nn.Module, kind: str, rows: int, cols: int) -> torch.Tensor:
+    """For each (row, column) of the 2-D weight layout, the input channel it reads."""
+    r = torch.arange(rows)[:, None]
+    c = torch.arange(cols)[None, :]
+    if kind in ("Conv1d", "Conv2d"):
+        groups = module.groups
+        k = int(np.prod(module.weight.shape[2:]))
+        cin_pg = module.weight.shape[1]
+        return (r // (rows // groups)) * cin_pg + c // k
+    return c.expand(rows, cols)
+
+
+def compute_primitives(ctx: ProxyContext, samples: int = 512, max_grad_samples: int = 32) -> Primitives:
+    L, K = len(ctx.layers), len(ctx.formats)
+    rng = np.random.default_rng(ctx.seed)
+    g1, g2, n_grad = _gradients(ctx, max_grad_samples)
+    ctx.report(0.4, f"gradients from {n_grad} samples")
+    acts = _activation_moments(ctx)
+    W, G, F, A = (np.zeros((L, samples)) for _ in range(4))
+    dW = np.zeros((L, K, samples))
+    with torch.no_grad():
+        for i, (m, layer) in enumerate(zip(ctx.modules, ctx.layers)):
+            w2 = to_2d(m, m.weight.detach().float())
+            rows, cols = w2.shape
+            idx = torch.from_numpy(rng.choice(rows * cols, size=samples, replace=rows * cols < samples))
+            W[i] = w2.flatten()[idx].numpy()
+            G[i] = to_2d(m, g1[i]).flatten()[idx].numpy()
+            F[i] = to_2d(m, g2[i]).flatten()[idx].numpy()
+            if acts is not None and acts[i] is not None:
+                ch = _column_channels(m, layer.kind, rows, cols).flatten()[idx]
+                A[i] = acts[i][ch.clamp_max(acts[i].numel() - 1)].numpy()
+            else:
+                A[i] = 1.0
+            for k, f in enumerate(ctx.formats):
+                if not f.is_float:
+                    dW[i, k] = (to_2d(m, quantize_module_weight(m, f).float()) - w2).flatten()[idx].numpy()
+            ctx.report(0.4 + 0.6 * (i + 1) / L, f"primitives of {layer.name}")
+    return Primitives(W, G, F, A, dW, np.array([l.numel for l in ctx.layers], float),
+                      np.array([f.is_float for f in ctx.formats]),
+                      {"samples": samples, "gradient_samples": n_grad, "activations": acts is not None})
