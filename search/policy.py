@@ -90,6 +90,10 @@ class Policy(_Strict):
     measured: Measured | None = None
     solver: SolverInfo | None = None
     refine: dict | None = None
+    # joint search (APQ): layer → unstructured magnitude-pruning ratio (absent = dense), and the
+    # sparse storage format the costs assume
+    sparsity: dict[str, float] = Field(default_factory=dict)
+    sparse_format: str | None = None
 
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
 

@@ -29,6 +29,7 @@ class SearchSpec(BaseModel):
     proxy: str | None = None
     proxy_params: dict = Field(default_factory=dict)
     solver: str | None = None
+    solver_params: dict = Field(default_factory=dict)
     refine: bool | None = None
     refine_evals: int = DEFAULT_REFINE_EVALS
     calib: str | None = None

@@ -85,7 +85,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--symmetric", action="store_true", help="symmetric quantization (no zero points); default asymmetric")
     s.add_argument("--proxy", help="hessian_trace | fisher | orthogonality | output_error | measured")
     s.add_argument("--proxy-param", action="append", type=_kv, default=[], metavar="KEY=VALUE", help="proxy parameter, e.g. tol=0.05")
-    s.add_argument("--solver", help="ilp | lp | convex | pareto")
+    s.add_argument("--solver", help="ilp | lp | convex | pareto | joint (APQ: bits + pruning, predictor-guided)")
+    s.add_argument("--solver-param", action="append", type=_kv, default=[], metavar="KEY=VALUE",
+                   help="joint solver parameter, e.g. ratios=[0,0.25,0.5] generations=20")
     s.add_argument("--refine", dest="refine", action="store_true", default=None, help="refine with measured loss (default with the recipe)")
     s.add_argument("--no-refine", dest="refine", action="store_false")
     s.add_argument("--refine-evals", type=int, default=40, help="measured-loss evaluations refine may spend (default 40)")
@@ -137,6 +139,7 @@ def spec_from_args(args) -> "SearchSpec":
     extra = {} if args.group_size is None else {"group_size": args.group_size}
     return SearchSpec(model=args.model, budgets=budgets, bits=args.bits, **extra,
                       symmetric=args.symmetric, proxy=args.proxy, proxy_params=dict(args.proxy_param), solver=args.solver,
+                      solver_params=dict(args.solver_param),
                       refine=args.refine, refine_evals=args.refine_evals, calib=args.calib, eval=args.eval,
                       n_calib=args.n_calib, n_eval=args.n_eval, seq_len=args.seq_len, seed=args.seed,
                       ties=[t for t in args.tie.split(",") if t], include_embeddings=args.include_embeddings,

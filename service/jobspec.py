@@ -62,12 +62,12 @@ def plan_job(req: JobCreate, model_ref: str, model_id: str, model_kind: str, lay
     evaluation = _data_source("evaluation", req.evaluation, model_kind)
     f = req.formats
     base = dict(model=model_ref, bits=f.bits, group_size=f.group_size, symmetric=f.symmetric, proxy=req.proxy,
-                proxy_params=req.proxy_params, solver=req.solver, refine=req.refine, refine_evals=req.refine_evals,
+                proxy_params=req.proxy_params, solver=req.solver, solver_params=req.solver_params, refine=req.refine, refine_evals=req.refine_evals,
                 calib=calib, eval=evaluation, n_calib=req.calibration.n_samples, n_eval=req.evaluation.n_samples,
                 seq_len=req.calibration.seq_len or req.evaluation.seq_len, seed=req.seed, ties=req.ties,
                 latency_table=req.latency_table)
     specs = [SearchSpec(**base, budgets=b) for b in budgets]
-    proxy, _, formats = validate_static(specs[0])
+    proxy, solver, formats = validate_static(specs[0])
     if not formats:
         raise ValueError("formats: the menu is empty; give at least one bit-width")
     if len(formats) * max(len(layers), 1) > 200_000:
@@ -78,7 +78,11 @@ def plan_job(req: JobCreate, model_ref: str, model_id: str, model_kind: str, lay
     ties = find_tie_groups(infos, specs[0].ties)
     costs = CostModel(infos, formats, specs[0].a_bits, specs[0].latency_table)
     for s in specs:
-        check_budgets(costs, s.budgets, ties)
+        if s.solver_name == "joint":
+            from search.joint import JointSpace
+            JointSpace(costs, solver[0]).check_budgets(s.budgets)
+        else:
+            check_budgets(costs, s.budgets, ties)
     texts = {"calib": req.calibration.text, "eval": req.evaluation.text}
     sha = lambda t: None if t is None else hashlib.sha256(t.encode()).hexdigest()
     key_blob = {"v": SPEC_VERSION, "model": model_id, "proxy": proxy.name, "params": proxy.params,

@@ -71,6 +71,7 @@ class JobCreate(_Strict):
     proxy: str | None = Field(default=None, max_length=64, description="null = bitplan's recipe (measured)")
     proxy_params: dict[str, Any] = Field(default_factory=dict)
     solver: str | None = Field(default=None, max_length=64, description="null = bitplan's recipe (ilp)")
+    solver_params: dict[str, Any] = Field(default_factory=dict, description="parameters of the 'joint' solver")
     refine: bool | None = None
     refine_evals: int = Field(default=40, ge=1, le=10_000)
     calibration: Data = Field(default_factory=Data)

@@ -34,8 +34,8 @@ Progress = Callable[[str, float, str], None]
 @dataclass
 class SearchResult:
     policy: Policy
-    table: SensitivityTable
-    solution: Solution
+    table: SensitivityTable | None
+    solution: Solution | None
     baselines: dict
     timings: dict = field(default_factory=dict)
     unrefined: dict | None = None
@@ -46,11 +46,43 @@ def _noop(phase: str, fraction: float, message: str) -> None:
 
 
 def validate_static(spec: SearchSpec) -> tuple:
-    """Checks that need no model: proxy and solver names and parameters, formats."""
+    """Checks that need no model: proxy and solver names and parameters, formats. The joint
+    solver (APQ) measures policies itself, so its "solver" is its parsed parameters."""
     proxy = get_proxy(spec.proxy_name, **spec.proxy_params)
-    solver = get_solver(spec.solver_name)
+    if spec.solver_name == JOINT:
+        solver = joint_params(spec)
+    else:
+        if spec.solver_params:
+            raise ValueError(f"solver {spec.solver_name!r} takes no solver_params (only 'joint' does)")
+        try:
+            solver = get_solver(spec.solver_name)
+        except ValueError as e:
+            raise ValueError(f"{e}, {JOINT}") from None
     formats = make_formats(spec.bits, spec.group_size, spec.symmetric)
     return proxy, solver, formats
+
+
+JOINT = "joint"
+JOINT_KEYS = {"ratios", "population", "parents", "generations", "mutation", "top_k", "pretrain_samples",
+              "finetune_samples", "holdout_samples", "hidden", "epochs", "finetune_epochs"}
+
+
+def joint_params(spec: SearchSpec) -> tuple:
+    from search.joint import DEFAULT_RATIOS, JointParams, check_ratios
+    from workers.joint import PredictorParams
+    p = dict(spec.solver_params)
+    unknown = set(p) - JOINT_KEYS
+    if unknown:
+        raise ValueError(f"joint: unknown solver parameter {sorted(unknown)[0]!r}; it takes {sorted(JOINT_KEYS)}")
+    ratios = check_ratios(p.pop("ratios", DEFAULT_RATIOS))
+    search = JointParams(**{k: p.pop(k) for k in ("population", "parents", "generations", "mutation", "top_k") if k in p},
+                         seed=spec.seed)
+    pred = PredictorParams(**p)
+    search.check()
+    pred.check()
+    if spec.ties:
+        raise ValueError("joint: tie groups are not supported by the joint search yet; drop --tie")
+    return ratios, search, pred
 
 
 def run_search(spec: SearchSpec, progress: Progress = _noop, loaded: LoadedModel | None = None,
@@ -75,7 +107,12 @@ def run_search(spec: SearchSpec, progress: Progress = _noop, loaded: LoadedModel
         proxy.check_model(len(layers), len(formats))
     ties = find_tie_groups(layers, spec.ties)
     costs = CostModel(layers, formats, spec.a_bits, spec.latency_table)
-    check_budgets(costs, spec.budgets, ties)
+    if spec.solver_name == JOINT:
+        from search.joint import JointSpace
+        space = JointSpace(costs, solver[0])
+        space.check_budgets(spec.budgets)
+    else:
+        check_budgets(costs, spec.budgets, ties)
     timings["load"] = time.perf_counter() - t
     progress("load", 1.0, f"{len(layers)} layers, {sum(l.numel for l in layers):,} weights")
 
@@ -86,6 +123,9 @@ def run_search(spec: SearchSpec, progress: Progress = _noop, loaded: LoadedModel
     evals = lm.task.prepare(lm.model, evals)
     timings["calibrate"] = time.perf_counter() - t
     progress("calibrate", 1.0, f"{calib_info['samples']} calibration samples")
+
+    if spec.solver_name == JOINT:
+        return _run_joint(spec, lm, layers, modules, formats, space, solver, calib, evals, timings, progress)
 
     t = time.perf_counter()
     ctx = ProxyContext(lm.model, layers, modules, lm.task, calib, formats, spec.seed,
@@ -134,6 +174,44 @@ def run_search(spec: SearchSpec, progress: Progress = _noop, loaded: LoadedModel
         solver=SolverInfo(**{k: v for k, v in solution.to_dict().items() if k not in ("front",)}),
         refine=refine_info)
     return SearchResult(policy, table, solution, baselines, timings, unrefined)
+
+
+def _run_joint(spec, lm, layers, modules, formats, space, params, calib, evals, timings, progress) -> SearchResult:
+    """The joint (APQ) path: no sensitivity table; the search measures policies itself."""
+    from proxies.base import batch_mean_loss, swapped
+    from workers.joint import JointWeights, run_joint
+    _, search, pred = params
+    progress("sensitivity", 1.0, "joint search: no sensitivity table (it measures sampled policies)")
+    t = time.perf_counter()
+    float_loss = batch_mean_loss(lm.task, lm.model, calib)
+    res = run_joint(space, modules, lambda: batch_mean_loss(lm.task, lm.model, calib), spec.budgets, search, pred,
+                    lambda f, m: progress("solve", f, m))
+    timings["solve"] = time.perf_counter() - t
+    progress("solve", 1.0, f"predicted {res.predicted_loss:.4g}, measured {res.measured_loss:.4g} (calibration)")
+    t = time.perf_counter()
+    ev = Evaluator(lm.model, modules, lm.task)
+    baselines = _baselines(ev, formats, len(layers), evals, lambda f, m: progress("evaluate", f, m))
+    baselines["uniform_cost"] = {str(f.bits): space.costs.cost(np.full(len(layers), formats.index(f)))["avg_bits"]
+                                 for f in reference_formats(formats)}
+    with swapped(modules, JointWeights(modules, space).policy(res.choice)):
+        solved = lm.task.evaluate(lm.model, evals)
+    timings["evaluate"] = time.perf_counter() - t
+    progress("evaluate", 1.0, f"{lm.task.metric} {solved[lm.task.metric]:.4g}")
+    metric = lm.task.metric
+    chosen_formats = [space.format_of(int(j)) for j in res.choice]
+    ratios = {l.name: space.ratio_of(int(j)) for l, j in zip(layers, res.choice) if space.ratio_of(int(j)) > 0}
+    policy = build_policy(
+        spec.model, lm.sha256, layers, chosen_formats, np.arange(len(layers)), spec.budgets, space.cost(res.choice),
+        predicted=Predicted(proxy="joint-predictor", loss_increase=res.predicted_loss - float_loss),
+        measured=Measured(metric=metric, value=solved[metric], float=baselines["float"][metric],
+                          uniform={k: v[metric] for k, v in baselines["uniform"].items()},
+                          uniform_avg_bits=baselines["uniform_cost"],
+                          extra={k: v for k, v in solved.items() if k != metric}),
+        solver=SolverInfo(name=JOINT, objective=res.predicted_loss, lower_bound=None, gap=None,
+                          measured_calibration_loss=res.measured_loss, float_calibration_loss=float_loss,
+                          candidates=res.candidates, predictor=res.predictor, samples_measured=res.samples_measured),
+        sparsity=ratios, sparse_format="bitmask: 1 bit per weight + kept values at the layer's bits + dense scales")
+    return SearchResult(policy, None, None, baselines, timings, None)
 
 
 def reference_formats(formats: list[Format]) -> list[Format]:
