@@ -210,10 +210,10 @@ def run_job(spec_ds: list[dict], texts: dict[str, str], table_d: dict | None, n_
             spec = SearchSpec(**_materialise(raw, texts))
             lm = lm or load_model(spec.model)
             res = run_search(spec, progress, loaded=lm, table=table, compute_table=_fan_out(raw, texts, n_chunks, queue))
-            computed = computed or table is None
-            table = res.table
+            computed = computed or (table is None and res.table is not None)
+            table = res.table or table  # the joint solver makes no table
             out.append({"policy": json.loads(res.policy.to_json(None)), "timings": res.timings})
             progress("done", (i + 1) / len(spec_ds), f"budget {i + 1}/{len(spec_ds)} done")
     except _user_errors() as e:
         return {"ok": False, "error": str(e).splitlines()[0] if str(e) else type(e).__name__}
-    return {"ok": True, "results": out, "table": table.to_dict() if computed else None}
+    return {"ok": True, "results": out, "table": table.to_dict() if computed and table is not None else None}

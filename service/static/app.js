@@ -327,6 +327,7 @@ async function policyView(view, id) {
         <dt>measured</dt><dd><b>${esc(m.metric)} ${fmtNum(m.value)}</b> (float ${fmtNum(m.float)}; ${Object.entries(m.uniform || {}).map(([b, v]) => `uniform ${b}-bit ${fmtNum(v, 3)}`).join(", ")})</dd>
         <dt>predicted</dt><dd>${esc(policy.predicted?.proxy)} loss increase ${fmtNum(policy.predicted?.loss_increase)}</dd>
         <dt>solver</dt><dd>${esc(policy.solver?.name)}: objective ${fmtNum(policy.solver?.objective)}, gap ${policy.solver?.gap ?? "—"}</dd>
+        ${Object.keys(policy.sparsity || {}).length ? `<dt>pruning</dt><dd class="mono" id="sparsity">${Object.entries(policy.sparsity).map(([n, r]) => `${esc(n)} ${Math.round(r * 100)}%`).join(" · ")} <span class="muted">(${esc(policy.sparse_format || "")})</span></dd>` : ""}
       </dl></div>
       <div style="margin-left:auto">
         <button id="dl-policy">Download policy JSON</button>
@@ -358,7 +359,10 @@ async function policyView(view, id) {
     data: { labels, datasets: [{ label: "bits", data: bits, backgroundColor: colors }] },
     options: {
       animation: false, maintainAspectRatio: false,
-      plugins: { legend: { display: false }, tooltip: { callbacks: { label: (c) => chosen[labels[c.dataIndex]] || "float" } } },
+      plugins: { legend: { display: false }, tooltip: { callbacks: { label: (c) => {
+        const n = labels[c.dataIndex], r = (policy.sparsity || {})[n];
+        return (chosen[n] || "float") + (r ? `, ${Math.round(r * 100)}% pruned` : "");
+      } } } },
       scales: { y: { title: { display: true, text: "bits (16 = float)" }, min: 0, max: Math.max(9, ...bits) },
         x: { ticks: { autoSkip: labels.length > 60, maxRotation: 90, minRotation: 60, font: { size: 9 } } } },
     },

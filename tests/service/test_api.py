@@ -303,3 +303,18 @@ def test_evolved_proxy_through_the_service_and_reuse_by_name(server, digits_id):
             c.submit(digits_id, {"avg_bits": 3.5}, proxy="evolved:does-not-exist")
         with pytest.raises(InvalidRequest, match="population"):
             c.submit(digits_id, {"avg_bits": 3.5}, proxy="evolved", proxy_params={"population": 0})
+
+
+def test_joint_solver_through_the_service(server, digits_id):
+    with server.client() as c:
+        job = c.wait(c.submit(digits_id, {"avg_bits": 3.0}, solver="joint",
+                              solver_params={"generations": 3, "pretrain_samples": 16, "finetune_samples": 8,
+                                             "holdout_samples": 4, "epochs": 60, "finetune_epochs": 30}).id,
+                     timeout=300)
+        pol = c.policy(job.policy_ids[0])
+        assert pol["solver"]["name"] == "joint" and pol["cost"]["avg_bits"] <= 3.0 + 1e-9
+        assert "transferred" in pol["solver"]["predictor"] and job.sensitivity_id is None
+        with pytest.raises(InvalidRequest, match="pruning ratio"):
+            c.submit(digits_id, {"avg_bits": 3.0}, solver="joint", solver_params={"ratios": [0, 1]})
+        with pytest.raises(InvalidRequest, match="below the cheapest joint policy"):
+            c.submit(digits_id, {"avg_bits": 0.5}, solver="joint")
