@@ -37,7 +37,7 @@ def main() -> None:
         rows = []
         print(f"\n### {ref} (held-out {lm.task.metric}; lower is better except accuracy)")
         print("| avg bits ≤ | ILP (measured) | joint, quantization only | joint, + pruning 0/25/50 % | joint avg bits | "
-              "layers pruned | predictor τ transferred / scratch | seconds ILP / joint |")
+              "layers pruned | held-out τ: transferred / scratch / Fisher prior → used | seconds ILP / joint |")
         print("|---|---|---|---|---|---|---|---|")
         table = None
         for b in (float(x) for x in args.budgets.split(",")):
@@ -64,7 +64,8 @@ def main() -> None:
                    "seconds_joint": sec, "float": ilp.policy.measured.float}
             rows.append(row)
             fmt = lambda v: "—" if v is None else f"{v:.5g}"
-            pt = f"{rep['transferred']['tau']:.2f} / {rep['scratch']['tau']:.2f}" if rep else "—"
+            pt = (f"{rep['transferred']['tau']:.2f} / {rep['scratch']['tau']:.2f} / "
+                  f"{rep.get('prior_only', {}).get('tau', float('nan')):.2f} → {rep['used']}") if rep else "—"
             print(f"| {b} | {fmt(row['ilp'])} | {fmt(row['joint_quant'])} | {fmt(row['joint_prune'])} | "
                   f"{fmt(row['joint_avg_bits'])} | {row['pruned_layers']} | {pt} | {t_ilp:.0f} / {sec if isinstance(sec, str) else f'{sec:.0f}'} |")
         out[key] = {"model": ref, "metric": lm.task.metric, "rows": rows}

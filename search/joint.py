@@ -95,15 +95,20 @@ class JointSpace:
                 raise BudgetError(f"budget {m}={lim:g} is below the cheapest joint policy ({m}={lo:.6g}, pruning "
                                   f"{max(self.ratios):g} everywhere); feasible range is [{lo:.6g}, ∞)")
 
-    def encode(self, choices: np.ndarray) -> np.ndarray:
-        """Predictor input: per layer (effective bits of the kept values / 16, pruning ratio)."""
+    def encode(self, choices: np.ndarray, prior: np.ndarray | None = None) -> np.ndarray:
+        """Predictor input: per layer (effective bits / 16, pruning ratio), plus — when a prior
+        table (L × options, e.g. Fisher-weighted perturbation) is given — the log of the prior's
+        additive prediction, one feature that carries most of the signal when measured samples
+        are few."""
         choices = np.atleast_2d(choices)
         numel = np.array([l.numel for l in self.costs.layers], float)
-        bits = np.array([f.bits for f in self.costs.formats], float)
         k, r = choices // len(self.ratios), choices % len(self.ratios)
         eff = self.costs.total_bits[np.arange(self.n_layers)[None, :], k] / numel[None, :] / FLOAT_BITS
-        del bits
-        return np.concatenate([eff, np.asarray(self.ratios)[r]], axis=1).astype(np.float32)
+        cols = [eff, np.asarray(self.ratios)[r]]
+        if prior is not None:
+            s = prior[np.arange(self.n_layers)[None, :], choices].sum(axis=1)
+            cols.append(np.log(np.maximum(s, 1e-30))[:, None] / 10.0)
+        return np.concatenate(cols, axis=1).astype(np.float32)
 
 
 @dataclass

@@ -64,7 +64,7 @@ def validate_static(spec: SearchSpec) -> tuple:
 
 JOINT = "joint"
 JOINT_KEYS = {"ratios", "population", "parents", "generations", "mutation", "top_k", "pretrain_samples",
-              "finetune_samples", "holdout_samples", "hidden", "epochs", "finetune_epochs"}
+              "finetune_samples", "holdout_samples", "hidden", "epochs", "finetune_epochs", "prior"}
 
 
 def joint_params(spec: SearchSpec) -> tuple:
@@ -184,8 +184,15 @@ def _run_joint(spec, lm, layers, modules, formats, space, params, calib, evals, 
     progress("sensitivity", 1.0, "joint search: no sensitivity table (it measures sampled policies)")
     t = time.perf_counter()
     float_loss = batch_mean_loss(lm.task, lm.model, calib)
+    prior = None
+    if pred.prior == "fisher":
+        from proxies.fisher import FisherProxy
+        from workers.joint import fisher_prior
+        ctx = ProxyContext(lm.model, layers, modules, lm.task, calib, formats, spec.seed, None, lm.sha256, {})
+        prior = fisher_prior(space, modules, FisherProxy().diagonal(ctx)[0])
+        progress("solve", 0.02, "Fisher prior for the predictor")
     res = run_joint(space, modules, lambda: batch_mean_loss(lm.task, lm.model, calib), spec.budgets, search, pred,
-                    lambda f, m: progress("solve", f, m))
+                    lambda f, m: progress("solve", f, m), prior)
     timings["solve"] = time.perf_counter() - t
     progress("solve", 1.0, f"predicted {res.predicted_loss:.4g}, measured {res.measured_loss:.4g} (calibration)")
     t = time.perf_counter()
