@@ -89,5 +89,7 @@ def plan_job(req: JobCreate, model_ref: str, model_id: str, model_kind: str, lay
                 "calib": calib, "calib_text": sha(texts["calib"]), "eval": evaluation, "eval_text": sha(texts["eval"]),
                 "n_calib": specs[0].n_calib, "seq_len": specs[0].seq_len, "seed": specs[0].seed,
                 "formats": [x.label for x in formats]}
+    if specs[0].solver_name == "joint":  # the joint search makes no sensitivity table: never reuse one
+        key_blob = {"v": SPEC_VERSION, "joint": request_hash(req)}
     key = hashlib.sha256(json.dumps(key_blob, sort_keys=True, default=str).encode()).hexdigest()
     return JobPlan([s.model_dump(mode="json") for s in specs], texts, key, request_hash(req))
