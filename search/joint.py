@@ -33,8 +33,11 @@ def check_ratios(ratios) -> tuple[float, ...]:
 
 @dataclass
 class JointSpace:
+    """``structured=True`` prunes whole output channels instead of single weights: the kept
+    channels are stored dense (no mask), so the cost is the dense cost × kept/rows."""
     costs: CostModel
     ratios: tuple[float, ...] = DEFAULT_RATIOS
+    structured: bool = False
 
     def __post_init__(self) -> None:
         self.ratios = check_ratios(self.ratios)
@@ -48,6 +51,10 @@ class JointSpace:
             for r in self.ratios:
                 if r == 0:
                     cols.append(dense[:, k])
+                elif self.structured:
+                    rows = np.array([l.numel // max(l.in_features, 1) for l in self.costs.layers], float)
+                    kept = np.maximum(np.round((1 - r) * rows), 1)
+                    cols.append(dense[:, k] * kept / rows)
                 else:
                     kept = np.round((1 - r) * numel[:, 0])
                     cols.append(numel[:, 0] + kept * wbits[0, k] + overhead[:, k])

@@ -80,7 +80,7 @@ def plan_job(req: JobCreate, model_ref: str, model_id: str, model_kind: str, lay
     for s in specs:
         if s.solver_name == "joint":
             from search.joint import JointSpace
-            JointSpace(costs, solver[0]).check_budgets(s.budgets)
+            JointSpace(costs, *solver[0]).check_budgets(s.budgets)
         else:
             check_budgets(costs, s.budgets, ties)
     texts = {"calib": req.calibration.text, "eval": req.evaluation.text}

@@ -36,6 +36,23 @@ def magnitude_prune(w: torch.Tensor, ratio: float) -> torch.Tensor:
     return torch.where(w.abs() <= thresh, torch.zeros_like(w), w)
 
 
+def channel_prune(module: nn.Module, w: torch.Tensor, ratio: float) -> torch.Tensor:
+    """Structured pruning: zero the ``ratio`` fraction of output channels (rows of the 2-D
+    weight layout) with the smallest L2 norm — what removing those channels does to the output."""
+    from proxies.quant import from_2d, to_2d
+    if ratio <= 0:
+        return w
+    w2 = to_2d(module, w)
+    rows = w2.shape[0]
+    drop = min(int(round(ratio * rows)), rows - 1)
+    if drop <= 0:
+        return w
+    idx = w2.norm(dim=1).argsort()[:drop]
+    w2 = w2.clone()
+    w2[idx] = 0
+    return from_2d(module, w2)
+
+
 class JointWeights:
     """Pruned-then-quantized weights per (layer, option), cached (the search measures many
     policies that share layers' options)."""
@@ -48,7 +65,7 @@ class JointWeights:
     def get(self, i: int, j: int) -> torch.Tensor:
         if (i, j) not in self._cache:
             m, fmt, r = self.modules[i], self.space.format_of(j), self.space.ratio_of(j)
-            pruned = magnitude_prune(self._float[i], r)
+            pruned = channel_prune(m, self._float[i], r) if self.space.structured else magnitude_prune(self._float[i], r)
             with swapped([m], [pruned]):
                 self._cache[(i, j)] = pruned if fmt.is_float else quantize_module_weight(m, fmt)
         return self._cache[(i, j)]

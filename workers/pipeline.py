@@ -64,7 +64,7 @@ def validate_static(spec: SearchSpec) -> tuple:
 
 JOINT = "joint"
 JOINT_KEYS = {"ratios", "population", "parents", "generations", "mutation", "top_k", "pretrain_samples",
-              "finetune_samples", "holdout_samples", "hidden", "epochs", "finetune_epochs", "prior"}
+              "finetune_samples", "holdout_samples", "hidden", "epochs", "finetune_epochs", "prior", "structured"}
 
 
 def joint_params(spec: SearchSpec) -> tuple:
@@ -75,6 +75,9 @@ def joint_params(spec: SearchSpec) -> tuple:
     if unknown:
         raise ValueError(f"joint: unknown solver parameter {sorted(unknown)[0]!r}; it takes {sorted(JOINT_KEYS)}")
     ratios = check_ratios(p.pop("ratios", DEFAULT_RATIOS))
+    structured = p.pop("structured", False)
+    if not isinstance(structured, bool):
+        raise ValueError("joint: structured must be true (prune whole output channels) or false (single weights)")
     search = JointParams(**{k: p.pop(k) for k in ("population", "parents", "generations", "mutation", "top_k") if k in p},
                          seed=spec.seed)
     pred = PredictorParams(**p)
@@ -82,7 +85,7 @@ def joint_params(spec: SearchSpec) -> tuple:
     pred.check()
     if spec.ties:
         raise ValueError("joint: tie groups are not supported by the joint search yet; drop --tie")
-    return ratios, search, pred
+    return (ratios, structured), search, pred
 
 
 def run_search(spec: SearchSpec, progress: Progress = _noop, loaded: LoadedModel | None = None,
@@ -109,7 +112,7 @@ def run_search(spec: SearchSpec, progress: Progress = _noop, loaded: LoadedModel
     costs = CostModel(layers, formats, spec.a_bits, spec.latency_table)
     if spec.solver_name == JOINT:
         from search.joint import JointSpace
-        space = JointSpace(costs, solver[0])
+        space = JointSpace(costs, *solver[0])
         space.check_budgets(spec.budgets)
     else:
         check_budgets(costs, spec.budgets, ties)
@@ -217,7 +220,9 @@ def _run_joint(spec, lm, layers, modules, formats, space, params, calib, evals, 
         solver=SolverInfo(name=JOINT, objective=res.predicted_loss, lower_bound=None, gap=None,
                           measured_calibration_loss=res.measured_loss, float_calibration_loss=float_loss,
                           candidates=res.candidates, predictor=res.predictor, samples_measured=res.samples_measured),
-        sparsity=ratios, sparse_format="bitmask: 1 bit per weight + kept values at the layer's bits + dense scales")
+        sparsity=ratios,
+        sparse_format=("structured: the pruned output channels are removed; kept channels stored dense" if space.structured
+                       else "bitmask: 1 bit per weight + kept values at the layer's bits + dense scales"))
     return SearchResult(policy, None, None, baselines, timings, None)
 
 

@@ -64,3 +64,11 @@ def test_search_finds_the_known_optimum_with_an_exact_predictor():
     best = grid[s.feasible(grid, budgets)][np.argmin(truth(grid[s.feasible(grid, budgets)]))]
     top = evolve_joint(s, budgets, truth, JointParams(population=64, parents=16, generations=20, top_k=1))
     assert truth(top[0])[0] == pytest.approx(truth(best)[0])
+
+
+def test_structured_pruning_costs_kept_channels_dense():
+    layers = [LayerInfo("l0", "Linear", (64, 128), 64 * 128, 128, 64 * 128)]
+    s = JointSpace(CostModel(layers, make_formats([4], 64, False)), (0.0, 0.25, 0.5), structured=True)
+    dense = s.total_bits[0, 0]
+    assert s.total_bits[0, 1] == dense * 48 / 64 and s.total_bits[0, 2] == dense * 32 / 64  # no mask
+    assert s.matrices["bops"][0, 2] == 0.5 * s.matrices["bops"][0, 0]

@@ -87,3 +87,25 @@ def test_joint_on_digits_returns_a_sparse_feasible_policy():
     assert p.solver.name == "joint" and p.sparse_format.startswith("bitmask")
     assert all(0 < r < 1 for r in p.sparsity.values())
     assert res.table is None and p.measured.metric == "accuracy"
+
+
+def test_channel_pruning_removes_the_weakest_output_channels():
+    from workers.joint import channel_prune
+    lin = torch.nn.Linear(4, 4, bias=False)
+    with torch.no_grad():
+        lin.weight.copy_(torch.tensor([[1.0, 1, 1, 1], [0.1, 0.1, 0.1, 0.1], [2.0, 0, 0, 0], [0.0, 0.2, 0, 0]]))
+    p = channel_prune(lin, lin.weight.detach(), 0.5)
+    assert p[1].abs().sum() == 0 and p[3].abs().sum() == 0 and torch.equal(p[0], lin.weight[0])
+    conv = torch.nn.Conv2d(2, 8, 3)
+    q = channel_prune(conv, conv.weight.detach(), 0.25)
+    assert q.shape == conv.weight.shape and int((q.flatten(1).abs().sum(1) == 0).sum()) == 2
+
+
+@pytest.mark.integration
+def test_structured_joint_on_digits():
+    spec = SearchSpec(model="builtin:digits-cnn", budgets={"avg_bits": 3.0}, bits=[2, 3, 4, 8], group_size=64,
+                      solver="joint", n_calib=256, n_eval=512,
+                      solver_params={"structured": True, "generations": 4, "pretrain_samples": 16, "finetune_samples": 8,
+                                     "holdout_samples": 4, "epochs": 60, "finetune_epochs": 30})
+    p = run_search(spec).policy
+    assert p.cost["avg_bits"] <= 3.0 + 1e-9 and p.sparse_format.startswith("structured")
