@@ -54,7 +54,6 @@ def main() -> None:
                     res[name] = (r.policy, time.perf_counter() - t)
                 except ValueError as e:  # e.g. a budget only pruning can meet
                     res[name] = (None, str(e))
-            m = lm.task.metric
             pol, sec = res["prune"]
             q = res["quant"][0]
             rep = pol.solver.model_extra["predictor"] if pol else {}

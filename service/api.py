@@ -433,6 +433,28 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             raise ApiError(404, "not_found", f"no policy {policy_id!r}")
         return JSONResponse(row.data, headers={"X-Bitplan-Job": row.job_id, "Cache-Control": "public, max-age=31536000, immutable"})
 
+    @v1.get("/policies/{policy_id}/export", tags=["policies"],
+            responses={200: {"description": "the policy in the target's config format"}, 422: {"model": ErrorBody}})
+    def export_policy(policy_id: str, request: Request, st: Store = Depends(store),
+                      format: str = Query(..., description="gptqmodel | compressed-tensors | llmcompressor-recipe | "
+                                                           "llamacpp | modelopt")):
+        """Policies never change, so exports are immutable: an ETag lets clients revalidate."""
+        from search.exports import ExportError, export
+        from search.policy import Policy
+        row = st.get_policy(policy_id)
+        if row is None:
+            raise ApiError(404, "not_found", f"no policy {policy_id!r}")
+        try:
+            out = export(Policy.model_validate(row.data), format)
+        except ExportError as e:
+            raise ApiError(422, "not_exportable", str(e)) from None
+        etag = '"' + hashlib.sha256(f"{policy_id}|{format}|{out.text}".encode()).hexdigest()[:32] + '"'
+        headers = {"ETag": etag, "Cache-Control": "public, max-age=31536000, immutable",
+                   "Content-Disposition": f'attachment; filename="{policy_id}-{out.filename}"'}
+        if request.headers.get("if-none-match") == etag:
+            return Response(status_code=304, headers=headers)
+        return Response(out.text, media_type=out.media_type, headers=headers)
+
     @v1.get("/sensitivities/{table_id}", tags=["sensitivities"],
             responses={200: {"description": "bitplan.sensitivity/v1 JSON"}})
     def get_table(table_id: str, st: Store = Depends(store)):

@@ -116,6 +116,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="built-in proxies to compare on the same held-out policies ('' for none)")
     e.add_argument("--seed", type=int, default=0)
     e.add_argument("--out", type=Path, help="write the comparison as JSON")
+    x = sub.add_parser("export", help="write a policy in a quantizer's config format")
+    x.add_argument("policy", type=Path, help="a bitplan.policy/v1 JSON file")
+    x.add_argument("--format", required=True,
+                   help="gptqmodel | compressed-tensors | llmcompressor-recipe | llamacpp | modelopt")
+    x.add_argument("--out", type=Path, help="output file (default: standard output)")
     from service.cli_remote import add_commands
     add_commands(sub, _bits, _group, _kv)
     return p
@@ -176,6 +181,26 @@ def cmd_search(args) -> int:
     return 0
 
 
+def cmd_export(args) -> int:
+    from search.exports import export
+    from search.policy import Policy
+    try:
+        if not args.policy.is_file():
+            raise ValueError(f"{args.policy}: no such file")
+        policy = Policy.from_json(args.policy.read_text())
+        out = export(policy, args.format)
+        if args.out and not args.out.parent.exists():
+            raise ValueError(f"--out {args.out}: folder {str(args.out.parent)!r} does not exist")
+    except ValueError as e:
+        return fail(_one_line(e))
+    if args.out:
+        args.out.write_text(out.text)
+        print(f"wrote {args.out} ({args.format})")
+    else:
+        sys.stdout.write(out.text)
+    return 0
+
+
 def cmd_evolve(args) -> int:
     from pydantic import ValidationError
     compare = tuple(c for c in args.compare.split(",") if c)
@@ -214,6 +239,8 @@ def main(argv: list[str] | None = None) -> int:
         return cmd_search(args)
     if args.command == "evolve":
         return cmd_evolve(args)
+    if args.command == "export":
+        return cmd_export(args)
     from service.cli_remote import run
     return run(args)
 

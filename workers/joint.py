@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from proxies.base import batch_mean_loss, swapped
+from proxies.base import swapped
 from proxies.quant import quantize_module_weight
 from search.evolve import rank_corr
 from search.joint import JointParams, JointSpace, evolve_joint, random_feasible
@@ -163,7 +163,7 @@ def run_joint(space: JointSpace, modules: list[nn.Module], measure_loss: Callabl
     pred.check()
     rng = np.random.default_rng(search.seed)
     weights = JointWeights(modules, space)
-    K, R = len(space.costs.formats), len(space.ratios)
+    R = len(space.ratios)
     float_k = next((k for k, f in enumerate(space.costs.formats) if f.is_float), None)
     count = [0]
     total = pred.pretrain_samples + pred.finetune_samples + pred.holdout_samples + search.top_k

@@ -332,7 +332,8 @@ async function policyView(view, id) {
       <div style="margin-left:auto">
         <button id="dl-policy">Download policy JSON</button>
         ${table ? `<button class="secondary" id="dl-table">Download sensitivity JSON</button>` : ""}
-        <p class="muted" style="max-width:340px">Exports to quantizer formats (GPTQModel, compressed-tensors, torchao, llama.cpp, ModelOpt) arrive with the export issue; the policy JSON is the canonical form today.</p>
+        <div class="row" id="exports" style="margin-top:8px">${["gptqmodel", "compressed-tensors", "llmcompressor-recipe", "llamacpp", "modelopt"].map((f) => `<button class="secondary" data-export="${f}">${f}</button>`).join("")}</div>
+        <div class="error" id="export-error"></div>
       </div>
     </div>
     <div class="charts">
@@ -349,6 +350,16 @@ async function policyView(view, id) {
     a.download = name; a.click(); setTimeout(() => URL.revokeObjectURL(a.href), 1000);
   };
   $("#dl-policy").onclick = () => download(policy, `policy-${id}.json`);
+  document.querySelectorAll("[data-export]").forEach((b) => (b.onclick = async () => {
+    $("#export-error").textContent = "";
+    const headers = token() ? { Authorization: `Bearer ${token()}` } : {};
+    const r = await fetch(`/v1/policies/${encodeURIComponent(id)}/export?format=${b.dataset.export}`, { headers });
+    if (!r.ok) { $("#export-error").textContent = `${b.dataset.export}: ${(await r.json().catch(() => ({}))).message || r.status}`; return; }
+    const name = (r.headers.get("Content-Disposition") || "").split("filename=")[1]?.replace(/"/g, "") || `${id}-${b.dataset.export}`;
+    const a = document.createElement("a");
+    a.href = URL.createObjectURL(await r.blob()); a.download = name; a.click();
+    setTimeout(() => URL.revokeObjectURL(a.href), 1000);
+  }));
   if (table) $("#dl-table").onclick = () => download(table, `sensitivity-${job.sensitivity_id}.json`);
 
   // bits per layer

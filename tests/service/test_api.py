@@ -318,3 +318,25 @@ def test_joint_solver_through_the_service(server, digits_id):
             c.submit(digits_id, {"avg_bits": 3.0}, solver="joint", solver_params={"ratios": [0, 1]})
         with pytest.raises(InvalidRequest, match="below the cheapest joint policy"):
             c.submit(digits_id, {"avg_bits": 0.5}, solver="joint")
+
+
+def test_policy_export_is_immutable_with_an_etag(server, digits_id):
+    with server.client() as c:
+        job = c.wait(c.submit(digits_id, {"avg_bits": 5.0}, formats={"bits": [4, 8], "group_size": 32,
+                                                                     "symmetric": True},
+                              proxy="output_error", solver="ilp", refine=False).id, timeout=300)
+        pid = job.policy_ids[0]
+    h = _auth(server)
+    r = httpx.get(f"{server.url}/v1/policies/{pid}/export", params={"format": "gptqmodel"}, headers=h)
+    assert r.status_code == 200 and "immutable" in r.headers["cache-control"]
+    cfg = r.json()["quantization_config"]
+    assert cfg["quant_method"] == "gptq" and cfg["sym"] is True
+    again = httpx.get(f"{server.url}/v1/policies/{pid}/export", params={"format": "gptqmodel"},
+                      headers={**h, "If-None-Match": r.headers["etag"]})
+    assert again.status_code == 304
+    assert httpx.get(f"{server.url}/v1/policies/{pid}/export", params={"format": "modelopt"}, headers=h).status_code == 200
+    bad = httpx.get(f"{server.url}/v1/policies/{pid}/export", params={"format": "llamacpp"}, headers=h)
+    assert bad.status_code == 422 and "no GGUF name" in bad.json()["message"]
+    unknown = httpx.get(f"{server.url}/v1/policies/{pid}/export", params={"format": "onnx"}, headers=h)
+    assert unknown.status_code == 422 and "unknown export format" in unknown.json()["message"]
+    assert httpx.get(f"{server.url}/v1/policies/nope/export", params={"format": "gptqmodel"}, headers=h).status_code == 404

@@ -107,3 +107,21 @@ def test_minilm_end_to_end_with_a_tiny_calibration_set(tmp_path):
     names = [l.name for l in pol.layers] + pol.float_layers
     assert len(names) == 36 and all(n.startswith("encoder.layer.") for n in names)
     assert "Quality: embedding_cosine_loss" in " ".join(r.stdout.split())
+
+
+def test_export_command(tmp_path):
+    import subprocess
+    import sys
+    golden = Path(__file__).resolve().parents[1] / "search" / "golden"
+    src = golden.parent / "test_exports.py"
+    assert src.exists()
+    from tests.search.test_exports import llama_policy
+    pol = tmp_path / "p.json"
+    pol.write_text(llama_policy(symmetric=True).to_json())
+    out = tmp_path / "ct.json"
+    r = subprocess.run([sys.executable, "-m", "service.cli", "export", str(pol), "--format", "compressed-tensors",
+                        "--out", str(out)], capture_output=True, text=True)
+    assert r.returncode == 0 and out.read_text() == (golden / "llama-compressed-tensors.json").read_text()
+    r = subprocess.run([sys.executable, "-m", "service.cli", "export", str(pol), "--format", "onnx"],
+                       capture_output=True, text=True)
+    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1 and "unknown export format" in r.stderr

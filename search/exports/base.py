@@ -1,0 +1,98 @@
+"""Registry and shared helpers of the exporters."""
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from search.policy import Policy
+
+
+class ExportError(ValueError):
+    """The target cannot express this policy; the message says what to change."""
+
+
+@dataclass(frozen=True)
+class Exported:
+    text: str
+    media_type: str
+    filename: str
+
+
+Exporter = Callable[[Policy], Exported]
+EXPORTERS: dict[str, Exporter] = {}
+
+
+def register(name: str) -> Callable[[Exporter], Exporter]:
+    def deco(fn: Exporter) -> Exporter:
+        EXPORTERS[name] = fn
+        return fn
+    return deco
+
+
+def get_exporter(name: str) -> Exporter:
+    try:
+        return EXPORTERS[name]
+    except KeyError:
+        raise ExportError(f"unknown export format {name!r}: use one of {', '.join(sorted(EXPORTERS))}") from None
+
+
+def export(policy: Policy, fmt: str) -> Exported:
+    check_ties(policy)
+    if policy.sparsity:
+        raise ExportError(f"{fmt}: the policy prunes {len(policy.sparsity)} layer(s) (joint search); quantizer configs "
+                          "cannot express pruning — prune the model first, then export a quantization-only policy")
+    return get_exporter(fmt)(policy)
+
+
+def anchored(name: str) -> str:
+    """An anchored regex that matches exactly this module name."""
+    return "^" + re.escape(name) + "$"
+
+
+def anchored_any(names: list[str]) -> str:
+    """One anchored regex for several sibling modules and their fused name, so runtimes that
+    fuse q/k/v (qkv_proj) or gate/up (gate_up_proj) re-match it against the fused module."""
+    if len(names) == 1:
+        return anchored(names[0])
+    parents = {n.rsplit(".", 1)[0] for n in names}
+    leaves = [n.rsplit(".", 1)[1] for n in names]
+    if len(parents) != 1:
+        return "^(?:" + "|".join(re.escape(n) for n in names) + ")$"
+    fused = {frozenset({"q_proj", "k_proj", "v_proj"}): "qkv_proj", frozenset({"gate_proj", "up_proj"}): "gate_up_proj"}
+    extra = [fused[frozenset(leaves)]] if frozenset(leaves) in fused else []
+    return "^" + re.escape(parents.pop()) + r"\.(?:" + "|".join(re.escape(x) for x in leaves + extra) + ")$"
+
+
+def check_ties(policy: Policy) -> None:
+    """Fused layers must share one format (vLLM refuses fused projections whose schemes differ)."""
+    fmt = {l.name: (l.bits, l.group_size, l.symmetric) for l in policy.layers}
+    for group in policy.ties:
+        seen = {fmt.get(n, "float") for n in group}
+        if len(seen) > 1:
+            raise ExportError(f"tied layers {group} have different formats {sorted(map(str, seen))}; re-solve with the "
+                              "tie (bitplan search --tie …) so fused projections share one format")
+
+
+def groups_of(policy: Policy) -> list[tuple[tuple[int, int | None, bool], list[str]]]:
+    """Layers grouped by (bits, group_size, symmetric), most weights first, model order kept."""
+    out: dict[tuple, list[str]] = {}
+    weight: dict[tuple, int] = {}
+    for l in policy.layers:
+        key = (l.bits, l.group_size, l.symmetric)
+        out.setdefault(key, []).append(l.name)
+        weight[key] = weight.get(key, 0) + l.numel
+    return sorted(out.items(), key=lambda kv: -weight[kv[0]])
+
+
+def tie_patterns(policy: Policy, names: list[str]) -> list[str]:
+    """Anchored patterns for ``names``, one per tie group (matching the fused name too)."""
+    tied = {n: g for g in policy.ties for n in g}
+    done, out = set(), []
+    for n in names:
+        if n in done:
+            continue
+        group = [m for m in tied.get(n, [n]) if m in names] or [n]
+        done.update(group)
+        out.append(anchored_any(group))
+    return out

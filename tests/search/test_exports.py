@@ -1,0 +1,99 @@
+"""Exporters on a small Llama-shaped policy: golden files, tie handling, and a refused policy per
+target. Regenerate the golden files with BITPLAN_REGEN_GOLDEN=1 after an intended change."""
+from __future__ import annotations
+
+import json
+import os
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from search.exports import EXPORTERS, ExportError, export
+from search.formats import Format
+from search.layers import LayerInfo
+from search.policy import Policy, build_policy
+
+GOLDEN = Path(__file__).with_name("golden")
+LEAVES = ["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj", "mlp.gate_proj",
+          "mlp.up_proj", "mlp.down_proj"]
+
+
+def llama_policy(fmt_of=None, symmetric=False, float_names=("model.layers.1.mlp.down_proj",)) -> Policy:
+    layers = [LayerInfo(f"model.layers.{b}.{leaf}", "Linear", (64, 64), 4096, 64, 4096) for b in range(2) for leaf in LEAVES]
+    fmts = [Format(4, 64, symmetric), Format(8, 128, symmetric), Format(16, None, False)]
+    choice = []
+    for l in layers:
+        if l.name in float_names:
+            choice.append(2)
+        elif fmt_of:
+            choice.append(fmt_of(l.name))
+        else:
+            choice.append(1 if ".0.self_attn" in l.name else 0)
+    ties = [[f"model.layers.{b}.self_attn.{p}_proj" for p in "qkv"] for b in range(2)] + \
+           [[f"model.layers.{b}.mlp.{p}_proj" for p in ("gate", "up")] for b in range(2)]
+    return build_policy("hf:/models/tiny-llama", "0" * 64, layers, fmts, np.array(choice), {"avg_bits": 5.0},
+                        {"avg_bits": 5.0}, ties)
+
+
+@pytest.mark.parametrize("fmt", sorted(EXPORTERS))
+def test_golden(fmt):
+    out = export(llama_policy(lambda n: 1 if ".0.self_attn" in n else 0, symmetric=True), fmt)
+    path = GOLDEN / f"llama-{fmt}.{out.filename.rsplit('.', 1)[1]}"
+    if os.environ.get("BITPLAN_REGEN_GOLDEN"):
+        path.write_text(out.text)
+    assert out.text == path.read_text()
+
+
+def test_fused_projections_get_one_pattern_that_matches_the_fused_name():
+    out = json.loads(export(llama_policy(symmetric=True), "gptqmodel").text)["quantization_config"]
+    pats = [k[2:] for k in out["dynamic"] if k.startswith("+:")]
+    qkv = [p for p in pats if re.match(p, "model.layers.0.self_attn.q_proj")]
+    assert len(qkv) == 1 and re.match(qkv[0], "model.layers.0.self_attn.qkv_proj")
+    assert re.match(qkv[0], "model.layers.0.self_attn.v_proj") and not re.match(qkv[0], "model.layers.0.self_attn.o_proj")
+    assert out["bits"] == 4 and "-:^model\\.layers\\.1\\.mlp\\.down_proj$" in out["dynamic"]
+    ct = json.loads(export(llama_policy(symmetric=True), "compressed-tensors").text)["quantization_config"]
+    assert ct["format"] == "mixed-precision" and "model.layers.1.mlp.down_proj" in ct["ignore"]
+    assert all(t.startswith("re:^") and t.endswith("$") for g in ct["config_groups"].values() for t in g["targets"])
+
+
+def test_untied_fused_layers_are_refused():
+    bad = llama_policy(lambda n: 1 if n.endswith("q_proj") else 0, symmetric=True)
+    for fmt in EXPORTERS:
+        with pytest.raises(ExportError, match="tied layers"):
+            export(bad, fmt)
+
+
+@pytest.mark.parametrize("fmt,policy,words", [
+    ("gptqmodel", lambda: _with_bits(6), "not supported"),
+    ("compressed-tensors", lambda: _with_bits(6), "not an int width"),
+    ("llmcompressor-recipe", lambda: _with_bits(5), "not an int width"),
+    ("modelopt", lambda: llama_policy(), "asymmetric"),
+    ("modelopt", lambda: _with_bits(3, symmetric=True), "not deployable"),
+    ("llamacpp", lambda: _rename("transformer.h.0.attn"), "no GGUF name"),
+])
+def test_refused_policies(fmt, policy, words):
+    with pytest.raises(ExportError, match=words):
+        export(policy(), fmt)
+
+
+def test_pruned_policies_are_refused():
+    p = llama_policy(symmetric=True)
+    p.sparsity = {"model.layers.0.mlp.up_proj": 0.5}
+    with pytest.raises(ExportError, match="cannot express pruning"):
+        export(p, "gptqmodel")
+
+
+def _with_bits(bits: int, symmetric: bool = False) -> Policy:
+    p = llama_policy(symmetric=symmetric)
+    d = json.loads(p.to_json())
+    next(l for l in d["layers"] if l["name"] == "model.layers.1.self_attn.o_proj")["bits"] = bits  # untied layer
+    return Policy.model_validate(d)
+
+
+def _rename(name: str) -> Policy:
+    d = json.loads(llama_policy(symmetric=True).to_json())
+    d["layers"][3]["name"] = name
+    d["ties"] = []
+    return Policy.model_validate(d)
