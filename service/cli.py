@@ -119,7 +119,7 @@ def build_parser() -> argparse.ArgumentParser:
     x = sub.add_parser("export", help="write a policy in a quantizer's config format")
     x.add_argument("policy", type=Path, help="a bitplan.policy/v1 JSON file")
     x.add_argument("--format", required=True,
-                   help="gptqmodel | compressed-tensors | llmcompressor-recipe | llamacpp | modelopt")
+                   help="gptqmodel | compressed-tensors | llmcompressor-recipe | torchao | llamacpp | modelopt")
     x.add_argument("--out", type=Path, help="output file (default: standard output)")
     from service.cli_remote import add_commands
     add_commands(sub, _bits, _group, _kv)

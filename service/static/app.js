@@ -332,7 +332,7 @@ async function policyView(view, id) {
       <div style="margin-left:auto">
         <button id="dl-policy">Download policy JSON</button>
         ${table ? `<button class="secondary" id="dl-table">Download sensitivity JSON</button>` : ""}
-        <div class="row" id="exports" style="margin-top:8px">${["gptqmodel", "compressed-tensors", "llmcompressor-recipe", "llamacpp", "modelopt"].map((f) => `<button class="secondary" data-export="${f}">${f}</button>`).join("")}</div>
+        <div class="row" id="exports" style="margin-top:8px">${["gptqmodel", "compressed-tensors", "llmcompressor-recipe", "torchao", "llamacpp", "modelopt"].map((f) => `<button class="secondary" data-export="${f}">${f}</button>`).join("")}</div>
         <div class="error" id="export-error"></div>
       </div>
     </div>

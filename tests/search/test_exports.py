@@ -78,6 +78,12 @@ def test_refused_policies(fmt, policy, words):
         export(policy(), fmt)
 
 
+def test_all_float_policy_is_refused_by_torchao():
+    float_all = llama_policy(symmetric=True, float_names=tuple(f"model.layers.{b}.{leaf}" for b in range(2) for leaf in LEAVES))
+    with pytest.raises(ExportError, match="quantizes no layer"):
+        export(float_all, "torchao")
+
+
 def test_pruned_policies_are_refused():
     p = llama_policy(symmetric=True)
     p.sparsity = {"model.layers.0.mlp.up_proj": 0.5}
