@@ -30,6 +30,19 @@ class LayerInfo:
 
 # Sibling projections that runtimes fuse into one matmul (vLLM, TensorRT-LLM): they must
 # share a format. Keyed by preset name; each entry is a set of leaf names fused together.
+# runtimes that fuse projections and refuse fused layers whose schemes differ
+RUNTIME_TIES: dict[str, list[str]] = {"vllm": ["qkv", "gate_up"], "sglang": ["qkv", "gate_up"], "none": []}
+
+
+def runtime_ties(runtime: str | None, ties: list[str]) -> list[str]:
+    """The tie presets a target runtime needs, merged with the ones asked for explicitly."""
+    if runtime is None:
+        return list(ties)
+    if runtime not in RUNTIME_TIES:
+        raise ValueError(f"unknown runtime {runtime!r}: choose from {', '.join(sorted(RUNTIME_TIES))}")
+    return sorted(set(ties) | set(RUNTIME_TIES[runtime]))
+
+
 TIE_PRESETS: dict[str, list[tuple[str, ...]]] = {
     "qkv": [("q_proj", "k_proj", "v_proj"), ("query", "key", "value")],
     "gate_up": [("gate_proj", "up_proj"), ("w1", "w3")],

@@ -97,6 +97,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--n-eval", type=int, help="evaluation samples")
     s.add_argument("--seq-len", type=int, help="tokens per sample")
     s.add_argument("--tie", default="", help="tie fused projections to one format: qkv,gate_up")
+    s.add_argument("--runtime", choices=["vllm", "sglang", "none"],
+                   help="the runtime the policy is for; vllm/sglang tie q/k/v and gate/up (they fuse them)")
     s.add_argument("--include-embeddings", action="store_true", help="also quantize embeddings")
     s.add_argument("--include-head", action="store_true", help="also quantize the LM head")
     s.add_argument("--latency-table", type=Path, help="JSON {layer: {format label or bits: ms}} for latency_ms budgets")
@@ -133,6 +135,7 @@ def fail(message: str) -> int:
 
 def spec_from_args(args) -> "SearchSpec":
     from search.budgets import parse_budget
+    from search.layers import runtime_ties
     from search.spec import SearchSpec
     budgets = dict(parse_budget(b) for b in args.budget)
     latency = None
@@ -147,7 +150,8 @@ def spec_from_args(args) -> "SearchSpec":
                       solver_params=dict(args.solver_param),
                       refine=args.refine, refine_evals=args.refine_evals, calib=args.calib, eval=args.eval,
                       n_calib=args.n_calib, n_eval=args.n_eval, seq_len=args.seq_len, seed=args.seed,
-                      ties=[t for t in args.tie.split(",") if t], include_embeddings=args.include_embeddings,
+                      ties=runtime_ties(args.runtime, [t for t in args.tie.split(",") if t]),
+                      include_embeddings=args.include_embeddings,
                       include_head=args.include_head, latency_table=latency)
 
 

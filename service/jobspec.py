@@ -13,7 +13,7 @@ import json
 from dataclasses import dataclass
 
 from search.budgets import CostModel, check_budgets
-from search.layers import LayerInfo, find_tie_groups
+from search.layers import LayerInfo, find_tie_groups, runtime_ties
 from search.spec import SearchSpec
 from service.schemas import JobCreate
 from workers.data import BUILTIN_TEXT
@@ -64,7 +64,8 @@ def plan_job(req: JobCreate, model_ref: str, model_id: str, model_kind: str, lay
     base = dict(model=model_ref, bits=f.bits, group_size=f.group_size, symmetric=f.symmetric, proxy=req.proxy,
                 proxy_params=req.proxy_params, solver=req.solver, solver_params=req.solver_params, refine=req.refine, refine_evals=req.refine_evals,
                 calib=calib, eval=evaluation, n_calib=req.calibration.n_samples, n_eval=req.evaluation.n_samples,
-                seq_len=req.calibration.seq_len or req.evaluation.seq_len, seed=req.seed, ties=req.ties,
+                seq_len=req.calibration.seq_len or req.evaluation.seq_len, seed=req.seed,
+                ties=runtime_ties(req.runtime, req.ties),
                 latency_table=req.latency_table)
     specs = [SearchSpec(**base, budgets=b) for b in budgets]
     proxy, solver, formats = validate_static(specs[0])

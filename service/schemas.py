@@ -78,6 +78,7 @@ class JobCreate(_Strict):
     evaluation: Data = Field(default_factory=Data)
     seed: int = Field(default=0, ge=0, le=2**31 - 1)
     ties: list[str] = Field(default_factory=list, max_length=8)
+    runtime: str | None = Field(default=None, max_length=32, description="vllm/sglang: tie q/k/v and gate/up")
     latency_table: dict[str, dict[str, float]] | None = None
 
 

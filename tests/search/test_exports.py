@@ -103,3 +103,11 @@ def _rename(name: str) -> Policy:
     d["layers"][3]["name"] = name
     d["ties"] = []
     return Policy.model_validate(d)
+
+
+def test_runtime_ties():
+    from search.layers import runtime_ties
+    assert runtime_ties("vllm", []) == ["gate_up", "qkv"]
+    assert runtime_ties(None, ["qkv"]) == ["qkv"] and runtime_ties("none", ["qkv"]) == ["qkv"]
+    with pytest.raises(ValueError, match="unknown runtime"):
+        runtime_ties("tgi", [])
