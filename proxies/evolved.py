@@ -18,9 +18,9 @@ from pathlib import Path
 
 import numpy as np
 
-from proxies.base import Proxy, ProxyContext, swapped
+from proxies.base import Proxy, ProxyContext
+from proxies.evaluate import Evaluator
 from proxies.primitives import compute_primitives
-from proxies.quant import quantize_module_weight
 from search.budgets import CostModel
 from search.evolve import EvolveParams, Program, evolve, predict, program_json, rank_corr, sample_policies, scores, split
 
@@ -78,8 +78,7 @@ class EvolvedProxy(Proxy):
             raise ValueError("evolved: gradient_samples must be >= 1")
         EvolveParams(population=int(p["population"]), generations=int(p["generations"]),
                      max_depth=int(p["max_depth"]), tournament=min(4, max(2, int(p["population"])))).check()
-        from search.evolve import split as _split
-        _split(int(p["n_policies"]), float(p["holdout"]), 0)
+        split(int(p["n_policies"]), float(p["holdout"]), 0)
 
     def check_model(self, n_layers: int, n_formats: int) -> None:
         """Errors that need the model: too few layers, more policies than exist."""
@@ -128,21 +127,14 @@ class EvolvedProxy(Proxy):
         numel = np.array([l.numel for l in ctx.layers], float)
         allowed = np.array([not f.is_float for f in ctx.formats]) if any(not f.is_float for f in ctx.formats) else None
         choices = sample_policies(costs.total_bits, numel, int(self.params["n_policies"]), ctx.seed, allowed)
-        mapper = getattr(ctx, "map_policies", None)
-        if mapper is not None:
-            truth = np.array(mapper(choices), dtype=float)
-        else:
-            truth = np.array([self._measure(ctx, c, i, len(choices)) for i, c in enumerate(choices)])
-        return choices, truth
-
-    @staticmethod
-    def _measure(ctx: ProxyContext, choice: np.ndarray, i: int, n: int) -> float:
-        from proxies.base import mean_loss
-        weights = [quantize_module_weight(m, ctx.formats[int(k)]) for m, k in zip(ctx.modules, choice)]
-        with swapped(ctx.modules, weights):
-            loss = mean_loss(ctx)
-        ctx.report(0.1 * (i + 1) / n, f"ground truth {i + 1}/{n}")
-        return loss
+        if ctx.map_policies is not None:
+            return choices, np.array(ctx.map_policies(choices), dtype=float)
+        ev = Evaluator(ctx.model, ctx.modules, ctx.task)  # caches each (layer, format) quantization
+        truth = []
+        for i, c in enumerate(choices):
+            truth.append(ev.loss([ctx.formats[int(k)] for k in c], ctx.batches))
+            ctx.report(0.1 * (i + 1) / len(choices), f"ground truth {i + 1}/{len(choices)}")
+        return choices, np.array(truth)
 
 
 def held_out_tau(table: np.ndarray, doc: dict) -> tuple[float, float]:

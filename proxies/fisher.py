@@ -11,6 +11,35 @@ from proxies.base import Proxy, ProxyContext, requiring_grad
 from proxies.quant import quantize_module_weight
 
 
+def gradient_moments(ctx: ProxyContext, max_samples: int, report: bool = False
+                     ) -> tuple[list[torch.Tensor], list[torch.Tensor], int]:
+    """Mean and mean square of the per-sample gradients of every layer weight over up to
+    ``max_samples`` task samples (the Fisher diagonal is the second; the evolved proxy's
+    primitives read both)."""
+    params = [m.weight for m in ctx.modules]
+    g1 = [torch.zeros_like(p, dtype=torch.float32) for p in params]
+    g2 = [torch.zeros_like(p, dtype=torch.float32) for p in params]
+    gen = torch.Generator().manual_seed(ctx.seed)
+    n = 0
+    with requiring_grad(params):
+        for batch in ctx.batches:
+            losses = ctx.task.sample_losses(ctx.model, batch, gen)
+            for i in range(min(len(losses), max_samples - n)):
+                grads = torch.autograd.grad(losses[i], params, retain_graph=i + 1 < len(losses), allow_unused=True)
+                for a, b, g in zip(g1, g2, grads):
+                    if g is not None:  # a layer the loss never reads has zero Fisher
+                        a.add_(g.float())
+                        b.add_(g.float() ** 2)
+                n += 1
+                if report:
+                    ctx.report(n / max_samples, f"per-sample gradient {n}")
+            del losses
+            if n >= max_samples:
+                break
+    d = max(n, 1)
+    return [a / d for a in g1], [b / d for b in g2], n
+
+
 class FisherProxy(Proxy):
     name = "fisher"
 
@@ -25,24 +54,8 @@ class FisherProxy(Proxy):
 
     def diagonal(self, ctx: ProxyContext) -> tuple[list[torch.Tensor], int]:
         """Mean squared per-sample gradient of every layer weight, and the samples used."""
-        params = [m.weight for m in ctx.modules]
-        acc = [torch.zeros_like(p, dtype=torch.float32) for p in params]
-        gen = torch.Generator().manual_seed(ctx.seed)
-        n, cap = 0, self.params["max_samples"]
-        with requiring_grad(params):
-            for batch in ctx.batches:
-                losses = ctx.task.sample_losses(ctx.model, batch, gen)
-                for i in range(min(len(losses), cap - n)):
-                    grads = torch.autograd.grad(losses[i], params, retain_graph=i + 1 < len(losses), allow_unused=True)
-                    for a, g in zip(acc, grads):
-                        if g is not None:  # a layer the loss never reads has zero Fisher
-                            a.add_(g.float() ** 2)
-                    n += 1
-                    ctx.report(n / cap, f"per-sample gradient {n}")
-                del losses
-                if n >= cap:
-                    break
-        return [a / max(n, 1) for a in acc], n
+        _, sq, n = gradient_moments(ctx, self.params["max_samples"], report=True)
+        return sq, n
 
     def _compute(self, ctx):
         diag, n = self.diagonal(ctx)

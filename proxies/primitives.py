@@ -8,32 +8,10 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from proxies.base import ProxyContext, requiring_grad
+from proxies.base import ProxyContext
+from proxies.fisher import gradient_moments
 from proxies.quant import quantize_module_weight, to_2d
 from search.evolve import Primitives
-
-
-def _gradients(ctx: ProxyContext, max_samples: int) -> tuple[list[torch.Tensor], list[torch.Tensor], int]:
-    params = [m.weight for m in ctx.modules]
-    g1 = [torch.zeros_like(p, dtype=torch.float32) for p in params]
-    g2 = [torch.zeros_like(p, dtype=torch.float32) for p in params]
-    gen = torch.Generator().manual_seed(ctx.seed)
-    n = 0
-    with requiring_grad(params):
-        for batch in ctx.batches:
-            losses = ctx.task.sample_losses(ctx.model, batch, gen)
-            for i in range(min(len(losses), max_samples - n)):
-                grads = torch.autograd.grad(losses[i], params, retain_graph=i + 1 < len(losses), allow_unused=True)
-                for a, b, g in zip(g1, g2, grads):
-                    if g is not None:
-                        a.add_(g.float())
-                        b.add_(g.float() ** 2)
-                n += 1
-            del losses
-            if n >= max_samples:
-                break
-    n = max(n, 1)
-    return [a / n for a in g1], [b / n for b in g2], n
 
 
 def _activation_moments(ctx: ProxyContext) -> list[torch.Tensor] | None:
@@ -80,7 +58,7 @@ def _column_channels(module: torch.nn.Module, kind: str, rows: int, cols: int) -
 def compute_primitives(ctx: ProxyContext, samples: int = 512, max_grad_samples: int = 32) -> Primitives:
     L, K = len(ctx.layers), len(ctx.formats)
     rng = np.random.default_rng(ctx.seed)
-    g1, g2, n_grad = _gradients(ctx, max_grad_samples)
+    g1, g2, n_grad = gradient_moments(ctx, max_grad_samples)
     ctx.report(0.4, f"gradients from {n_grad} samples")
     acts = _activation_moments(ctx)
     W, G, F, A = (np.zeros((L, samples)) for _ in range(4))

@@ -144,7 +144,7 @@ def random_feasible(space: JointSpace, budgets: dict[str, float], n: int, rng: n
                     max_tries: int = 200) -> np.ndarray:
     """``n`` random budget-feasible policies: per-layer options drawn around the budget's cost
     level with random sharpness, infeasible draws rejected."""
-    M = space.matrices["avg_bits"] * space.costs.total_numel / np.array([l.numel for l in space.costs.layers])[:, None]
+    M = space.total_bits / np.array([l.numel for l in space.costs.layers], float)[:, None]  # bits per weight
     target_hi = budgets.get("avg_bits", float(M.max(axis=1).mean()))
     out: list[np.ndarray] = []
     for _ in range(max_tries):

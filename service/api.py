@@ -91,17 +91,9 @@ class BodyLimit:
         return await self.app(scope, limited, send)
 
 
-def _job_out(row, policy_ids: list[str]) -> JobOut:
-    return JobOut(id=row.id, model_id=row.model_id, status=row.status, phase=row.phase, progress=row.progress,
-                  message=row.message, request=JobCreate.model_validate(row.request), created_at=row.created_at,
-                  started_at=row.started_at, finished_at=row.finished_at, timings=row.timings or {},
-                  error=row.error, attempts=row.attempts, sensitivity_id=row.sensitivity_id,
-                  sensitivity_cached=row.sensitivity_cached, policy_ids=policy_ids)
-
-
 def _job_json(row, policy_ids: list[str]) -> dict:
-    """JobOut as plain JSON without re-validating it: the stored request was validated when the
-    job was created, and this is the path every progress poll takes."""
+    """JobOut as plain JSON without re-validating it (the response model documents the shape): the
+    stored request was validated when the job was created, and every progress poll comes here."""
     iso = lambda t: None if t is None else t.isoformat().replace("+00:00", "Z")
     return {"id": row.id, "model_id": row.model_id, "status": row.status, "phase": row.phase,
             "progress": row.progress, "message": row.message, "request": row.request,
@@ -306,11 +298,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @v1.get("/models", response_model=list[ModelOut], tags=["models"])
     def list_models(st: Store = Depends(store)):
-        from sqlalchemy import select
-
-        from service.db import ModelRow
-        with st.session() as s:
-            return [_model_out(r) for r in s.scalars(select(ModelRow).order_by(ModelRow.created_at.desc()))]
+        return [_model_out(r) for r in st.list_models()]
 
     @v1.get("/models/{model_id}", response_model=ModelOut, tags=["models"])
     def get_model(model_id: str, st: Store = Depends(store)):
@@ -356,9 +344,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         except Conflict as e:
             raise ApiError(409, "idempotency_conflict", str(e)) from None
         request.app.state.dispatcher.wake.set()
-        out = _job_out(row, st.policy_ids([row.id])[row.id])
-        return JSONResponse(out.model_dump(mode="json"), status_code=201 if created else 200,
-                            headers={"Location": f"/v1/jobs/{row.id}"})
+        return _json(_job_json(row, st.policy_ids([row.id])[row.id]), status=201 if created else 200,
+                     headers={"Location": f"/v1/jobs/{row.id}"})
 
     @v1.get("/jobs", response_model=JobPage, tags=["jobs"])
     async def list_jobs(st: Store = Depends(store),
@@ -395,7 +382,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         except Conflict as e:
             raise ApiError(409, "not_cancellable", str(e)) from None
         request.app.state.dispatcher.wake.set()
-        return _job_out(row, st.policy_ids([row.id])[row.id])
+        return _json(_job_json(row, st.policy_ids([row.id])[row.id]))
 
     @v1.get("/jobs/{job_id}/events", tags=["jobs"], response_model=list[JobEvent],
             responses={200: {"content": {"text/event-stream": {}}}})
@@ -465,14 +452,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @v1.get("/models/{model_id}/sensitivities", response_model=list[SensitivitySummary], tags=["sensitivities"])
     def model_tables(model_id: str, st: Store = Depends(store)):
-        from sqlalchemy import select
-
-        from service.db import SensitivityRow
-        with st.session() as s:
-            rows = s.scalars(select(SensitivityRow).where(SensitivityRow.model_id == model_id)
-                             .order_by(SensitivityRow.created_at.desc()))
-            return [SensitivitySummary(id=r.id, key=r.key, model_id=r.model_id, proxy=r.proxy, created_at=r.created_at)
-                    for r in rows]
+        return [SensitivitySummary(id=r.id, key=r.key, model_id=r.model_id, proxy=r.proxy, created_at=r.created_at)
+                for r in st.list_tables(model_id)]
 
     app.include_router(v1)
 

@@ -96,6 +96,16 @@ def _settled(job: JobOut, deadline: float, timeout: float, raise_on_failure: boo
     return False
 
 
+def _list_params(status, model_id, cursor, limit) -> dict:
+    return {k: v for k, v in {"status": status, "model_id": model_id, "cursor": cursor, "limit": limit}.items()
+            if v is not None}
+
+
+def _check_model_args(ref, torchscript) -> None:
+    if (ref is None) == (torchscript is None):
+        raise ValueError("give either a model reference or torchscript=<file>")
+
+
 def _headers(token: str | None) -> dict:
     return {"Authorization": f"Bearer {token}"} if token else {}
 
@@ -145,8 +155,7 @@ class Client:
     def register_model(self, ref: str | None = None, *, torchscript: str | Path | None = None) -> ModelOut:
         """By reference (``builtin:minilm-l6``, ``hf:<dir>`` on the server) or by uploading a
         local TorchScript archive."""
-        if (ref is None) == (torchscript is None):
-            raise ValueError("give either a model reference or torchscript=<file>")
+        _check_model_args(ref, torchscript)
         if torchscript is not None:
             with open(torchscript, "rb") as fh:
                 r = self._req("POST", "/v1/models", files={"file": (Path(torchscript).name, fh, "application/zip")},
@@ -167,8 +176,7 @@ class Client:
 
     def list(self, status: str | None = None, model_id: str | None = None, cursor: str | None = None,
              limit: int = 50) -> JobPage:
-        params = {k: v for k, v in {"status": status, "model_id": model_id, "cursor": cursor, "limit": limit}.items()
-                  if v is not None}
+        params = _list_params(status, model_id, cursor, limit)
         return JobPage.model_validate(self._req("GET", "/v1/jobs", params=params).json())
 
     def cancel(self, job_id: str) -> JobOut:
@@ -238,8 +246,7 @@ class AsyncClient:
         return r
 
     async def register_model(self, ref: str | None = None, *, torchscript: str | Path | None = None) -> ModelOut:
-        if (ref is None) == (torchscript is None):
-            raise ValueError("give either a model reference or torchscript=<file>")
+        _check_model_args(ref, torchscript)
         if torchscript is not None:
             data = Path(torchscript).read_bytes()
             r = await self._req("POST", "/v1/models", files={"file": (Path(torchscript).name, data, "application/zip")},
@@ -260,8 +267,7 @@ class AsyncClient:
 
     async def list(self, status: str | None = None, model_id: str | None = None, cursor: str | None = None,
                    limit: int = 50) -> JobPage:
-        params = {k: v for k, v in {"status": status, "model_id": model_id, "cursor": cursor, "limit": limit}.items()
-                  if v is not None}
+        params = _list_params(status, model_id, cursor, limit)
         return JobPage.model_validate((await self._req("GET", "/v1/jobs", params=params)).json())
 
     async def cancel(self, job_id: str) -> JobOut:

@@ -7,20 +7,21 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 
-def _int(name: str, default: int) -> int:
+def _number(name: str, default, cast=int):
+    """An env var as ``cast`` (int or float), the default when unset; a clear exit otherwise."""
     raw = os.environ.get(name)
     try:
-        return default if raw in (None, "") else int(raw)
+        return default if raw in (None, "") else cast(raw)
     except ValueError:
-        raise SystemExit(f"{name}={raw!r} must be an integer") from None
+        raise SystemExit(f"{name}={raw!r} must be {'an integer' if cast is int else 'a number'}") from None
+
+
+def _int(name: str, default: int) -> int:
+    return _number(name, default, int)
 
 
 def _float(name: str, default: float) -> float:
-    raw = os.environ.get(name)
-    try:
-        return default if raw in (None, "") else float(raw)
-    except ValueError:
-        raise SystemExit(f"{name}={raw!r} must be a number") from None
+    return _number(name, default, float)
 
 
 @dataclass(frozen=True)

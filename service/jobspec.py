@@ -12,7 +12,7 @@ import hashlib
 import json
 from dataclasses import dataclass
 
-from search.budgets import CostModel, check_budgets
+from search.budgets import CostModel
 from search.layers import LayerInfo, find_tie_groups, runtime_ties
 from search.spec import SearchSpec
 from service.schemas import JobCreate
@@ -51,7 +51,7 @@ def request_hash(req: JobCreate) -> str:
 
 def plan_job(req: JobCreate, model_ref: str, model_id: str, model_kind: str, layers: list[dict]) -> JobPlan:
     """Raises ValueError (pydantic's ValidationError is one) with a message a person can act on."""
-    from workers.pipeline import validate_static  # the proxy registry lives with torch
+    from workers.pipeline import check_spec_budgets, validate_static  # the proxy registry lives with torch
 
     budgets = req.budgets if isinstance(req.budgets, list) else [req.budgets]
     if not budgets:
@@ -79,11 +79,7 @@ def plan_job(req: JobCreate, model_ref: str, model_id: str, model_kind: str, lay
     ties = find_tie_groups(infos, specs[0].ties)
     costs = CostModel(infos, formats, specs[0].a_bits, specs[0].latency_table)
     for s in specs:
-        if s.solver_name == "joint":
-            from search.joint import JointSpace
-            JointSpace(costs, *solver[0]).check_budgets(s.budgets)
-        else:
-            check_budgets(costs, s.budgets, ties)
+        check_spec_budgets(s, costs, ties, solver)
     texts = {"calib": req.calibration.text, "eval": req.evaluation.text}
     sha = lambda t: None if t is None else hashlib.sha256(t.encode()).hexdigest()
     key_blob = {"v": SPEC_VERSION, "model": model_id, "proxy": proxy.name, "params": proxy.params,

@@ -96,6 +96,10 @@ class Store:
         with self.session() as s:
             return s.get(ModelRow, model_id)
 
+    def list_models(self) -> list[ModelRow]:
+        with self.session() as s:
+            return list(s.scalars(select(ModelRow).order_by(ModelRow.created_at.desc())))
+
     # jobs ---------------------------------------------------------------------------------
     def create_job(self, model_id: str, request: dict, request_hash: str, sensitivity_key: str,
                    idempotency_key: str | None) -> tuple[JobRow, bool]:
@@ -307,6 +311,11 @@ class Store:
         except IntegrityError:
             return self.table_by_key(key).id
         return row.id
+
+    def list_tables(self, model_id: str) -> list[SensitivityRow]:
+        with self.session() as s:
+            return list(s.scalars(select(SensitivityRow).where(SensitivityRow.model_id == model_id)
+                                  .order_by(SensitivityRow.created_at.desc())))
 
     def get_table(self, table_id: str) -> SensitivityRow | None:
         with self.session() as s:

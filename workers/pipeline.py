@@ -63,6 +63,19 @@ def validate_static(spec: SearchSpec) -> tuple:
 
 
 JOINT = "joint"
+
+
+def check_spec_budgets(spec: SearchSpec, costs: CostModel, ties, solver):
+    """Refuse budgets outside the feasible range of the spec's search space: the dense formats,
+    or for the joint solver the formats × pruning ratios (cheaper). Returns the joint space
+    (None for the other solvers). ``solver`` is what ``validate_static`` returned."""
+    if spec.solver_name != JOINT:
+        check_budgets(costs, spec.budgets, ties)
+        return None
+    from search.joint import JointSpace
+    space = JointSpace(costs, *solver[0])
+    space.check_budgets(spec.budgets)
+    return space
 JOINT_KEYS = {"ratios", "population", "parents", "generations", "mutation", "top_k", "pretrain_samples",
               "finetune_samples", "holdout_samples", "hidden", "epochs", "finetune_epochs", "prior", "structured"}
 
@@ -110,12 +123,7 @@ def run_search(spec: SearchSpec, progress: Progress = _noop, loaded: LoadedModel
         proxy.check_model(len(layers), len(formats))
     ties = find_tie_groups(layers, spec.ties)
     costs = CostModel(layers, formats, spec.a_bits, spec.latency_table)
-    if spec.solver_name == JOINT:
-        from search.joint import JointSpace
-        space = JointSpace(costs, *solver[0])
-        space.check_budgets(spec.budgets)
-    else:
-        check_budgets(costs, spec.budgets, ties)
+    space = check_spec_budgets(spec, costs, ties, solver)
     timings["load"] = time.perf_counter() - t
     progress("load", 1.0, f"{len(layers)} layers, {sum(l.numel for l in layers):,} weights")
 
@@ -147,9 +155,7 @@ def run_search(spec: SearchSpec, progress: Progress = _noop, loaded: LoadedModel
 
     t = time.perf_counter()
     ev = Evaluator(lm.model, modules, lm.task)
-    baselines = _baselines(ev, formats, len(layers), evals, lambda f, m: progress("evaluate", f, m))
-    baselines["uniform_cost"] = {str(f.bits): costs.cost(np.full(len(layers), formats.index(f)))["avg_bits"]
-                                 for f in reference_formats(formats)}
+    baselines = _baselines(ev, formats, costs, evals, lambda f, m: progress("evaluate", f, m))
     solved = ev.metrics([formats[k] for k in solution.choice], evals)
     timings["evaluate"] = time.perf_counter() - t
     progress("evaluate", 1.0, f"{lm.task.metric} {solved[lm.task.metric]:.4g}")
@@ -200,9 +206,7 @@ def _run_joint(spec, lm, layers, modules, formats, space, params, calib, evals, 
     progress("solve", 1.0, f"predicted {res.predicted_loss:.4g}, measured {res.measured_loss:.4g} (calibration)")
     t = time.perf_counter()
     ev = Evaluator(lm.model, modules, lm.task)
-    baselines = _baselines(ev, formats, len(layers), evals, lambda f, m: progress("evaluate", f, m))
-    baselines["uniform_cost"] = {str(f.bits): space.costs.cost(np.full(len(layers), formats.index(f)))["avg_bits"]
-                                 for f in reference_formats(formats)}
+    baselines = _baselines(ev, formats, space.costs, evals, lambda f, m: progress("evaluate", f, m))
     with swapped(modules, JointWeights(modules, space).policy(res.choice)):
         solved = lm.task.evaluate(lm.model, evals)
     timings["evaluate"] = time.perf_counter() - t
@@ -238,12 +242,15 @@ def reference_formats(formats: list[Format]) -> list[Format]:
     return [out[b] for b in sorted(out)]
 
 
-def _baselines(ev: Evaluator, formats: list[Format], n_layers: int, evals, progress) -> dict:
-    """Float and every uniform policy of the job's formats, measured on the same held-out data."""
+def _baselines(ev: Evaluator, formats: list[Format], costs: CostModel, evals, progress) -> dict:
+    """Float and every uniform policy of the job's formats, measured on the same held-out data,
+    with each uniform policy's avg_bits."""
+    n_layers = len(costs.layers)
     out = {"float": ev.task.evaluate(ev.model, evals), "uniform": {}, "uniform_cost": {}}
     for i, f in enumerate(reference_formats(formats)):
         progress(i / max(len(formats), 1), f"uniform {f.label}")
         out["uniform"][str(f.bits)] = ev.metrics([f] * n_layers, evals)
+        out["uniform_cost"][str(f.bits)] = costs.cost(np.full(n_layers, formats.index(f)))["avg_bits"]
     return out
 
 

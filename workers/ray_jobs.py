@@ -11,6 +11,7 @@ Each worker process keeps the last loaded model and data (keyed by reference and
 chunks of one job, and later jobs on the same model, do not reload it."""
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import tempfile
@@ -43,7 +44,6 @@ def _materialise(spec: dict, texts: dict[str, str]) -> dict:
     for field, text in texts.items():
         if text is None:
             continue
-        import hashlib
         digest = hashlib.sha256(text.encode()).hexdigest()[:32]
         path = Path(tempfile.gettempdir()) / "bitplan-data" / f"{digest}.txt"
         if not path.exists():
