@@ -102,7 +102,10 @@ class Policy(_Strict):
 
     @classmethod
     def from_json(cls, text: str) -> "Policy":
-        data = json.loads(text)
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"not a {SCHEMA} document: it is not JSON ({e.msg} at line {e.lineno})") from None
         if not isinstance(data, dict) or data.get("schema") != SCHEMA:
             raise ValueError(f"not a {SCHEMA} document (schema={data.get('schema') if isinstance(data, dict) else None!r})")
         return cls.model_validate(data)

@@ -38,6 +38,8 @@ def add_commands(sub, bits_type, group_type, kv_type) -> None:
     s.add_argument("--proxy")
     s.add_argument("--proxy-param", action="append", type=kv_type, default=[], metavar="KEY=VALUE")
     s.add_argument("--solver")
+    s.add_argument("--solver-param", action="append", type=kv_type, default=[], metavar="KEY=VALUE",
+                   help="joint solver parameter, e.g. ratios=[0,0.25,0.5]")
     s.add_argument("--refine", dest="refine", action="store_true", default=None)
     s.add_argument("--no-refine", dest="refine", action="store_false")
     s.add_argument("--calib", help="builtin corpus name, or @FILE to upload a text file")
@@ -46,6 +48,7 @@ def add_commands(sub, bits_type, group_type, kv_type) -> None:
     s.add_argument("--n-eval", type=int)
     s.add_argument("--seq-len", type=int)
     s.add_argument("--tie", default="")
+    s.add_argument("--runtime", choices=["vllm", "sglang", "none"], help="vllm/sglang tie q/k/v and gate/up")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--idempotency-key", help="retry-safe key (generated when not given)")
     s.add_argument("--wait", action="store_true", help="show a progress bar until the job ends")
@@ -160,6 +163,7 @@ def _submit(c, args) -> int:
     try:
         job = c.submit(model_id, budgets, idempotency_key=args.idempotency_key, formats=formats or None,
                        proxy=args.proxy, proxy_params=dict(args.proxy_param) or None, solver=args.solver,
+                       solver_params=dict(args.solver_param) or None, runtime=args.runtime,
                        refine=args.refine, calibration=calib or None, evaluation=evaluation or None, seed=args.seed,
                        ties=[t for t in args.tie.split(",") if t] or None)
     except ValidationError as e:

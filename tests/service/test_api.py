@@ -258,7 +258,7 @@ def _cli(server, *args: str, token: bool = True):
 def test_cli_submit_wait_status_policy(server, digits_id, tmp_path):
     out = tmp_path / "p.json"
     r = _cli(server, "submit", "--model", digits_id, "--budget", "avg_bits=3.5", "--proxy", "output_error",
-             "--solver", "ilp", "--no-refine", "--wait", "--out", str(out))
+             "--solver", "ilp", "--no-refine", "--runtime", "none", "--wait", "--out", str(out))
     assert r.returncode == 0, r.stderr
     policy = json.loads(out.read_text())
     assert policy["schema"] == "bitplan.policy/v1" and policy["cost"]["avg_bits"] <= 3.5 + 1e-9

@@ -125,3 +125,8 @@ def test_export_command(tmp_path):
     r = subprocess.run([sys.executable, "-m", "service.cli", "export", str(pol), "--format", "onnx"],
                        capture_output=True, text=True)
     assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1 and "unknown export format" in r.stderr
+    notjson = tmp_path / "notes.txt"
+    notjson.write_text("hello")
+    r = subprocess.run([sys.executable, "-m", "service.cli", "export", str(notjson), "--format", "gptqmodel"],
+                       capture_output=True, text=True)
+    assert r.returncode == 2 and "it is not JSON" in r.stderr
