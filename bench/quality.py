@@ -13,6 +13,7 @@ import argparse
 import json
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -36,7 +37,28 @@ MODELS = {"minilm": "builtin:minilm-l6", "smollm2": "builtin:smollm2-135m", "dig
 PROXY_PARAMS = {"hessian_trace": {}, "fisher": {}, "orthogonality": {}, "output_error": {}, "measured": {}}
 
 
-def run_model(key: str, args) -> dict:
+@dataclass
+class Setup:
+    """One model ready for the benches: layers, the format menu, costs, calibration and held-out
+    batches, and the uniform-3/4-bit budgets (exact costs at g64)."""
+    ref: str
+    lm: object
+    layers: list
+    modules: list
+    formats: list
+    costs: CostModel
+    calib: list
+    evals: list
+    info: dict
+    budgets: list[float]  # uniform 3-bit, the midpoint, uniform 4-bit
+
+    @property
+    def n(self) -> int:
+        return len(self.layers)
+
+
+def setup_model(key: str, args) -> Setup:
+    """Load, pick layers (a block subset for SmolLM2 on CPU), build batches and budgets."""
     ref = MODELS[key]
     torch.manual_seed(0)
     lm = load_model(ref)
@@ -51,12 +73,19 @@ def run_model(key: str, args) -> dict:
     costs = CostModel(layers, formats)
     calib, evals, info = build_batches(lm, plan)
     calib, evals = lm.task.prepare(lm.model, calib), lm.task.prepare(lm.model, evals)
-    ev = Evaluator(lm.model, modules, lm.task)
-    metric = lm.task.metric
     n = len(layers)
     by_bits = {f.bits: f for f in reference_formats(formats)}
     u3, u4 = (costs.cost(np.full(n, formats.index(by_bits[b])))["avg_bits"] for b in (3, 4))
     budgets = [round(u3 + 1e-9, 6), round((u3 + u4) / 2, 6), round(u4 + 1e-9, 6)]
+    return Setup(ref, lm, layers, modules, formats, costs, calib, evals, info, budgets)
+
+
+def run_model(key: str, args) -> dict:
+    st = setup_model(key, args)
+    ref, lm, layers, modules, formats, costs = st.ref, st.lm, st.layers, st.modules, st.formats, st.costs
+    calib, evals, info, budgets, n = st.calib, st.evals, st.info, st.budgets, st.n
+    ev = Evaluator(lm.model, modules, lm.task)
+    metric = lm.task.metric
     rows, tables, tsec = [], {}, {}
     base = {"float": ev.task.evaluate(lm.model, evals)[metric]}
     for f in reference_formats(formats):

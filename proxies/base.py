@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from proxies.quant import quantize_module_weight
+from proxies.quantizers import RTNQuantizer, WeightQuantizer
 from proxies.tasks import Batch, Task
 from search.formats import Format
 from search.layers import LayerInfo
@@ -40,6 +40,16 @@ class ProxyContext:
     # optional parallel measurement of many policies (format index per layer → calibration
     # loss); the service sets it to fan the work out over Ray
     map_policies: Callable | None = None
+    # the job's weight quantizer (RTN when not given); every weight perturbation goes through it
+    quantizer: WeightQuantizer | None = None
+
+    def __post_init__(self) -> None:
+        if self.quantizer is None:
+            self.quantizer = RTNQuantizer(self.modules)
+
+    def quantize(self, i: int, fmt: Format, w: torch.Tensor | None = None) -> torch.Tensor:
+        """Layer ``i``'s weight in ``fmt`` under the job's quantizer (module layout)."""
+        return self.quantizer.weight(i, fmt, w)
 
     def report(self, fraction: float, message: str = "") -> None:
         if self.progress:
@@ -66,8 +76,16 @@ class Proxy(ABC):
         t0 = time.perf_counter()
         values, stderr, diagnostics = self._compute(ctx)
         seconds = time.perf_counter() - t0
-        return SensitivityTable(ctx.layers, ctx.formats, values, self.name, dict(self.params), ctx.calibration,
+        return SensitivityTable(ctx.layers, ctx.formats, values, self.name, self.table_params(ctx), ctx.calibration,
                                 stderr, {"seconds": round(seconds, 4)}, ctx.model_sha256, diagnostics)
+
+    def table_params(self, ctx: ProxyContext) -> dict:
+        """The table's parameters: the proxy's, plus the quantizer when it is not RTN (tables
+        measured under GPTQ must never be mistaken for RTN ones; RTN keys stay as they were)."""
+        params = dict(self.params)
+        if ctx.quantizer.method != "rtn":
+            params["quantizer"] = ctx.quantizer.key()
+        return params
 
     @abstractmethod
     def _compute(self, ctx: ProxyContext) -> tuple[np.ndarray, np.ndarray | None, dict]:
@@ -90,7 +108,7 @@ def quant_error_sq(ctx: ProxyContext) -> np.ndarray:
             w = m.weight.detach().float()
             for k, f in enumerate(ctx.formats):
                 if not f.is_float:
-                    out[i, k] = float(((quantize_module_weight(m, f).float() - w) ** 2).sum())
+                    out[i, k] = float(((ctx.quantize(i, f).float() - w) ** 2).sum())
     return out
 
 

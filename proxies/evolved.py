@@ -129,7 +129,7 @@ class EvolvedProxy(Proxy):
         choices = sample_policies(costs.total_bits, numel, int(self.params["n_policies"]), ctx.seed, allowed)
         if ctx.map_policies is not None:
             return choices, np.array(ctx.map_policies(choices), dtype=float)
-        ev = Evaluator(ctx.model, ctx.modules, ctx.task)  # caches each (layer, format) quantization
+        ev = Evaluator(ctx.model, ctx.modules, ctx.task, ctx.quantizer)  # caches each (layer, format) quantization
         truth = []
         for i, c in enumerate(choices):
             truth.append(ev.loss([ctx.formats[int(k)] for k in c], ctx.batches))

@@ -8,7 +8,6 @@ import numpy as np
 import torch
 
 from proxies.base import Proxy, ProxyContext, requiring_grad
-from proxies.quant import quantize_module_weight
 
 
 def gradient_moments(ctx: ProxyContext, max_samples: int, report: bool = False
@@ -65,5 +64,5 @@ class FisherProxy(Proxy):
                 w = m.weight.detach().float()
                 for k, fmt in enumerate(ctx.formats):
                     if not fmt.is_float:
-                        values[i, k] = 0.5 * float((f_ii * (quantize_module_weight(m, fmt).float() - w) ** 2).sum())
+                        values[i, k] = 0.5 * float((f_ii * (ctx.quantize(i, fmt).float() - w) ** 2).sum())
         return values, None, {"samples": n, "fisher_trace": [float(d.sum()) for d in diag]}

@@ -15,7 +15,6 @@ import torch
 
 from proxies.base import Proxy, ProxyContext, swapped
 from proxies.blockcache import PrefixCache
-from proxies.quant import from_2d, rtn, to_2d
 
 
 class MeasuredProxy(Proxy):
@@ -50,8 +49,7 @@ class MeasuredProxy(Proxy):
         floats = [m.weight.detach().clone() for m in ctx.modules]
 
         def q(i: int, f) -> torch.Tensor:
-            m = ctx.modules[i]
-            return floats[i] if f is None or f.is_float else from_2d(m, rtn(to_2d(m, floats[i]), f))
+            return floats[i] if f is None or f.is_float else ctx.quantize(i, f, floats[i])
 
         with swapped(ctx.modules, [q(i, base_fmt) for i in range(L)]):
             return self._measure(ctx, rows, q, base_fmt)

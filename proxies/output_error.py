@@ -9,7 +9,6 @@ import torch
 from torch.func import functional_call
 
 from proxies.base import Proxy, require_hooks
-from proxies.quant import quantize_module_weight
 
 
 class OutputErrorProxy(Proxy):
@@ -67,7 +66,7 @@ class OutputErrorProxy(Proxy):
                     for k, f in enumerate(ctx.formats):
                         if f.is_float:
                             continue
-                        yq = functional_call(m, {"weight": quantize_module_weight(m, f)}, (x,)).float()
+                        yq = functional_call(m, {"weight": ctx.quantize(i, f)}, (x,)).float()
                         values[i, k] = float(((yq - y) ** 2).sum() / (y ** 2).sum().clamp_min(1e-30))
             ctx.report(idx[-1] / max(L - 1, 1), f"layers {idx[0]}–{idx[-1]}")
         return values, None, {"max_rows": self.params["max_rows"]}

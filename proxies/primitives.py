@@ -10,7 +10,7 @@ import torch
 
 from proxies.base import ProxyContext
 from proxies.fisher import gradient_moments
-from proxies.quant import quantize_module_weight, to_2d
+from proxies.quant import to_2d
 from search.evolve import Primitives
 
 
@@ -78,7 +78,7 @@ def compute_primitives(ctx: ProxyContext, samples: int = 512, max_grad_samples: 
                 A[i] = 1.0
             for k, f in enumerate(ctx.formats):
                 if not f.is_float:
-                    dW[i, k] = (to_2d(m, quantize_module_weight(m, f).float()) - w2).flatten()[idx].numpy()
+                    dW[i, k] = (to_2d(m, ctx.quantize(i, f).float()) - w2).flatten()[idx].numpy()
             ctx.report(0.4 + 0.6 * (i + 1) / L, f"primitives of {layer.name}")
     return Primitives(W, G, F, A, dW, np.array([l.numel for l in ctx.layers], float),
                       np.array([f.is_float for f in ctx.formats]),

@@ -25,6 +25,29 @@ def from_2d(module: nn.Module, w2d: torch.Tensor) -> torch.Tensor:
     return w2d.reshape(module.weight.shape)
 
 
+def group_params(x: torch.Tensor, fmt: Format) -> tuple[torch.Tensor, torch.Tensor, int, int]:
+    """Scale and zero point of every group in ``x`` (..., group) as DESIGN §3 stores them:
+    fp16-rounded scales, the zero point an unsigned ``bits``-wide integer (0 when symmetric).
+    Returns (s, z, qmin, qmax) with ``s``/``z`` keeping a trailing dim of 1 for broadcasting.
+    Shared by RTN and GPTQ so both quantize onto exactly the grid the cost model prices."""
+    if fmt.symmetric:
+        qmax = 2 ** (fmt.bits - 1) - 1
+        s = (x.abs().amax(-1, keepdim=True) / qmax).half().float().clamp_min(_FP16_TINY)
+        return s, torch.zeros_like(s), -qmax - 1, qmax
+    qmax = 2 ** fmt.bits - 1
+    # the range always includes 0 so the zero point fits in ``bits`` unsigned bits, as the cost
+    # model counts it; a same-sign group would otherwise clamp z and saturate
+    mn, mx = x.amin(-1, keepdim=True).clamp_max(0), x.amax(-1, keepdim=True).clamp_min(0)
+    s = ((mx - mn) / qmax).half().float().clamp_min(_FP16_TINY)
+    z = torch.clamp(torch.round(-mn / s), 0, qmax)
+    return s, z, 0, qmax
+
+
+def quantize_on_grid(x: torch.Tensor, s: torch.Tensor, z: torch.Tensor, qmin: int, qmax: int) -> torch.Tensor:
+    """Round ``x`` onto the grid (s, z) and decode: ŵ = (clamp(round(x/s) + z) − z)·s."""
+    return (torch.clamp(torch.round(x / s) + z, qmin, qmax) - z) * s
+
+
 def rtn(w: torch.Tensor, fmt: Format) -> torch.Tensor:
     """Round-to-nearest fake quantization of a 2-D weight (rows, reduction) in ``fmt``.
     A last partial group is padded by repeating its last value, which leaves its min/max
@@ -38,20 +61,7 @@ def rtn(w: torch.Tensor, fmt: Format) -> torch.Tensor:
     if pad:
         x = torch.cat([x, x[:, -1:].expand(rows, pad)], dim=1)
     x = x.reshape(rows, -1, g)
-    if fmt.symmetric:
-        qmax = 2 ** (fmt.bits - 1) - 1
-        s = (x.abs().amax(-1, keepdim=True) / qmax).half().float().clamp_min(_FP16_TINY)
-        q = torch.clamp(torch.round(x / s), -qmax - 1, qmax)
-        xh = q * s
-    else:
-        qmax = 2 ** fmt.bits - 1
-        # the range always includes 0 so the zero point fits in ``bits`` unsigned bits, as the
-        # cost model counts it; a same-sign group would otherwise clamp z and saturate
-        mn, mx = x.amin(-1, keepdim=True).clamp_max(0), x.amax(-1, keepdim=True).clamp_min(0)
-        s = ((mx - mn) / qmax).half().float().clamp_min(_FP16_TINY)
-        z = torch.clamp(torch.round(-mn / s), 0, qmax)
-        q = torch.clamp(torch.round(x / s) + z, 0, qmax)
-        xh = (q - z) * s
+    xh = quantize_on_grid(x, *group_params(x, fmt))
     return xh.reshape(rows, -1)[:, :cols].to(w.dtype)
 
 

@@ -9,7 +9,7 @@ import json
 from typing import Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_serializer
 
 from search.formats import FLOAT_BITS, MAX_BITS, MIN_BITS, Format
 from search.layers import LayerInfo
@@ -27,8 +27,22 @@ class ModelRef(_Strict):
 
 
 class Quantizer(_Strict):
+    """The quantizer the policy's measurements assume. GPTQ records its damping (relative to
+    the mean Hessian diagonal) and act-order; act-order uses static groups, so the stored layout
+    is plain contiguous groups either way. ``rtn_layers`` are layers GPTQ had no calibration
+    activations for (embeddings), quantized with RTN."""
+
     method: Literal["rtn", "gptq"] = "rtn"
     scale_dtype: Literal["float16"] = "float16"
+    damp: float | None = None
+    act_order: bool | None = None
+    damp_raised_to: float | None = None
+    rtn_layers: list[str] | None = None
+
+    @model_serializer(mode="wrap")
+    def _drop_unset(self, handler):
+        # an RTN policy reads as DESIGN §2 shows it, without a row of nulls for GPTQ's fields
+        return {k: v for k, v in handler(self).items() if v is not None}
 
 
 class LayerFormat(_Strict):

@@ -43,6 +43,9 @@ class SearchSpec(BaseModel):
     include_head: bool = False
     latency_table: dict[str, dict[str, float]] | None = None
     a_bits: int = 16
+    # the weight quantizer every proxy, evaluation and refine use: rtn (DESIGN §3) or gptq
+    quantizer: str = "rtn"
+    quantizer_params: dict = Field(default_factory=dict)
 
     @field_validator("budgets")
     @classmethod

@@ -20,6 +20,7 @@ EPILOG = """examples:
   bitplan search --model builtin:minilm-l6 --budget avg_bits=3.3 --bits 2,3,4,8 --group-size 64 --out policy.json
   bitplan search --model builtin:digits-cnn --budget avg_bits=3.3 --budget bops=5e6 --proxy hessian_trace --solver ilp
   bitplan search --model builtin:smollm2-135m --budget avg_bits=4.3125 --tie qkv,gate_up --n-eval 8
+  bitplan search --model builtin:minilm-l6 --budget avg_bits=3.3 --quantizer gptq --quantizer-param damp=0.01
 
 default recipe (no --proxy/--solver): measured sensitivities → exact ILP → refine judged by
 measured calibration loss. budgets: avg_bits (bits/weight incl. scales), size_bytes, bops
@@ -88,6 +89,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--solver", help="ilp | lp | convex | pareto | joint (APQ: bits + pruning, predictor-guided)")
     s.add_argument("--solver-param", action="append", type=_kv, default=[], metavar="KEY=VALUE",
                    help="joint solver parameter, e.g. ratios=[0,0.25,0.5] generations=20")
+    s.add_argument("--quantizer", choices=["rtn", "gptq"], default="rtn",
+                   help="weight quantizer that every measurement, the evaluation and the policy assume: rtn "
+                        "(round to nearest, default) or gptq (error-compensating, Hessians from the calibration data)")
+    s.add_argument("--quantizer-param", action="append", type=_kv, default=[], metavar="KEY=VALUE",
+                   help="gptq parameter: damp=0.01 (fraction of the mean Hessian diagonal), act_order=true, block_size=128")
     s.add_argument("--refine", dest="refine", action="store_true", default=None, help="refine with measured loss (default with the recipe)")
     s.add_argument("--no-refine", dest="refine", action="store_false")
     s.add_argument("--refine-evals", type=int, default=40, help="measured-loss evaluations refine may spend (default 40)")
@@ -152,7 +158,8 @@ def spec_from_args(args) -> "SearchSpec":
                       n_calib=args.n_calib, n_eval=args.n_eval, seq_len=args.seq_len, seed=args.seed,
                       ties=runtime_ties(args.runtime, [t for t in args.tie.split(",") if t]),
                       include_embeddings=args.include_embeddings,
-                      include_head=args.include_head, latency_table=latency)
+                      include_head=args.include_head, latency_table=latency,
+                      quantizer=args.quantizer, quantizer_params=dict(args.quantizer_param))
 
 
 def _one_line(exc: Exception) -> str:

@@ -40,6 +40,9 @@ def add_commands(sub, bits_type, group_type, kv_type) -> None:
     s.add_argument("--solver")
     s.add_argument("--solver-param", action="append", type=kv_type, default=[], metavar="KEY=VALUE",
                    help="joint solver parameter, e.g. ratios=[0,0.25,0.5]")
+    s.add_argument("--quantizer", choices=["rtn", "gptq"], help="weight quantizer (default rtn)")
+    s.add_argument("--quantizer-param", action="append", type=kv_type, default=[], metavar="KEY=VALUE",
+                   help="gptq parameter: damp, act_order, block_size")
     s.add_argument("--refine", dest="refine", action="store_true", default=None)
     s.add_argument("--no-refine", dest="refine", action="store_false")
     s.add_argument("--calib", help="builtin corpus name, or @FILE to upload a text file")
@@ -164,6 +167,7 @@ def _submit(c, args) -> int:
         job = c.submit(model_id, budgets, idempotency_key=args.idempotency_key, formats=formats or None,
                        proxy=args.proxy, proxy_params=dict(args.proxy_param) or None, solver=args.solver,
                        solver_params=dict(args.solver_param) or None, runtime=args.runtime,
+                       quantizer=args.quantizer, quantizer_params=dict(args.quantizer_param) or None,
                        refine=args.refine, calibration=calib or None, evaluation=evaluation or None, seed=args.seed,
                        ties=[t for t in args.tie.split(",") if t] or None)
     except ValidationError as e:

@@ -66,9 +66,12 @@ def plan_job(req: JobCreate, model_ref: str, model_id: str, model_kind: str, lay
                 calib=calib, eval=evaluation, n_calib=req.calibration.n_samples, n_eval=req.evaluation.n_samples,
                 seq_len=req.calibration.seq_len or req.evaluation.seq_len, seed=req.seed,
                 ties=runtime_ties(req.runtime, req.ties),
-                latency_table=req.latency_table)
+                latency_table=req.latency_table, quantizer=req.quantizer, quantizer_params=req.quantizer_params)
     specs = [SearchSpec(**base, budgets=b) for b in budgets]
     proxy, solver, formats = validate_static(specs[0])
+    if req.quantizer != "rtn" and model_ref.startswith("torchscript:"):
+        raise ValueError(f"quantizer {req.quantizer!r} reads calibration activations through forward hooks, which "
+                         "TorchScript models do not support; use quantizer 'rtn' for an uploaded model")
     if not formats:
         raise ValueError("formats: the menu is empty; give at least one bit-width")
     if len(formats) * max(len(layers), 1) > 200_000:
@@ -86,6 +89,9 @@ def plan_job(req: JobCreate, model_ref: str, model_id: str, model_kind: str, lay
                 "calib": calib, "calib_text": sha(texts["calib"]), "eval": evaluation, "eval_text": sha(texts["eval"]),
                 "n_calib": specs[0].n_calib, "seq_len": specs[0].seq_len, "seed": specs[0].seed,
                 "formats": [x.label for x in formats]}
+    if req.quantizer != "rtn":  # RTN keys stay as they were, so existing cached tables remain valid
+        from proxies.quantizers import check_quantizer
+        key_blob["quantizer"] = {"method": req.quantizer, **check_quantizer(req.quantizer, req.quantizer_params)}
     if specs[0].solver_name == "joint":  # the joint search makes no sensitivity table: never reuse one
         key_blob = {"v": SPEC_VERSION, "joint": request_hash(req)}
     key = hashlib.sha256(json.dumps(key_blob, sort_keys=True, default=str).encode()).hexdigest()

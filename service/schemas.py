@@ -80,6 +80,9 @@ class JobCreate(_Strict):
     ties: list[str] = Field(default_factory=list, max_length=8)
     runtime: str | None = Field(default=None, max_length=32, description="vllm/sglang: tie q/k/v and gate/up")
     latency_table: dict[str, dict[str, float]] | None = None
+    quantizer: Literal["rtn", "gptq"] = Field(default="rtn", description="the weight quantizer every measurement "
+                                               "uses: rtn (round to nearest) or gptq (error-compensating)")
+    quantizer_params: dict[str, Any] = Field(default_factory=dict, description="gptq: damp, act_order, block_size")
 
 
 class JobEvent(BaseModel):

@@ -14,11 +14,12 @@ import torch
 from proxies.base import Proxy, ProxyContext
 from proxies.discovery import discover_layers
 from proxies.evaluate import Evaluator
+from proxies.quantizers import WeightQuantizer, build_quantizer, check_quantizer
 from proxies.registry import get_proxy
 from search.budgets import CostModel, check_budgets
 from search.formats import Format, make_formats
 from search.layers import find_tie_groups
-from search.policy import Measured, Policy, Predicted, SolverInfo, build_policy
+from search.policy import Measured, Policy, Predicted, Quantizer, SolverInfo, build_policy
 from search.problem import Problem, Solution
 from search.refine import refine
 from search.solvers import get_solver
@@ -59,6 +60,10 @@ def validate_static(spec: SearchSpec) -> tuple:
         except ValueError as e:
             raise ValueError(f"{e}, {JOINT}") from None
     formats = make_formats(spec.bits, spec.group_size, spec.symmetric)
+    check_quantizer(spec.quantizer, spec.quantizer_params)
+    if spec.solver_name == JOINT and spec.quantizer != "rtn":
+        raise ValueError("joint: the joint search prunes and quantizes with RTN; GPTQ after pruning is not supported "
+                         "yet — use quantizer rtn with the joint solver")
     return proxy, solver, formats
 
 
@@ -132,6 +137,9 @@ def run_search(spec: SearchSpec, progress: Progress = _noop, loaded: LoadedModel
     calib, evals, calib_info = build_batches(lm, plan)
     calib = lm.task.prepare(lm.model, calib)
     evals = lm.task.prepare(lm.model, evals)
+    if spec.quantizer != "rtn":
+        progress("calibrate", 0.5, f"{spec.quantizer}: Hessians of {len(layers)} layers from the calibration data")
+    quantizer = job_quantizer(spec, lm, layers, modules, calib)
     timings["calibrate"] = time.perf_counter() - t
     progress("calibrate", 1.0, f"{calib_info['samples']} calibration samples")
 
@@ -140,7 +148,7 @@ def run_search(spec: SearchSpec, progress: Progress = _noop, loaded: LoadedModel
 
     t = time.perf_counter()
     ctx = ProxyContext(lm.model, layers, modules, lm.task, calib, formats, spec.seed,
-                       lambda f, m: progress("sensitivity", f, m), lm.sha256, calib_info)
+                       lambda f, m: progress("sensitivity", f, m), lm.sha256, calib_info, quantizer=quantizer)
     if table is None:
         table = compute_table(proxy, ctx) if compute_table else proxy.compute(ctx)
     timings["sensitivity"] = time.perf_counter() - t
@@ -154,7 +162,7 @@ def run_search(spec: SearchSpec, progress: Progress = _noop, loaded: LoadedModel
     progress("solve", 1.0, f"objective {solution.objective:.4g}, gap {solution.gap}")
 
     t = time.perf_counter()
-    ev = Evaluator(lm.model, modules, lm.task)
+    ev = Evaluator(lm.model, modules, lm.task, quantizer)
     baselines = _baselines(ev, formats, costs, evals, lambda f, m: progress("evaluate", f, m))
     solved = ev.metrics([formats[k] for k in solution.choice], evals)
     timings["evaluate"] = time.perf_counter() - t
@@ -175,6 +183,7 @@ def run_search(spec: SearchSpec, progress: Progress = _noop, loaded: LoadedModel
     metric = lm.task.metric
     policy = build_policy(
         spec.model, lm.sha256, layers, formats, choice, spec.budgets, costs.cost(choice), ties.names(layers),
+        quantizer=Quantizer(**quantizer.record()),
         predicted=Predicted(proxy=table.proxy, loss_increase=problem.objective(choice)),
         measured=Measured(metric=metric, value=solved[metric], float=baselines["float"][metric],
                           uniform={k: v[metric] for k, v in baselines["uniform"].items()},
@@ -228,6 +237,12 @@ def _run_joint(spec, lm, layers, modules, formats, space, params, calib, evals, 
         sparse_format=("structured: the pruned output channels are removed; kept channels stored dense" if space.structured
                        else "bitmask: 1 bit per weight + kept values at the layer's bits + dense scales"))
     return SearchResult(policy, None, None, baselines, timings, None)
+
+
+def job_quantizer(spec: SearchSpec, lm: LoadedModel, layers, modules, calib, only: list[int] | None = None) -> WeightQuantizer:
+    """The job's weight quantizer, built on the float model from the calibration batches."""
+    return build_quantizer(spec.quantizer, spec.quantizer_params, lm.model, modules, lm.task, calib, only,
+                           [l.name for l in layers])
 
 
 def reference_formats(formats: list[Format]) -> list[Format]:

@@ -60,12 +60,13 @@ def _prepared(spec_d: dict) -> dict:
 
     from search.spec import SearchSpec
     from workers.batches import build_batches, plan_for
-    from workers.pipeline import task_layers, validate_static
+    from workers.pipeline import job_quantizer, task_layers, validate_static
     from workers.sources import load_model
 
     spec = SearchSpec(**spec_d)
     key = json.dumps([spec.model, spec.calib, spec.eval, spec.n_calib, spec.n_eval, spec.seq_len, spec.seed,
-                      spec.include_embeddings, spec.include_head], default=str)
+                      spec.include_embeddings, spec.include_head, spec.quantizer, spec.quantizer_params],
+                     default=str, sort_keys=True)
     if _CACHE.get("key") == key:
         return _CACHE["value"]
     lm = _CACHE["value"]["lm"] if _CACHE.get("ref") == spec.model else load_model(spec.model)
@@ -74,7 +75,8 @@ def _prepared(spec_d: dict) -> dict:
     pairs = task_layers(lm, spec.include_embeddings, spec.include_head)
     calib, _, info = build_batches(lm, plan)
     calib = lm.task.prepare(lm.model, calib)
-    value = {"lm": lm, "pairs": pairs, "calib": calib, "info": info, "formats": formats}
+    quantizer = job_quantizer(spec, lm, [q[0] for q in pairs], [q[1] for q in pairs], calib)
+    value = {"lm": lm, "pairs": pairs, "calib": calib, "info": info, "formats": formats, "quantizer": quantizer}
     _CACHE.update(key=key, ref=spec.model, value=value)
     return value
 
@@ -117,7 +119,7 @@ def measure_chunk(spec_d: dict, texts: dict[str, str], rows: list[int], chunk: i
                        "chunk": chunk, "of": n_chunks}, block=False)
 
     ctx = ProxyContext(p["lm"].model, [q[0] for q in pairs], [q[1] for q in pairs], p["lm"].task, p["calib"],
-                       p["formats"], spec_d.get("seed", 0), report, p["lm"].sha256, p["info"])
+                       p["formats"], spec_d.get("seed", 0), report, p["lm"].sha256, p["info"], quantizer=p["quantizer"])
     table = get_proxy(spec_d.get("proxy") or "measured", **params).compute(ctx)
     return table.values[rows].tolist()
 
@@ -144,7 +146,7 @@ def measure_policies(spec_d: dict, texts: dict[str, str], choices: list[list[int
 
     torch_threads()
     p = _prepared(_materialise(spec_d, texts))
-    ev = Evaluator(p["lm"].model, [q[1] for q in p["pairs"]], p["lm"].task)
+    ev = Evaluator(p["lm"].model, [q[1] for q in p["pairs"]], p["lm"].task, p["quantizer"])
     return [ev.loss([p["formats"][int(k)] for k in c], p["calib"]) for c in choices]
 
 
@@ -183,7 +185,7 @@ def _fan_out(spec_d: dict, texts: dict[str, str], n_chunks: int, queue):
             ready, pending = ray.wait(pending, num_returns=1)
             values[where[ready[0]]] = np.array(ray.get(ready[0]))
             ctx.report(1 - len(pending) / len(refs), f"{len(refs) - len(pending)}/{len(refs)} chunks")
-        return SensitivityTable(ctx.layers, ctx.formats, values, proxy.name, proxy.params, ctx.calibration,
+        return SensitivityTable(ctx.layers, ctx.formats, values, proxy.name, proxy.table_params(ctx), ctx.calibration,
                                 None, {"seconds": time.perf_counter() - t0, "chunks": len(parts)},
                                 ctx.model_sha256, {"chunks": len(parts)})
     return compute

@@ -14,6 +14,9 @@ BITS = (2, 3, 4, 8)
 
 def _groups(policy: Policy) -> dict:
     out = {}
+    # act-order with static groups is compressed-tensors' actorder "weight" (columns reordered
+    # while quantizing, contiguous groups stored)
+    actorder = "weight" if policy.quantizer.method == "gptq" and policy.quantizer.act_order else None
     for i, ((bits, g, sym), names) in enumerate(groups_of(policy)):
         if bits not in BITS:
             raise ExportError(f"compressed-tensors: {bits}-bit ({names[0]} …) is not an int width it packs {BITS}")
@@ -23,7 +26,7 @@ def _groups(policy: Policy) -> dict:
             "targets": ["re:" + p for p in tie_patterns(policy, names)],
             "weights": {"num_bits": bits, "type": "int", "symmetric": sym,
                         "strategy": "channel" if g is None else "group", "group_size": g, "dynamic": False,
-                        "observer": "minmax", "actorder": None, "block_structure": None, "observer_kwargs": {}},
+                        "observer": "minmax", "actorder": actorder, "block_structure": None, "observer_kwargs": {}},
             "input_activations": None, "output_activations": None,
         }
     if not out:
@@ -43,8 +46,15 @@ def compressed_tensors(policy: Policy) -> Exported:
 
 @register("llmcompressor-recipe")
 def llmcompressor_recipe(policy: Policy) -> Exported:
+    """A GPTQ policy becomes a GPTQModifier (with its dampening and block size), an RTN one a
+    QuantizationModifier: the quantizer the measurements assumed is the one the recipe runs."""
     groups = _groups(policy)
-    lines = ["quant_stage:", "  quant_modifiers:", "    QuantizationModifier:", "      ignore:"]
+    q = policy.quantizer
+    if q.method == "gptq":
+        lines = ["quant_stage:", "  quant_modifiers:", "    GPTQModifier:", f"      dampening_frac: {q.damp}",
+                 "      block_size: 128", "      ignore:"]
+    else:
+        lines = ["quant_stage:", "  quant_modifiers:", "    QuantizationModifier:", "      ignore:"]
     lines += [f"        - {json.dumps(n)}" for n in sorted(policy.float_layers) + ["lm_head"]]
     lines.append("      config_groups:")
     for name, g in groups.items():
@@ -54,5 +64,7 @@ def llmcompressor_recipe(policy: Policy) -> Exported:
                   f"            symmetric: {str(w['symmetric']).lower()}", f"            strategy: {w['strategy']}"]
         if w["group_size"] is not None:
             lines.append(f"            group_size: {w['group_size']}")
+        if w["actorder"] is not None:
+            lines.append(f"            actorder: {w['actorder']}")
         lines.append("            dynamic: false")
     return Exported("\n".join(lines) + "\n", "application/yaml", "recipe.yaml")

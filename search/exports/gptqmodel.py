@@ -1,6 +1,7 @@
 """GPTQModel ``quantization_config`` with ``dynamic`` per-module overrides: ``+:<regex>`` →
 ``{bits, group_size, sym}``, ``-:<regex>`` → skip (kept in float). The base config is the format
-that covers most weights; every other quantized module gets an anchored override."""
+that covers most weights; every other quantized module gets an anchored override. A policy found
+under GPTQ carries its damping and act-order (as desc_act + static_groups)."""
 from __future__ import annotations
 
 import json
@@ -30,4 +31,9 @@ def gptqmodel(policy: Policy) -> Exported:
         dynamic["-:" + anchored(name)] = {}
     cfg = {"quant_method": "gptq", "checkpoint_format": "gptq", "bits": bits, "group_size": -1 if g is None else g,
            "sym": sym, "desc_act": False, "dynamic": dynamic}
+    q = policy.quantizer
+    if q.method == "gptq":
+        # bitplan's act-order keeps scales on the original contiguous groups: GPTQModel's
+        # desc_act with static_groups, so the packed layout is the one the cost model priced
+        cfg.update(desc_act=bool(q.act_order), static_groups=bool(q.act_order), damp_percent=q.damp)
     return Exported(json.dumps({"quantization_config": cfg}, indent=2), "application/json", "quantize_config.json")

@@ -326,6 +326,7 @@ async function policyView(view, id) {
         <dt>cost</dt><dd class="mono">${Object.entries(policy.cost).filter(([, v]) => v !== null).map(([k, v]) => `${k} ${fmtNum(v, 6)}`).join(" · ")}</dd>
         <dt>measured</dt><dd><b>${esc(m.metric)} ${fmtNum(m.value)}</b> (float ${fmtNum(m.float)}; ${Object.entries(m.uniform || {}).map(([b, v]) => `uniform ${b}-bit ${fmtNum(v, 3)}`).join(", ")})</dd>
         <dt>predicted</dt><dd>${esc(policy.predicted?.proxy)} loss increase ${fmtNum(policy.predicted?.loss_increase)}</dd>
+        <dt>quantizer</dt><dd id="quantizer">${esc(policy.quantizer?.method || "rtn")}${policy.quantizer?.method === "gptq" ? ` (damp ${fmtNum(policy.quantizer.damp)}, act-order ${policy.quantizer.act_order ? "on" : "off"})` : ""}</dd>
         <dt>solver</dt><dd>${esc(policy.solver?.name)}: objective ${fmtNum(policy.solver?.objective)}, gap ${policy.solver?.gap ?? "—"}</dd>
         ${Object.keys(policy.sparsity || {}).length ? `<dt>pruning</dt><dd class="mono" id="sparsity">${Object.entries(policy.sparsity).map(([n, r]) => `${esc(n)} ${Math.round(r * 100)}%`).join(" · ")} <span class="muted">(${esc(policy.sparse_format || "")})</span></dd>` : ""}
       </dl></div>
@@ -420,13 +421,15 @@ function fieldFor(err) {
   const loc = (err.body && Array.isArray(err.body.detail) && err.body.detail[0] && err.body.detail[0].loc) || [];
   const key = loc.filter((x) => x !== "body")[0] || msg.split(/[:.\s]/)[0];
   const map = { budgets: "budgets", budget: "budgets", formats: "bits", bits: "bits", group_size: "groups", proxy: "proxy",
-    solver: "solver", calibration: "calib", evaluation: "calib", model_id: "model", seed: "seed", unknown: "proxy" };
+    solver: "solver", calibration: "calib", evaluation: "calib", model_id: "model", seed: "seed", unknown: "proxy",
+    quantizer: "quantizer", quantizer_params: "quantizer" };
   if (map[key]) return map[key];
   if (/budget|feasible|cheapest/.test(msg)) return "budgets";
   if (/bit-width|bits/.test(msg)) return "bits";
   if (/group/.test(msg)) return "groups";
   if (/proxy/.test(msg)) return "proxy";
   if (/solver/.test(msg)) return "solver";
+  if (/quantizer|gptq/i.test(msg)) return "quantizer";
   return "form";
 }
 function showError(form, field, message) {
@@ -485,6 +488,7 @@ async function submitView(view) {
         <div class="row">
           ${field("proxy", "proxy", `<select name="proxy"><option value="">recipe (measured + refine)</option><option>measured</option><option>hessian_trace</option><option>fisher</option><option>orthogonality</option><option>output_error</option></select>`)}
           ${field("solver", "solver", `<select name="solver"><option value="">recipe (ilp)</option><option>ilp</option><option>lp</option><option>convex</option><option>pareto</option></select>`)}
+          ${field("quantizer", "quantizer", `<select name="quantizer"><option value="rtn">rtn (round to nearest)</option><option value="gptq">gptq (error-compensating)</option></select>`)}
           ${field("calib", "calibration data", `<select name="calib"><option value="">model default</option><option>wikitext2-valid</option><option>tinyshakespeare</option><option>pydoc</option><option>digits</option></select>`)}
           ${field("ncalib", "calibration samples", `<input name="ncalib" type="number" min="1" placeholder="default">`)}
           ${field("seed", "seed", `<input name="seed" type="number" value="0" min="0">`)}
@@ -529,6 +533,7 @@ async function submitView(view) {
       };
       if (jform.proxy.value) body.proxy = jform.proxy.value;
       if (jform.solver.value) body.solver = jform.solver.value;
+      if (jform.quantizer.value !== "rtn") body.quantizer = jform.quantizer.value;
       if (jform.calib.value || jform.ncalib.value) {
         body.calibration = {};
         if (jform.calib.value) body.calibration.source = jform.calib.value;

@@ -13,7 +13,7 @@ import pytest
 from search.exports import EXPORTERS, ExportError, export
 from search.formats import Format
 from search.layers import LayerInfo
-from search.policy import Policy, build_policy
+from search.policy import Policy, Quantizer, build_policy
 
 GOLDEN = Path(__file__).with_name("golden")
 LEAVES = ["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj", "mlp.gate_proj",
@@ -111,3 +111,22 @@ def test_runtime_ties():
     assert runtime_ties(None, ["qkv"]) == ["qkv"] and runtime_ties("none", ["qkv"]) == ["qkv"]
     with pytest.raises(ValueError, match="unknown runtime"):
         runtime_ties("tgi", [])
+
+
+def gptq_policy() -> Policy:
+    p = llama_policy(symmetric=True)
+    p.quantizer = Quantizer(method="gptq", damp=0.02, act_order=True)
+    return p
+
+
+def test_a_gptq_policy_exports_the_quantizer_it_was_measured_with():
+    g = json.loads(export(gptq_policy(), "gptqmodel").text)["quantization_config"]
+    assert (g["desc_act"], g["static_groups"], g["damp_percent"]) == (True, True, 0.02)
+    ct = json.loads(export(gptq_policy(), "compressed-tensors").text)["quantization_config"]
+    assert {grp["weights"]["actorder"] for grp in ct["config_groups"].values()} == {"weight"}
+    recipe = export(gptq_policy(), "llmcompressor-recipe").text
+    assert "GPTQModifier:" in recipe and "dampening_frac: 0.02" in recipe and "actorder: weight" in recipe
+    assert "QuantizationModifier" not in recipe
+    # an RTN policy says nothing of act-order and runs a plain QuantizationModifier
+    rtn = export(llama_policy(symmetric=True), "llmcompressor-recipe").text
+    assert "QuantizationModifier:" in rtn and "actorder" not in rtn

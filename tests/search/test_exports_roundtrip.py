@@ -34,3 +34,11 @@ def test_torchao_loads_our_fqn_to_config():
     assert q == IntxWeightOnlyConfig(weight_dtype=torch.int8, granularity=PerGroup(128), mapping_type=MappingType.ASYMMETRIC)
     assert cfg.fqn_to_config["model.layers.1.mlp.down_proj"] is None
     assert cfg.fqn_to_config["model.layers.1.mlp.up_proj"].weight_dtype == torch.int4
+
+
+def test_compressed_tensors_parses_a_gptq_policy_with_act_order():
+    ct = pytest.importorskip("compressed_tensors.quantization")
+    from tests.search.test_exports import gptq_policy
+    d = json.loads(export(gptq_policy(), "compressed-tensors").text)["quantization_config"]
+    q = ct.QuantizationConfig.model_validate(d)
+    assert {getattr(g.weights.actorder, "value", g.weights.actorder) for g in q.config_groups.values()} == {"weight"}

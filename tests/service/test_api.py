@@ -59,6 +59,10 @@ def test_torchscript_upload_is_validated_and_content_addressed(server):
         a = c._req("POST", "/v1/models", files={"file": ("m.pt", data)}).json()
         b = c._req("POST", "/v1/models", files={"file": ("other-name.pt", data)}).json()
     assert a["id"] == b["id"] and a["kind"] == "classifier" and a["n_layers"] == 1
+    # GPTQ reads activations through hooks, which TorchScript lacks: refused before queueing
+    r = httpx.post(f"{server.url}/v1/jobs", json={"model_id": a["id"], "budgets": {"avg_bits": 4.5}, "quantizer": "gptq"},
+                   headers=_auth(server))
+    assert r.status_code == 422 and "TorchScript" in r.json()["message"] and "rtn" in r.json()["message"]
 
 
 BAD = [
@@ -76,6 +80,9 @@ BAD = [
     ("unknown budget metric", {"json": {"budgets": {"speed": 3}}}, 422, "invalid_request", "unknown budget metric"),
     ("no budget", {"json": {"budgets": {}}}, 422, "invalid_request", "at least one budget"),
     ("unknown field", {"json": {"budgets": {"avg_bits": 3.3}, "bitz": 3}}, 422, "invalid_request", "bitz"),
+    ("unknown quantizer", {"json": {"budgets": {"avg_bits": 3.3}, "quantizer": "awq"}}, 422, "invalid_request", "quantizer"),
+    ("bad gptq parameter", {"json": {"budgets": {"avg_bits": 3.3}, "quantizer": "gptq", "quantizer_params": {"damp": 5}}}, 422, "invalid_request", "damp must be"),
+    ("joint with gptq", {"json": {"budgets": {"avg_bits": 3.3}, "solver": "joint", "quantizer": "gptq"}}, 422, "invalid_request", "GPTQ after pruning"),
     ("text data for a classifier", {"json": {"budgets": {"avg_bits": 3.3}, "calibration": {"text": "hello"}}}, 422, "invalid_request", "digits"),
 ]
 
@@ -275,6 +282,29 @@ def test_cli_submit_wait_status_policy(server, digits_id, tmp_path):
     assert noauth.returncode == 2 and "token" in noauth.stderr
     down = subprocess_run_down(tmp_path)
     assert down.returncode == 1 and "cannot reach" in down.stderr
+
+
+def test_gptq_job_through_the_service(server, digits_id, tmp_path):
+    """quantizer=gptq runs in the Ray worker (Hessians from the job's calibration data); the
+    policy records it, its table is cached apart from RTN tables, and exports carry it."""
+    out = tmp_path / "g.json"
+    r = _cli(server, "submit", "--model", digits_id, "--budget", "avg_bits=3.5", "--proxy", "measured", "--solver", "ilp",
+             "--no-refine", "--quantizer", "gptq", "--quantizer-param", "act_order=true", "--n-calib", "64", "--seed", "11",
+             "--wait", "--out", str(out))
+    assert r.returncode == 0, r.stderr
+    policy = json.loads(out.read_text())
+    assert policy["quantizer"]["method"] == "gptq" and policy["quantizer"]["act_order"] is True
+    with server.client() as c:
+        job = c.wait(c.submit(digits_id, {"avg_bits": 3.5}, proxy="measured", solver="ilp", refine=False,
+                              calibration={"n_samples": 64}, seed=11).id, timeout=300)
+        rtn = c.policy(job.policy_ids[0])
+        assert rtn["quantizer"] == {"method": "rtn", "scale_dtype": "float16"}
+        assert job.sensitivity_cached is False  # the GPTQ table was not reused for an RTN job
+    pid = r.stdout.split()[1]
+    with server.client() as c:
+        gid = c.get(pid).policy_ids[0]
+    exp = httpx.get(f"{server.url}/v1/policies/{gid}/export", params={"format": "gptqmodel"}, headers=_auth(server))
+    assert exp.status_code == 200 and exp.json()["quantization_config"]["desc_act"] is True
 
 
 def subprocess_run_down(tmp_path):

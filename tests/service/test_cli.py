@@ -68,6 +68,10 @@ BAD = [
     pytest.param({"calib": "nope"}, ["'nope'"], id="unknown-calib"),
     pytest.param({"group_size": "abc"}, ["--group-size", "'abc'"], id="group-size-not-integer"),
     pytest.param({"out": "/nonexistent/dir/p.json"}, ["--out", "/nonexistent/dir"], id="out-folder-missing"),
+    pytest.param({"quantizer": "awq"}, ["--quantizer", "'awq'", "gptq"], id="unknown-quantizer"),
+    pytest.param({"quantizer": "gptq", "quantizer_param": "damp=2"}, ["damp must be a number in (0, 1]"],
+                 id="gptq-bad-damp"),
+    pytest.param({"quantizer_param": "damp=0.1"}, ["quantizer 'rtn' takes no parameters"], id="rtn-with-params"),
 ]
 
 

@@ -65,6 +65,7 @@ def test_submit_watch_and_inspect_a_policy(page, dash):
     pg.click("#register")
     pg.wait_for_selector("#model-ok:has-text('registered builtin:digits-cnn')", timeout=180_000)
     pg.fill("textarea[name=budgets]", "avg_bits=3.3\navg_bits=3.8\navg_bits=4.3")
+    pg.select_option("select[name=quantizer]", "gptq")
     shot(pg, "01-submit")
     pg.click("#submit-job")
     pg.wait_for_url("**/#/jobs/*", timeout=30_000)
@@ -80,6 +81,8 @@ def test_submit_watch_and_inspect_a_policy(page, dash):
             break
         time.sleep(0.1)
     pg.wait_for_selector(".badge.succeeded", timeout=5_000)
+    # the page may re-render between reading the bar and seeing the badge: read the final bar too
+    seen.append(int(pg.get_attribute(".bar.big", "aria-valuenow")))
     shot(pg, "03-job-succeeded")
     assert seen == sorted(seen) and seen[-1] == 100
     assert len(pg.query_selector_all(".timeline .ph.done")) == 6
@@ -88,6 +91,7 @@ def test_submit_watch_and_inspect_a_policy(page, dash):
     pg.click("#policies a >> nth=0")
     pg.wait_for_selector("#heatmap[data-cells]", timeout=30_000)
     shot(pg, "04-policy")
+    assert "gptq" in pg.inner_text("#quantizer") and "act-order on" in pg.inner_text("#quantizer")
     bars = pg.evaluate("() => { const c = Chart.getChart(document.querySelector('#bits-chart'));"
                        " return {labels: c.data.labels.length, values: c.data.datasets[0].data} }")
     assert bars["labels"] == 6 and all(2 <= b <= 16 for b in bars["values"])  # one bar per layer

@@ -125,3 +125,32 @@ def test_policy_layer_order_and_numel_match_the_model(digits):
     numel = {info.name: info.numel for info, _ in task_layers(digits)}
     assert all(l.numel == numel[l.name] for l in res.policy.layers)
     assert np.isfinite(res.policy.predicted.loss_increase)
+
+
+def test_gptq_runs_the_whole_recipe_and_the_policy_says_so(digits):
+    res = run_search(spec(quantizer="gptq", quantizer_params={"damp": 0.02}, refine_evals=4), loaded=digits)
+    pol = res.policy
+    assert pol.quantizer.method == "gptq" and pol.quantizer.damp == 0.02 and pol.quantizer.act_order is True
+    assert pol.cost["avg_bits"] <= BUDGET * (1 + 1e-9)
+    # the table is keyed by its quantizer, so a GPTQ table is never reused for an RTN job
+    assert res.table.params["quantizer"] == {"method": "gptq", "damp": 0.02, "act_order": True, "block_size": 128}
+    rtn = run_search(spec(refine_evals=4), loaded=digits)
+    assert "quantizer" not in rtn.table.params and rtn.table.key != res.table.key
+    assert not np.allclose(rtn.table.values, res.table.values)
+    # the measured value is the policy applied with GPTQ (not RTN) to the held-out data
+    from proxies.quantizers import build_quantizer
+    pairs = task_layers(digits)
+    calib, evals, _ = build_batches(digits, plan_for(digits, n_calib=DATA["n_calib"], n_eval=DATA["n_eval"]))
+    calib, evals = digits.task.prepare(digits.model, calib), digits.task.prepare(digits.model, evals)
+    q = build_quantizer("gptq", {"damp": 0.02}, digits.model, [m for _, m in pairs], digits.task, calib)
+    ev = Evaluator(digits.model, [m for _, m in pairs], digits.task, q)
+    assignment = pol.assignment()
+    formats = [assignment.get(info.name, Format(16)) for info, _ in pairs]
+    assert ev.metrics(formats, evals)["accuracy"] == pol.measured.value
+    assert ev.metrics([Format(2, 64)] * len(pairs), evals)["accuracy"] == pol.measured.uniform["2"]
+    assert Policy.from_json(pol.to_json()) == pol
+
+
+def test_joint_search_refuses_gptq(digits):
+    with pytest.raises(ValueError, match="joint search prunes and quantizes with RTN"):
+        run_search(spec(solver="joint", quantizer="gptq"), loaded=digits)

@@ -1,0 +1,105 @@
+"""RTN vs GPTQ: the uniform policies and bitplan's default mixed policy (measured → ilp →
+refine), each measured on held-out data with the quantizer it was found with, at the two
+uniform budgets (exact costs of uniform 3-bit and 4-bit at g64).
+
+With ``gptq`` the whole recipe runs under GPTQ: the measured table, refine's judge and the
+evaluation all quantize with it, as a job with ``quantizer: gptq`` does. Prints a table per model
+and writes JSON.
+
+    python bench/gptq.py --models minilm,smollm2 [--smollm-blocks 0-3] [--n-calib 16]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from proxies.base import ProxyContext  # noqa: E402
+from proxies.evaluate import Evaluator  # noqa: E402
+from proxies.quantizers import build_quantizer  # noqa: E402
+from proxies.registry import get_proxy  # noqa: E402
+from quality import setup_model  # noqa: E402
+from search.problem import Problem  # noqa: E402
+from search.refine import refine  # noqa: E402
+from search.solvers import get_solver  # noqa: E402
+from workers.pipeline import reference_formats  # noqa: E402
+
+
+def run_model(key: str, args) -> dict:
+    st = setup_model(key, args)
+    metric = st.lm.task.metric
+    by_bits = {f.bits: f for f in reference_formats(st.formats)}
+    uniform_budgets = {3: st.budgets[0], 4: st.budgets[2]}
+    out = {"model": st.ref, "metric": metric, "layers": st.n, "calibration": st.info,
+           "float": st.lm.task.evaluate(st.lm.model, st.evals)[metric], "runs": []}
+    for name in args.quantizers.split(","):
+        t = time.perf_counter()
+        q = build_quantizer(name, {}, st.lm.model, st.modules, st.lm.task, st.calib, names=[l.name for l in st.layers])
+        ev = Evaluator(st.lm.model, st.modules, st.lm.task, q)
+        run = {"quantizer": q.key(), "seconds": {"hessians": time.perf_counter() - t}}
+        t = time.perf_counter()
+        for b in (3, 4):
+            run[f"uniform {b}-bit"] = ev.metrics([by_bits[b]] * st.n, st.evals)[metric]
+        run["seconds"]["uniform"] = time.perf_counter() - t
+        t = time.perf_counter()
+        ctx = ProxyContext(st.lm.model, st.layers, st.modules, st.lm.task, st.calib, st.formats, 0, None,
+                           st.lm.sha256, st.info, quantizer=q)
+        table = get_proxy("measured").compute(ctx)
+        run["seconds"]["measured table"] = time.perf_counter() - t
+        t = time.perf_counter()
+        for b, budget in uniform_budgets.items():
+            prob = Problem(table.values, st.costs, {"avg_bits": budget})
+            sol = get_solver("ilp").solve(prob)
+            res = refine(prob, sol.choice, ev.judge(st.formats, st.calib), args.refine_evals)
+            run[f"recipe @ {budget:.4f}"] = ev.metrics([st.formats[k] for k in res.choice], st.evals)[metric]
+            run[f"recipe/uniform @ {b}-bit"] = run[f"recipe @ {budget:.4f}"] / run[f"uniform {b}-bit"]
+        run["seconds"]["solve + refine + evaluate"] = time.perf_counter() - t
+        run["record"] = q.record()
+        out["runs"].append(run)
+        print(f"  [{key}] {name}: " + ", ".join(f"{k} {v:.1f}s" for k, v in run["seconds"].items()), file=sys.stderr)
+    return out
+
+
+def print_table(res: dict) -> None:
+    print(f"\n### {res['model']} — {res['metric']}, {res['layers']} layers, float {res['float']:.5g}")
+    cols = [k for k in res["runs"][0] if k not in ("quantizer", "seconds", "record")]
+    print("| quantizer | " + " | ".join(cols) + " | seconds (Hessians / table) |")
+    print("|---|" + "---|" * (len(cols) + 1))
+    for run in res["runs"]:
+        cells = [f"{run[c]:.5g}" if "/" not in c else f"{run[c]:.3f}" for c in cols]
+        s = run["seconds"]
+        print(f"| {run['quantizer']['method']} | " + " | ".join(cells)
+              + f" | {s['hessians']:.1f} / {s['measured table']:.1f} |")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--models", default="minilm,smollm2")
+    ap.add_argument("--quantizers", default="rtn,gptq")
+    ap.add_argument("--refine-evals", type=int, default=40)
+    ap.add_argument("--group-sizes", default="32,64,128", help="format menu (uniform baselines use g64)")
+    ap.add_argument("--smollm-blocks", default="0-3", help="SmolLM2 blocks to quantize on CPU ('' = all 30)")
+    ap.add_argument("--n-calib", type=int, default=16, help="SmolLM2 calibration windows (GPTQ needs ≳ hidden size tokens)")
+    ap.add_argument("--n-eval", type=int, default=8)
+    ap.add_argument("--seq-len", type=int, default=128)
+    ap.add_argument("--out", type=Path, default=Path("bench/results/gptq.json"))
+    args = ap.parse_args()
+    args.group_sizes = [None if g == "pc" else int(g) for g in args.group_sizes.split(",")]
+    results = []
+    for key in args.models.split(","):
+        res = run_model(key.strip(), args)
+        print_table(res)
+        results.append(res)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(results, indent=1, default=str))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,197 @@
+"""GPTQ (Frantar et al., 2022): quantize a weight column by column and push each column's
+rounding error onto the columns not yet quantized, weighted by the inverse Hessian of the
+layer's reconstruction loss ‖XWᵀ − XŴᵀ‖² (H = XᵀX over calibration inputs). Pure tensor
+functions: the Hessians come from ``collect_hessians`` (one forward pass over the calibration
+batches with hooks), the quantization from ``gptq``.
+
+Choices, and why:
+- the grid is exactly RTN's (``group_params``: fp16 scales, ``bits``-wide zero points), so a
+  GPTQ policy costs what the cost model says and exports to the same configs;
+- act-order (columns by decreasing Hessian diagonal) uses *static* groups: scales come from the
+  original contiguous groups, so the stored layout has no per-column group index (``g_idx``)
+  and every kernel that reads plain grouped weights can run it;
+- without act-order, a group's scale is set when its first column is reached (from the weights
+  as updated so far), and blocks are a whole number of groups so that group is never split;
+- Hessians come from the float model's activations, not from a model whose earlier layers are
+  already quantized: one Hessian per layer then serves every format, so a (layer, format)
+  result is the same whichever policy it sits in, and tables and caches stay valid."""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from search.formats import Format
+from proxies.quant import group_params, quantize_on_grid
+
+MAX_DAMP_TRIES = 6
+
+
+@dataclass(frozen=True)
+class Factor:
+    """What GPTQ needs of a layer's Hessian, computed once and reused for every format:
+    the upper Cholesky factor of the damped inverse Hessian (in act-order if ``perm``),
+    the column permutation, the dead (never active) input columns, and the damping used."""
+
+    u: torch.Tensor
+    perm: torch.Tensor | None
+    dead: torch.Tensor
+    damp: float
+
+
+def factor(h: torch.Tensor, damp: float = 0.01, act_order: bool = True) -> Factor:
+    """Damped inverse-Hessian Cholesky factor. ``damp`` is relative to the mean diagonal; if the
+    Hessian is still not positive definite (too few calibration rows for its size), the damping
+    grows ×10 per try, and the factor records what was finally used."""
+    h = h.double().clone()
+    d = h.diagonal()
+    dead = d == 0
+    h[dead, dead] = 1.0
+    perm = torch.argsort(h.diagonal(), descending=True) if act_order else None
+    if perm is not None:
+        h = h[perm][:, perm]
+    mean = float(h.diagonal().mean())
+    eye = torch.eye(h.shape[0], dtype=h.dtype)
+    for t in range(MAX_DAMP_TRIES):
+        lam = damp * 10 ** t
+        chol, info = torch.linalg.cholesky_ex(h + lam * mean * eye)
+        if int(info) == 0:
+            break
+    else:
+        raise ValueError(f"gptq: the Hessian is not positive definite even with damping {lam:g}; "
+                         f"use more calibration data or the rtn quantizer")
+    u = torch.linalg.cholesky(torch.cholesky_inverse(chol), upper=True)
+    return Factor(u.float(), perm, dead, lam)
+
+
+def _static_params(w: torch.Tensor, fmt: Format, g: int):
+    """Per-group (s, z) of the original contiguous groups, as (rows, n_groups) tensors."""
+    rows, cols = w.shape
+    pad = (-cols) % g
+    x = torch.cat([w, w[:, -1:].expand(rows, pad)], dim=1) if pad else w
+    s, z, qmin, qmax = group_params(x.reshape(rows, -1, g), fmt)
+    return s.squeeze(-1), z.squeeze(-1), qmin, qmax
+
+
+def gptq(w: torch.Tensor, f: Factor, fmt: Format, block_size: int = 128) -> torch.Tensor:
+    """GPTQ of a 2-D weight (rows, reduction) in ``fmt`` given its Hessian ``factor``; returns
+    the dequantized weight (same layout and dtype)."""
+    if fmt.is_float:
+        return w.clone()
+    W = w.float().clone()
+    rows, cols = W.shape
+    W[:, f.dead] = 0
+    g = min(fmt.group_size or cols, cols)
+    static = f.perm is not None or g == cols
+    if static:
+        S, Z, qmin, qmax = _static_params(W, fmt, g)
+        group_of = (f.perm if f.perm is not None else torch.arange(cols)) // g
+        B = block_size
+    else:
+        B = math.ceil(block_size / g) * g
+    if f.perm is not None:
+        W = W[:, f.perm]
+    U = f.u
+    Q = torch.empty_like(W)
+    for i1 in range(0, cols, B):
+        i2 = min(i1 + B, cols)
+        W1 = W[:, i1:i2].clone()
+        E1 = torch.empty(rows, i2 - i1, dtype=W.dtype)
+        U1 = U[i1:i2, i1:i2]
+        for j in range(i2 - i1):
+            c = i1 + j
+            if static:
+                gi = int(group_of[c])
+                s, z = S[:, gi:gi + 1], Z[:, gi:gi + 1]
+            elif c % g == 0:
+                s, z, qmin, qmax = group_params(W1[:, j:j + g], fmt)
+            col = W1[:, j:j + 1]
+            q = quantize_on_grid(col, s, z, qmin, qmax)
+            Q[:, c:c + 1] = q
+            e = (col - q) / U1[j, j]
+            W1[:, j:] -= e * U1[j:j + 1, j:]
+            E1[:, j:j + 1] = e
+        if i2 < cols:
+            W[:, i2:] -= E1 @ U[i1:i2, i2:]
+    if f.perm is not None:
+        Q = Q[:, torch.argsort(f.perm)]
+    return Q.to(w.dtype)
+
+
+# ---------------------------------------------------------------- Hessians from calibration data
+
+
+def _padded(x: torch.Tensor, conv: nn.Module, nd: int) -> tuple[torch.Tensor, tuple]:
+    """Apply the conv's padding to its input explicitly (int, tuple, 'valid' or 'same')."""
+    k, dil = conv.kernel_size, conv.dilation
+    if isinstance(conv.padding, str):
+        if conv.padding == "valid":
+            return x, (0,) * nd
+        pads: list[int] = []
+        for kk, dd in reversed(list(zip(k, dil))):
+            total = dd * (kk - 1)
+            pads += [total // 2, total - total // 2]
+        return F.pad(x, pads), (0,) * nd
+    return x, tuple(conv.padding)
+
+
+def input_rows(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """The rows the weight multiplies, as (groups, n, reduction): a Linear's (or HF Conv1D's)
+    inputs as they are; a conv's unfolded patches, split by conv group so each group of output
+    channels gets the Hessian of its own input channels."""
+    if isinstance(module, (nn.Conv1d, nn.Conv2d)):
+        is1d = isinstance(module, nn.Conv1d)
+        if is1d:
+            x = x.unsqueeze(-2)
+        x, pad = _padded(x, module, 1 if is1d else 2)
+        k = (1, module.kernel_size[0]) if is1d else module.kernel_size
+        dil = (1, module.dilation[0]) if is1d else module.dilation
+        stride = (1, module.stride[0]) if is1d else module.stride
+        pad = (0, pad[0]) if is1d else pad
+        cols = F.unfold(x.float(), k, dilation=dil, padding=pad, stride=stride)  # (N, C·k, P)
+        n, ck, p = cols.shape
+        gr = module.groups
+        return cols.reshape(n, gr, ck // gr, p).permute(1, 0, 3, 2).reshape(gr, n * p, ck // gr)
+    return x.reshape(1, -1, x.shape[-1]).float()
+
+
+class HessianCollector:
+    """Accumulates H = Σ xxᵀ/n per layer over forward passes (forward hooks). ``mask`` (a
+    boolean per token, e.g. the attention mask) drops padding positions from token-shaped
+    inputs, which would otherwise pull the Hessian towards what pad tokens look like."""
+
+    def __init__(self, modules: list[nn.Module], only: list[int] | None = None):
+        self.modules = modules
+        self.idx = list(range(len(modules))) if only is None else sorted(set(only))
+        self.h: dict[int, torch.Tensor] = {}
+        self.n: dict[int, int] = {}
+        self.mask: torch.Tensor | None = None
+
+    def _hook(self, i: int):
+        def hook(m, inp, out):
+            x = inp[0].detach()
+            rows = input_rows(m, x)
+            if self.mask is not None and rows.shape[0] == 1 and rows.shape[1] == self.mask.numel():
+                rows = rows[:, self.mask.reshape(-1)]
+            if i in self.h:
+                self.h[i].baddbmm_(rows.transpose(1, 2), rows)
+            else:
+                self.h[i] = rows.transpose(1, 2) @ rows
+            self.n[i] = self.n.get(i, 0) + rows.shape[1]
+        return hook
+
+    def __enter__(self) -> "HessianCollector":
+        self.handles = [self.modules[i].register_forward_hook(self._hook(i)) for i in self.idx
+                        if not isinstance(self.modules[i], nn.Embedding)]
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for h in self.handles:
+            h.remove()
+
+    def hessians(self) -> dict[int, torch.Tensor]:
+        """Layer index → (groups, d, d) mean outer product; layers never reached are absent."""
+        return {i: h / max(self.n[i], 1) for i, h in self.h.items() if self.n[i] > 0}

@@ -1,0 +1,143 @@
+"""Weight quantizers, registered by name: ``rtn`` (DESIGN §3) and ``gptq`` (error-compensating,
+Hessians from calibration activations). A job picks one; every proxy that perturbs weights,
+the evaluation and refine all get their quantized weights from it, so a table predicts — and a
+policy reports — what the job's quantizer really does.
+
+Lifecycle: ``check_quantizer`` validates the name and parameters before any model is loaded;
+``build_quantizer`` runs once per job on the float model (GPTQ reads its calibration
+activations there) and must happen before any weight is swapped."""
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+
+import torch
+from torch import nn
+
+from proxies.gptq import Factor, HessianCollector, factor, gptq
+from proxies.quant import from_2d, rtn, to_2d
+from search.formats import Format
+
+GPTQ_DEFAULTS = {"damp": 0.01, "act_order": True, "block_size": 128}
+
+
+class WeightQuantizer(ABC):
+    method: str = ""
+
+    def __init__(self, modules: list[nn.Module]):
+        self.modules = modules
+
+    def weight(self, i: int, fmt: Format, w: torch.Tensor | None = None) -> torch.Tensor:
+        """Layer ``i``'s weight quantized in ``fmt``, in the module's own layout; from ``w``
+        when given (a caller holding the float weights while the module is swapped), else from
+        the module's current weight."""
+        m = self.modules[i]
+        src = (m.weight if w is None else w).detach()
+        if fmt.is_float:
+            return src.clone()
+        with torch.no_grad():
+            return from_2d(m, self._quantize_2d(i, to_2d(m, src), fmt))
+
+    @abstractmethod
+    def _quantize_2d(self, i: int, w2d: torch.Tensor, fmt: Format) -> torch.Tensor:
+        ...
+
+    def key(self) -> dict:
+        """What the quantized weights depend on besides the model and calibration data."""
+        return {"method": self.method}
+
+    def record(self) -> dict:
+        """What a policy says about the quantizer it assumes (DESIGN §2 ``quantizer``)."""
+        return {"method": self.method}
+
+
+class RTNQuantizer(WeightQuantizer):
+    method = "rtn"
+
+    def _quantize_2d(self, i, w2d, fmt):
+        return rtn(w2d, fmt)
+
+
+class GPTQQuantizer(WeightQuantizer):
+    """GPTQ per layer from its calibration Hessian; layers without one (embeddings, layers the
+    forward never reached) fall back to RTN, and ``record`` names them."""
+
+    method = "gptq"
+
+    def __init__(self, modules: list[nn.Module], hessians: dict[int, torch.Tensor], damp: float = 0.01,
+                 act_order: bool = True, block_size: int = 128, names: list[str] | None = None):
+        super().__init__(modules)
+        self.hessians, self.damp, self.act_order, self.block_size = hessians, damp, act_order, block_size
+        self.names = names or [str(i) for i in range(len(modules))]
+        self._factors: dict[int, list[Factor]] = {}
+
+    @classmethod
+    def from_calibration(cls, model: nn.Module, modules: list[nn.Module], task, batches, only: list[int] | None = None,
+                         names: list[str] | None = None, **params) -> "GPTQQuantizer":
+        if isinstance(model, torch.jit.ScriptModule):
+            raise ValueError("quantizer 'gptq' reads calibration activations through forward hooks, which TorchScript "
+                             "models do not support; use quantizer 'rtn'")
+        with HessianCollector(modules, only) as col:
+            for b in batches:
+                col.mask = b["attention_mask"].bool() if "attention_mask" in b else None
+                task.features(model, b)
+        return cls(modules, col.hessians(), names=names, **params)
+
+    def _factor(self, i: int) -> list[Factor]:
+        if i not in self._factors:
+            self._factors[i] = [factor(h, self.damp, self.act_order) for h in self.hessians[i]]
+        return self._factors[i]
+
+    def _quantize_2d(self, i, w2d, fmt):
+        if i not in self.hessians:
+            return rtn(w2d, fmt)
+        fs = self._factor(i)
+        rows = w2d.shape[0] // len(fs)
+        return torch.cat([gptq(w2d[j * rows:(j + 1) * rows], f, fmt, self.block_size) for j, f in enumerate(fs)])
+
+    def key(self) -> dict:
+        return {"method": self.method, "damp": self.damp, "act_order": self.act_order, "block_size": self.block_size}
+
+    def record(self) -> dict:
+        out = {"method": self.method, "damp": self.damp, "act_order": self.act_order}
+        grown = sorted({f.damp for fs in self._factors.values() for f in fs if f.damp != self.damp})
+        if grown:
+            out["damp_raised_to"] = grown[-1]
+        rtn_layers = [self.names[i] for i in range(len(self.modules)) if i not in self.hessians]
+        if rtn_layers:
+            out["rtn_layers"] = rtn_layers
+        return out
+
+
+QUANTIZERS = ("rtn", "gptq")
+
+
+def check_quantizer(name: str, params: dict | None) -> dict:
+    """Validate a quantizer choice before any work; returns its full parameters."""
+    params = dict(params or {})
+    if name not in QUANTIZERS:
+        raise ValueError(f"unknown quantizer {name!r}: use one of {', '.join(QUANTIZERS)}")
+    if name == "rtn":
+        if params:
+            raise ValueError(f"quantizer 'rtn' takes no parameters (got {sorted(params)[0]!r}); only 'gptq' does")
+        return {}
+    unknown = set(params) - set(GPTQ_DEFAULTS)
+    if unknown:
+        raise ValueError(f"quantizer 'gptq' has no parameter {sorted(unknown)[0]!r}; it takes {sorted(GPTQ_DEFAULTS)}")
+    p = {**GPTQ_DEFAULTS, **params}
+    if isinstance(p["damp"], bool) or not isinstance(p["damp"], (int, float)) or not 0 < p["damp"] <= 1:
+        raise ValueError(f"gptq: damp must be a number in (0, 1] (a fraction of the mean Hessian diagonal), got {p['damp']!r}")
+    if not isinstance(p["act_order"], bool):
+        raise ValueError(f"gptq: act_order must be true or false, got {p['act_order']!r}")
+    if isinstance(p["block_size"], bool) or not isinstance(p["block_size"], int) or not 1 <= p["block_size"] <= 4096:
+        raise ValueError(f"gptq: block_size must be an integer in 1..4096, got {p['block_size']!r}")
+    p["damp"] = float(p["damp"])
+    return p
+
+
+def build_quantizer(name: str, params: dict | None, model: nn.Module, modules: list[nn.Module], task, batches,
+                    only: list[int] | None = None, names: list[str] | None = None) -> WeightQuantizer:
+    """The job's quantizer on the float model (before any weight is swapped)."""
+    p = check_quantizer(name, params)
+    if name == "rtn":
+        return RTNQuantizer(modules)
+    return GPTQQuantizer.from_calibration(model, modules, task, batches, only, names, **p)
