@@ -31,7 +31,10 @@ class LayerInfo:
 # Sibling projections that runtimes fuse into one matmul (vLLM, TensorRT-LLM): they must
 # share a format. Keyed by preset name; each entry is a set of leaf names fused together.
 # runtimes that fuse projections and refuse fused layers whose schemes differ
-RUNTIME_TIES: dict[str, list[str]] = {"vllm": ["qkv", "gate_up"], "sglang": ["qkv", "gate_up"], "none": []}
+# (``experts``: vLLM's FusedMoE runs every expert of one MoE layer — w1/w3 fused as w13, and
+# w2 — with one quantization method, so all of them share a format)
+RUNTIME_TIES: dict[str, list[str]] = {"vllm": ["qkv", "gate_up", "experts"], "sglang": ["qkv", "gate_up", "experts"],
+                                      "none": []}
 
 
 def runtime_ties(runtime: str | None, ties: list[str]) -> list[str]:
@@ -46,7 +49,11 @@ def runtime_ties(runtime: str | None, ties: list[str]) -> list[str]:
 TIE_PRESETS: dict[str, list[tuple[str, ...]]] = {
     "qkv": [("q_proj", "k_proj", "v_proj"), ("query", "key", "value")],
     "gate_up": [("gate_proj", "up_proj"), ("w1", "w3")],
+    "experts": [],  # by name pattern, see EXPERT
 }
+# an MoE expert's linear layer: <moe>.experts.<index>.<leaf> (Mixtral block_sparse_moe.experts.E.w1,
+# Qwen-MoE / DeepSeek mlp.experts.E.gate_proj); shared experts are plain MLPs and do not match
+EXPERT = re.compile(r"^(.*\.experts)\.\d+\.[^.]+$")
 
 
 @dataclass
@@ -60,8 +67,9 @@ class TieGroups:
 
 
 def find_tie_groups(layers: list[LayerInfo], presets: list[str]) -> TieGroups:
-    """Tie groups among ``layers`` for the named presets (``qkv``, ``gate_up``): siblings under
-    one parent module whose leaf names form a fused set."""
+    """Tie groups among ``layers`` for the named presets: ``qkv``/``gate_up`` tie siblings under
+    one parent whose leaf names form a fused set; ``experts`` ties every expert layer of one MoE
+    block."""
     unknown = [p for p in presets if p not in TIE_PRESETS]
     if unknown:
         raise ValueError(f"unknown tie preset {unknown[0]!r}: choose from {sorted(TIE_PRESETS)}")
@@ -76,7 +84,35 @@ def find_tie_groups(layers: list[LayerInfo], presets: list[str]) -> TieGroups:
                 members = [children[leaf] for leaf in leaves if leaf in children]
                 if len(members) > 1:
                     groups.append(sorted(members))
-    return TieGroups(sorted(groups))
+    if "experts" in presets:
+        moe: dict[str, list[int]] = {}
+        for i, layer in enumerate(layers):
+            m = EXPERT.match(layer.name)
+            if m:
+                moe.setdefault(m.group(1), []).append(i)
+        groups += [g for g in moe.values() if len(g) > 1]
+    return TieGroups(_merge(groups))
+
+
+def _merge(groups: list[list[int]]) -> list[list[int]]:
+    """Overlapping groups become one (an expert's gate/up pair is also part of its MoE layer's
+    group); solvers need disjoint groups."""
+    parent: dict[int, int] = {}
+
+    def find(x: int) -> int:
+        while parent.setdefault(x, x) != x:
+            parent[x] = parent[parent[x]]
+            x = parent[x]
+        return x
+
+    for g in groups:
+        for i in g[1:]:
+            parent[find(i)] = find(g[0])
+    out: dict[int, list[int]] = {}
+    for g in groups:
+        for i in g:
+            out.setdefault(find(i), []).append(i)
+    return sorted(sorted(set(v)) for v in out.values())
 
 
 def tie_groups_from_names(layers: list[LayerInfo], groups: list[list[str]]) -> TieGroups:

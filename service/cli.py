@@ -102,9 +102,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--n-calib", type=int, help="calibration samples (sentences, token windows or images)")
     s.add_argument("--n-eval", type=int, help="evaluation samples")
     s.add_argument("--seq-len", type=int, help="tokens per sample")
-    s.add_argument("--tie", default="", help="tie fused projections to one format: qkv,gate_up")
+    s.add_argument("--tie", default="", help="tie fused layers to one format: qkv, gate_up, experts (all experts of one MoE block)")
     s.add_argument("--runtime", choices=["vllm", "sglang", "none"],
-                   help="the runtime the policy is for; vllm/sglang tie q/k/v and gate/up (they fuse them)")
+                   help="the runtime the policy is for; vllm/sglang tie q/k/v, gate/up and the experts of each MoE "
+                        "block (they fuse them)")
     s.add_argument("--include-embeddings", action="store_true", help="also quantize embeddings")
     s.add_argument("--include-head", action="store_true", help="also quantize the LM head")
     s.add_argument("--latency-table", type=Path, help="JSON {layer: {format label or bits: ms}} for latency_ms budgets")
@@ -129,6 +130,13 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--format", required=True,
                    help="gptqmodel | compressed-tensors | llmcompressor-recipe | torchao | llamacpp | modelopt")
     x.add_argument("--out", type=Path, help="output file (default: standard output)")
+    m = sub.add_parser("import-measurement", help="solve an exllamav2 measurement.json with bitplan's exact ILP")
+    m.add_argument("measurement", type=Path, help="measurement.json written by exllamav2's convert.py")
+    m.add_argument("--budget", action="append", default=[], metavar="METRIC=VALUE",
+                   help="size_bytes=… or avg_bits=… (avg_bits needs --model); without a budget, summarise the table")
+    m.add_argument("--model", help="the measured checkpoint folder (hf:<dir> or <dir>); weight counts come from its "
+                                   "safetensors headers, no weights are loaded")
+    m.add_argument("--out", type=Path, help="write the imported table (and the solution) as JSON")
     from service.cli_remote import add_commands
     add_commands(sub, _bits, _group, _kv)
     return p
@@ -212,6 +220,42 @@ def cmd_export(args) -> int:
     return 0
 
 
+def cmd_import_measurement(args) -> int:
+    from rich.console import Console
+    from rich.table import Table
+    from search.budgets import parse_budget
+    from search.measurement import attach_numel, load_measurement, safetensors_numel, solve_measurement
+    try:
+        budgets = dict(parse_budget(b) for b in args.budget)
+        if args.out and not args.out.parent.exists():
+            raise ValueError(f"--out {args.out}: folder {str(args.out.parent)!r} does not exist")
+        table = load_measurement(args.measurement)
+        if args.model:
+            attach_numel(table, safetensors_numel(args.model.removeprefix("hf:")))
+        solution = solve_measurement(table, budgets) if budgets else None
+    except ValueError as e:
+        return fail(_one_line(e))
+    con = Console()
+    n_opts = sorted({len(o) for o in table.options})
+    errs = [o.error for opts in table.options for o in opts]
+    con.print(f"{args.measurement}: {len(table.modules)} modules, {'/'.join(map(str, n_opts))} options each, "
+              f"1 − accuracy from {min(errs):.3g} to {max(errs):.3g}")
+    if solution:
+        t = Table(title=f"exllamav2 options chosen by ilp under {', '.join(f'{k}≤{v:g}' for k, v in budgets.items())}")
+        for col in ("module", "option", "bpw", "1 − accuracy"):
+            t.add_column(col)
+        for name, o in solution["modules"].items():
+            t.add_row(name, o["desc"][:70], "—" if o["bpw"] is None else f"{o['bpw']:.3f}", f"{o['error']:.4g}")
+        con.print(t)
+        cost = solution["cost"]
+        con.print(f"Σ(1 − accuracy) {solution['error_sum']:.6g} (lower bound {solution['solver']['lower_bound']:.6g}, "
+                  f"gap {solution['solver']['gap']:.2g}); " + ", ".join(f"{k} {v:.6g}" for k, v in cost.items()))
+    if args.out:
+        args.out.write_text(json.dumps({"table": table.to_dict(), "solution": solution}, indent=1))
+        con.print(f"wrote {args.out}")
+    return 0
+
+
 def cmd_evolve(args) -> int:
     from pydantic import ValidationError
     compare = tuple(c for c in args.compare.split(",") if c)
@@ -252,6 +296,8 @@ def main(argv: list[str] | None = None) -> int:
         return cmd_evolve(args)
     if args.command == "export":
         return cmd_export(args)
+    if args.command == "import-measurement":
+        return cmd_import_measurement(args)
     from service.cli_remote import run
     return run(args)
 

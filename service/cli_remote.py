@@ -51,7 +51,7 @@ def add_commands(sub, bits_type, group_type, kv_type) -> None:
     s.add_argument("--n-eval", type=int)
     s.add_argument("--seq-len", type=int)
     s.add_argument("--tie", default="")
-    s.add_argument("--runtime", choices=["vllm", "sglang", "none"], help="vllm/sglang tie q/k/v and gate/up")
+    s.add_argument("--runtime", choices=["vllm", "sglang", "none"], help="vllm/sglang tie q/k/v, gate/up and MoE experts")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--idempotency-key", help="retry-safe key (generated when not given)")
     s.add_argument("--wait", action="store_true", help="show a progress bar until the job ends")

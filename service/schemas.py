@@ -78,7 +78,7 @@ class JobCreate(_Strict):
     evaluation: Data = Field(default_factory=Data)
     seed: int = Field(default=0, ge=0, le=2**31 - 1)
     ties: list[str] = Field(default_factory=list, max_length=8)
-    runtime: str | None = Field(default=None, max_length=32, description="vllm/sglang: tie q/k/v and gate/up")
+    runtime: str | None = Field(default=None, max_length=32, description="vllm/sglang: tie q/k/v, gate/up and the experts of each MoE block")
     latency_table: dict[str, dict[str, float]] | None = None
     quantizer: Literal["rtn", "gptq"] = Field(default="rtn", description="the weight quantizer every measurement "
                                                "uses: rtn (round to nearest) or gptq (error-compensating)")

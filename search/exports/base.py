@@ -5,6 +5,7 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from search.layers import EXPERT
 from search.policy import Policy
 
 
@@ -55,6 +56,12 @@ def anchored_any(names: list[str]) -> str:
     fuse q/k/v (qkv_proj) or gate/up (gate_up_proj) re-match it against the fused module."""
     if len(names) == 1:
         return anchored(names[0])
+    moe = {m.group(1) if (m := EXPERT.match(n)) else None for n in names}
+    if len(moe) == 1 and None not in moe:
+        # every expert of one MoE block: each expert layer, and the fused module vLLM's FusedMoE
+        # registers under the block's ``experts`` prefix
+        leaves = sorted({n.rsplit(".", 1)[1] for n in names})
+        return "^" + re.escape(moe.pop()) + r"(?:\.\d+\.(?:" + "|".join(re.escape(x) for x in leaves) + "))?$"
     parents = {n.rsplit(".", 1)[0] for n in names}
     leaves = [n.rsplit(".", 1)[1] for n in names]
     if len(parents) != 1:

@@ -107,7 +107,7 @@ def _rename(name: str) -> Policy:
 
 def test_runtime_ties():
     from search.layers import runtime_ties
-    assert runtime_ties("vllm", []) == ["gate_up", "qkv"]
+    assert runtime_ties("vllm", []) == ["experts", "gate_up", "qkv"]
     assert runtime_ties(None, ["qkv"]) == ["qkv"] and runtime_ties("none", ["qkv"]) == ["qkv"]
     with pytest.raises(ValueError, match="unknown runtime"):
         runtime_ties("tgi", [])
@@ -130,3 +130,53 @@ def test_a_gptq_policy_exports_the_quantizer_it_was_measured_with():
     # an RTN policy says nothing of act-order and runs a plain QuantizationModifier
     rtn = export(llama_policy(symmetric=True), "llmcompressor-recipe").text
     assert "QuantizationModifier:" in rtn and "actorder" not in rtn
+
+
+def moe_layers(style: str) -> list[LayerInfo]:
+    """Two MoE blocks of 3 experts, Mixtral (w1/w3/w2) or Qwen-MoE (gate/up/down + a shared expert)."""
+    out = []
+    for b in range(2):
+        if style == "mixtral":
+            out.append(LayerInfo(f"model.layers.{b}.block_sparse_moe.gate", "Linear", (3, 64), 192, 64, 192))
+            leaves, moe = ("w1", "w3", "w2"), f"model.layers.{b}.block_sparse_moe.experts"
+        else:
+            out += [LayerInfo(f"model.layers.{b}.mlp.shared_expert.{p}_proj", "Linear", (64, 64), 4096, 64, 4096)
+                    for p in ("gate", "up", "down")]
+            leaves, moe = ("gate_proj", "up_proj", "down_proj"), f"model.layers.{b}.mlp.experts"
+        out += [LayerInfo(f"{moe}.{e}.{leaf}", "Linear", (64, 64), 4096, 64, 4096) for e in range(3) for leaf in leaves]
+    return out
+
+
+@pytest.mark.parametrize("style", ["mixtral", "qwen"])
+def test_vllm_ties_every_expert_of_one_moe_block(style):
+    from search.layers import find_tie_groups, runtime_ties
+    layers = moe_layers(style)
+    groups = find_tie_groups(layers, runtime_ties("vllm", [])).names(layers)
+    experts = [g for g in groups if ".experts." in g[0]]
+    assert len(experts) == 2 and all(len(g) == 9 for g in experts)  # 3 experts × 3 layers, merged with gate/up
+    assert all({n.split(".experts.")[0] for n in g} == {g[0].split(".experts.")[0]} for g in experts)
+    if style == "qwen":  # the shared expert is an ordinary MLP: only its gate/up are fused
+        assert ["model.layers.0.mlp.shared_expert.gate_proj", "model.layers.0.mlp.shared_expert.up_proj"] in groups
+    assert not any("block_sparse_moe.gate" in n for g in groups for n in g)  # the router is not an expert
+
+
+def test_expert_pattern_matches_each_expert_and_the_fused_moe_module():
+    from search.layers import find_tie_groups
+    layers = moe_layers("qwen")
+    ties = find_tie_groups(layers, ["experts", "gate_up"])
+    fmts = [Format(4, 128, True), Format(8, 128, True)]
+    choice = np.array([1 if "shared" in l.name else 0 for l in layers])
+    pol = build_policy("hf:/m", "0" * 64, layers, fmts, choice, {"avg_bits": 5.0}, {"avg_bits": 5.0}, ties.names(layers))
+    dyn = json.loads(export(pol, "gptqmodel").text)["quantization_config"]["dynamic"]
+    cfg = json.loads(export(pol, "compressed-tensors").text)["quantization_config"]
+    pats = [t[3:] for g in cfg["config_groups"].values() for t in g["targets"]]
+    moe = [p for p in pats if re.match(p, "model.layers.1.mlp.experts.2.down_proj")]
+    assert len(moe) == 1 and re.match(moe[0], "model.layers.1.mlp.experts") and not re.match(moe[0], "model.layers.0.mlp.experts")
+    assert not re.match(moe[0], "model.layers.1.mlp.shared_expert.up_proj")
+    assert dyn  # the 8-bit shared experts get overrides
+    # experts of one block that differ are refused
+    bad = choice.copy()
+    bad[[i for i, l in enumerate(layers) if l.name == "model.layers.0.mlp.experts.1.down_proj"][0]] = 1
+    pol_bad = build_policy("hf:/m", "0" * 64, layers, fmts, bad, {"avg_bits": 5.0}, {"avg_bits": 5.0}, ties.names(layers))
+    with pytest.raises(ExportError, match="different formats"):
+        export(pol_bad, "gptqmodel")
