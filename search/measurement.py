@@ -88,7 +88,10 @@ def parse_measurement(data: object, source: str = "") -> OptionTable:
             if isinstance(bits, bool) or not isinstance(bits, (int, float)) or bits <= 0:
                 raise MeasurementError(f"{where}: total_bits must be a positive number, got {bits!r}")
             subs = {k: v for k, v in rec.items() if isinstance(v, dict)}
-            desc = " | ".join(f"{k} {_desc(v)}" for k, v in subs.items()) if subs else f"option {j}"
+            by_desc: dict[str, list[str]] = {}
+            for k, v in subs.items():
+                by_desc.setdefault(_desc(v), []).append(k)
+            desc = " | ".join(f"{'/'.join(ks)} {d}" for d, ks in by_desc.items()) if subs else f"option {j}"
             opts.append(Option(desc, int(bits), 1.0 - float(acc), subs))
         modules.append(key)
         options.append(opts)
@@ -152,7 +155,7 @@ class _OptionCosts:
 
     def matrix(self, metric: str) -> np.ndarray:
         if metric not in self.matrices:
-            hint = " (avg_bits needs the model's shapes: pass the checkpoint folder)" if metric == "avg_bits" else ""
+            hint = " (avg_bits needs the model's shapes: pass the checkpoint folder, --model DIR)" if metric == "avg_bits" else ""
             raise MeasurementError(f"budget {metric!r} is not available for a measurement{hint}; use size_bytes")
         return self.matrices[metric]
 

@@ -75,7 +75,7 @@ def test_parse_reads_modules_options_and_error_as_one_minus_accuracy():
     rec = data["measurement"]["model.layers.1.self_attn"][1]
     opt = t.options[2][1]
     assert opt.error == pytest.approx(1 - rec["accuracy"]) and opt.total_bits == rec["total_bits"]
-    assert "q_proj 0.05:3b_64g/0.95:2b_64g s4" in opt.desc
+    assert opt.desc == "q_proj/k_proj/v_proj/o_proj 0.05:3b_64g/0.95:2b_64g s4"
 
 
 def test_weight_counts_come_from_safetensors_headers(tmp_path):
