@@ -3,7 +3,8 @@ refine), each measured on held-out data with the quantizer it was found with, at
 uniform budgets (exact costs of uniform 3-bit and 4-bit at g64).
 
 With ``gptq`` the whole recipe runs under GPTQ: the measured table, refine's judge and the
-evaluation all quantize with it, as a job with ``quantizer: gptq`` does. Prints a table per model
+evaluation all quantize with it, as a job with ``quantizer: gptq`` does — its Hessians from
+calibration-source samples apart from the calibration batches that measure the results. Prints a table per model
 and writes JSON.
 
     python bench/gptq.py --models minilm,smollm2 [--smollm-blocks 0-3] [--n-calib 16]
@@ -23,13 +24,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from proxies.base import ProxyContext  # noqa: E402
 from proxies.evaluate import Evaluator  # noqa: E402
-from proxies.quantizers import build_quantizer  # noqa: E402
 from proxies.registry import get_proxy  # noqa: E402
 from quality import setup_model  # noqa: E402
 from search.problem import Problem  # noqa: E402
 from search.refine import refine  # noqa: E402
 from search.solvers import get_solver  # noqa: E402
-from workers.pipeline import reference_formats  # noqa: E402
+from workers.pipeline import job_quantizer, reference_formats  # noqa: E402
 
 
 def run_model(key: str, args) -> dict:
@@ -41,7 +41,8 @@ def run_model(key: str, args) -> dict:
            "float": st.lm.task.evaluate(st.lm.model, st.evals)[metric], "runs": []}
     for name in args.quantizers.split(","):
         t = time.perf_counter()
-        q = build_quantizer(name, {}, st.lm.model, st.modules, st.lm.task, st.calib, names=[l.name for l in st.layers])
+        params = {"n_samples": args.hessian_samples} if name == "gptq" and args.hessian_samples else {}
+        q = job_quantizer(name, params, st.lm, st.plan, st.layers, st.modules, st.calib)
         ev = Evaluator(st.lm.model, st.modules, st.lm.task, q)
         run = {"quantizer": q.key(), "seconds": {"hessians": time.perf_counter() - t}}
         t = time.perf_counter()
@@ -86,9 +87,11 @@ def main() -> None:
     ap.add_argument("--refine-evals", type=int, default=40)
     ap.add_argument("--group-sizes", default="32,64,128", help="format menu (uniform baselines use g64)")
     ap.add_argument("--smollm-blocks", default="0-3", help="SmolLM2 blocks to quantize on CPU ('' = all 30)")
-    ap.add_argument("--n-calib", type=int, default=16, help="SmolLM2 calibration windows (GPTQ needs ≳ hidden size tokens)")
+    ap.add_argument("--n-calib", type=int, default=4, help="SmolLM2 calibration windows (as bench/quality.py)")
     ap.add_argument("--n-eval", type=int, default=8)
     ap.add_argument("--seq-len", type=int, default=128)
+    ap.add_argument("--hessian-samples", type=int, help="GPTQ Hessian samples (default: the task kind's, see "
+                                                          "workers.batches.HESSIAN_SAMPLES)")
     ap.add_argument("--out", type=Path, default=Path("bench/results/gptq.json"))
     args = ap.parse_args()
     args.group_sizes = [None if g == "pc" else int(g) for g in args.group_sizes.split(",")]

@@ -43,6 +43,7 @@ class Setup:
     batches, and the uniform-3/4-bit budgets (exact costs at g64)."""
     ref: str
     lm: object
+    plan: object
     layers: list
     modules: list
     formats: list
@@ -77,7 +78,7 @@ def setup_model(key: str, args) -> Setup:
     by_bits = {f.bits: f for f in reference_formats(formats)}
     u3, u4 = (costs.cost(np.full(n, formats.index(by_bits[b])))["avg_bits"] for b in (3, 4))
     budgets = [round(u3 + 1e-9, 6), round((u3 + u4) / 2, 6), round(u4 + 1e-9, 6)]
-    return Setup(ref, lm, layers, modules, formats, costs, calib, evals, info, budgets)
+    return Setup(ref, lm, plan, layers, modules, formats, costs, calib, evals, info, budgets)
 
 
 def run_model(key: str, args) -> dict:

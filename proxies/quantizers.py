@@ -17,7 +17,9 @@ from proxies.gptq import Factor, HessianCollector, factor, gptq
 from proxies.quant import from_2d, rtn, to_2d
 from search.formats import Format
 
-GPTQ_DEFAULTS = {"damp": 0.01, "act_order": True, "block_size": 128}
+# n_samples: calibration-source samples for the Hessians (None = the task kind's default); they
+# are drawn apart from the calibration batches that measure the result (see workers.batches)
+GPTQ_DEFAULTS = {"damp": 0.01, "act_order": True, "block_size": 128, "n_samples": None}
 
 
 class WeightQuantizer(ABC):
@@ -64,23 +66,28 @@ class GPTQQuantizer(WeightQuantizer):
     method = "gptq"
 
     def __init__(self, modules: list[nn.Module], hessians: dict[int, torch.Tensor], damp: float = 0.01,
-                 act_order: bool = True, block_size: int = 128, names: list[str] | None = None):
+                 act_order: bool = True, block_size: int = 128, names: list[str] | None = None,
+                 n_samples: int | None = None, samples: int = 0, disjoint: bool = True):
         super().__init__(modules)
         self.hessians, self.damp, self.act_order, self.block_size = hessians, damp, act_order, block_size
         self.names = names or [str(i) for i in range(len(modules))]
+        self.n_samples, self.samples, self.disjoint = n_samples, samples, disjoint
         self._factors: dict[int, list[Factor]] = {}
 
     @classmethod
-    def from_calibration(cls, model: nn.Module, modules: list[nn.Module], task, batches, only: list[int] | None = None,
-                         names: list[str] | None = None, **params) -> "GPTQQuantizer":
+    def from_calibration(cls, model: nn.Module, modules: list[nn.Module], task, batches, names: list[str] | None = None,
+                         disjoint: bool = True, **params) -> "GPTQQuantizer":
+        """Hessians from ``batches`` (prepared for the task). ``disjoint`` says whether they are
+        apart from the batches the results are measured on, which the policy records."""
         if isinstance(model, torch.jit.ScriptModule):
             raise ValueError("quantizer 'gptq' reads calibration activations through forward hooks, which TorchScript "
                              "models do not support; use quantizer 'rtn'")
-        with HessianCollector(modules, only) as col:
+        with HessianCollector(modules) as col:
             for b in batches:
                 col.mask = b["attention_mask"].bool() if "attention_mask" in b else None
                 task.features(model, b)
-        return cls(modules, col.hessians(), names=names, **params)
+        samples = sum(task.size(b) for b in batches)
+        return cls(modules, col.hessians(), names=names, samples=samples, disjoint=disjoint, **params)
 
     def _factor(self, i: int) -> list[Factor]:
         if i not in self._factors:
@@ -95,10 +102,12 @@ class GPTQQuantizer(WeightQuantizer):
         return torch.cat([gptq(w2d[j * rows:(j + 1) * rows], f, fmt, self.block_size) for j, f in enumerate(fs)])
 
     def key(self) -> dict:
-        return {"method": self.method, "damp": self.damp, "act_order": self.act_order, "block_size": self.block_size}
+        return {"method": self.method, "damp": self.damp, "act_order": self.act_order, "block_size": self.block_size,
+                "n_samples": self.n_samples}
 
     def record(self) -> dict:
-        out = {"method": self.method, "damp": self.damp, "act_order": self.act_order}
+        out = {"method": self.method, "damp": self.damp, "act_order": self.act_order,
+               "hessian_samples": self.samples, "hessian_disjoint": self.disjoint}
         grown = sorted({f.damp for fs in self._factors.values() for f in fs if f.damp != self.damp})
         if grown:
             out["damp_raised_to"] = grown[-1]
@@ -130,14 +139,18 @@ def check_quantizer(name: str, params: dict | None) -> dict:
         raise ValueError(f"gptq: act_order must be true or false, got {p['act_order']!r}")
     if isinstance(p["block_size"], bool) or not isinstance(p["block_size"], int) or not 1 <= p["block_size"] <= 4096:
         raise ValueError(f"gptq: block_size must be an integer in 1..4096, got {p['block_size']!r}")
+    n = p["n_samples"]
+    if n is not None and (isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= 100_000):
+        raise ValueError(f"gptq: n_samples (Hessian samples) must be an integer in 1..100000, got {n!r}")
     p["damp"] = float(p["damp"])
     return p
 
 
-def build_quantizer(name: str, params: dict | None, model: nn.Module, modules: list[nn.Module], task, batches,
-                    only: list[int] | None = None, names: list[str] | None = None) -> WeightQuantizer:
-    """The job's quantizer on the float model (before any weight is swapped)."""
+def build_quantizer(name: str, params: dict | None, model: nn.Module, modules: list[nn.Module], task,
+                    hessian_batches: list, names: list[str] | None = None, disjoint: bool = True) -> WeightQuantizer:
+    """The job's quantizer on the float model (before any weight is swapped); GPTQ reads its
+    Hessians from ``hessian_batches`` (prepared for the task)."""
     p = check_quantizer(name, params)
     if name == "rtn":
         return RTNQuantizer(modules)
-    return GPTQQuantizer.from_calibration(model, modules, task, batches, only, names, **p)
+    return GPTQQuantizer.from_calibration(model, modules, task, hessian_batches, names, disjoint, **p)

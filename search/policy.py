@@ -29,14 +29,18 @@ class ModelRef(_Strict):
 class Quantizer(_Strict):
     """The quantizer the policy's measurements assume. GPTQ records its damping (relative to
     the mean Hessian diagonal) and act-order; act-order uses static groups, so the stored layout
-    is plain contiguous groups either way. ``rtn_layers`` are layers GPTQ had no calibration
-    activations for (embeddings), quantized with RTN."""
+    is plain contiguous groups either way. ``hessian_samples`` is how many calibration-source
+    samples the Hessians read, ``hessian_disjoint`` whether they were apart from the samples that
+    measured the policy. ``rtn_layers`` are layers GPTQ had no activations for (embeddings),
+    quantized with RTN."""
 
     method: Literal["rtn", "gptq"] = "rtn"
     scale_dtype: Literal["float16"] = "float16"
     damp: float | None = None
     act_order: bool | None = None
     damp_raised_to: float | None = None
+    hessian_samples: int | None = None
+    hessian_disjoint: bool | None = None
     rtn_layers: list[str] | None = None
 
     @model_serializer(mode="wrap")

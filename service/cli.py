@@ -93,7 +93,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="weight quantizer that every measurement, the evaluation and the policy assume: rtn "
                         "(round to nearest, default) or gptq (error-compensating, Hessians from the calibration data)")
     s.add_argument("--quantizer-param", action="append", type=_kv, default=[], metavar="KEY=VALUE",
-                   help="gptq parameter: damp=0.01 (fraction of the mean Hessian diagonal), act_order=true, block_size=128")
+                   help="gptq parameter: damp=0.01 (fraction of the mean Hessian diagonal), act_order=true, block_size=128, "
+                        "n_samples=N (calibration-source samples for the Hessians, drawn apart from the calibration "
+                        "samples; default 256 sentences / 32 windows / 512 images)")
     s.add_argument("--refine", dest="refine", action="store_true", default=None, help="refine with measured loss (default with the recipe)")
     s.add_argument("--no-refine", dest="refine", action="store_false")
     s.add_argument("--refine-evals", type=int, default=40, help="measured-loss evaluations refine may spend (default 40)")

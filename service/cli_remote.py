@@ -42,7 +42,7 @@ def add_commands(sub, bits_type, group_type, kv_type) -> None:
                    help="joint solver parameter, e.g. ratios=[0,0.25,0.5]")
     s.add_argument("--quantizer", choices=["rtn", "gptq"], help="weight quantizer (default rtn)")
     s.add_argument("--quantizer-param", action="append", type=kv_type, default=[], metavar="KEY=VALUE",
-                   help="gptq parameter: damp, act_order, block_size")
+                   help="gptq parameter: damp, act_order, block_size, n_samples")
     s.add_argument("--refine", dest="refine", action="store_true", default=None)
     s.add_argument("--no-refine", dest="refine", action="store_false")
     s.add_argument("--calib", help="builtin corpus name, or @FILE to upload a text file")

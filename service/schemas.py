@@ -82,7 +82,7 @@ class JobCreate(_Strict):
     latency_table: dict[str, dict[str, float]] | None = None
     quantizer: Literal["rtn", "gptq"] = Field(default="rtn", description="the weight quantizer every measurement "
                                                "uses: rtn (round to nearest) or gptq (error-compensating)")
-    quantizer_params: dict[str, Any] = Field(default_factory=dict, description="gptq: damp, act_order, block_size")
+    quantizer_params: dict[str, Any] = Field(default_factory=dict, description="gptq: damp, act_order, block_size, n_samples (Hessian samples, apart from the calibration samples)")
 
 
 class JobEvent(BaseModel):

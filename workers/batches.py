@@ -53,29 +53,64 @@ def _chunks(items: list, size: int) -> list[list]:
     return [items[i:i + size] for i in range(0, len(items), size)]
 
 
-def _lm_windows(tok, paras: list[str], n: int, seq_len: int, rng: np.random.Generator | None) -> torch.Tensor:
+def _calib_pick(n: int, seed: int):
+    """Calibration: ``n`` of ``count`` items, seeded, in corpus order."""
+    return lambda count: np.sort(np.random.default_rng(seed).choice(count, size=min(n, count), replace=False))
+
+
+def _other_pick(n_used: int, n: int, seed: int):
+    """Items the calibration pick did not take (GPTQ's Hessian data must not be the data its
+    result is measured on: GPTQ fits the samples its Hessians come from)."""
+    def pick(count: int) -> np.ndarray:
+        rest = np.setdiff1d(np.arange(count), _calib_pick(n_used, seed)(count))
+        return np.sort(np.random.default_rng(seed + 1).choice(rest, size=min(n, len(rest)), replace=False))
+    return pick
+
+
+def _lm_windows(tok, paras: list[str], n: int, seq_len: int, pick) -> torch.Tensor:
     ids = tok("\n\n".join(paras), return_tensors="pt", add_special_tokens=False).input_ids[0] \
         if len(paras) < 4000 else torch.cat([tok(p + "\n\n", return_tensors="pt", add_special_tokens=False).input_ids[0] for p in paras])
     count = len(ids) // seq_len
     if count < 1:
         raise DataError(f"not enough text for one window of {seq_len} tokens")
     windows = ids[: count * seq_len].reshape(count, seq_len)
-    if rng is None:
+    if pick is None:
         return windows[:n]  # evaluation: the first n contiguous windows, the usual perplexity protocol
-    return windows[np.sort(rng.choice(count, size=min(n, count), replace=False))]
+    return windows[pick(count)]
 
 
-def _text_batches(lm: LoadedModel, paras: list[str], n: int, plan: DataPlan, calib: bool) -> list[dict]:
-    rng = np.random.default_rng(plan.seed) if calib else None
+def _text_batches(lm: LoadedModel, paras: list[str], n: int, plan: DataPlan, pick) -> list[dict]:
     if lm.kind == "causal_lm":
-        w = _lm_windows(lm.tokenizer, paras if calib else paras, n, plan.seq_len, rng)
+        w = _lm_windows(lm.tokenizer, paras, n, plan.seq_len, pick)
         return [{"input_ids": x} for x in w.split(plan.batch_size)]
-    chosen = [paras[i] for i in np.sort(rng.choice(len(paras), size=min(n, len(paras)), replace=False))] if rng is not None else paras[:n]
+    chosen = [paras[i] for i in pick(len(paras))] if pick is not None else paras[:n]
     out = []
     for group in _chunks(chosen, plan.batch_size):
         enc = lm.tokenizer(group, padding=True, truncation=True, max_length=plan.seq_len, return_tensors="pt")
         out.append({"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]})
     return out
+
+
+# samples of the calibration source that GPTQ's Hessians read by default, per task kind
+HESSIAN_SAMPLES = {"embedding": 256, "causal_lm": 32, "classifier": 512}
+
+
+def hessian_batches(lm: LoadedModel, plan: DataPlan, n: int | None = None) -> tuple[list[dict], int]:
+    """Batches for GPTQ's Hessians: ``n`` samples of the calibration source, disjoint from the
+    calibration batches (and, like them, from the evaluation data). Returns (batches, samples);
+    an empty list when the source has nothing left beyond the calibration samples."""
+    n = HESSIAN_SAMPLES[lm.kind] if n is None else n
+    if lm.kind == "classifier":
+        x, y = digits.split("hessian")
+        batches = [{"x": a, "y": b} for a, b in zip(x[:n].split(plan.batch_size), y[:n].split(plan.batch_size))]
+    else:
+        cal_p, _ = split_sources(plan.calib, plan.eval)
+        try:
+            batches = _text_batches(lm, cal_p, n, plan, _other_pick(plan.n_calib, n, plan.seed))
+        except ValueError:  # an empty remainder
+            batches = []
+    batches = [b for b in batches if int(next(iter(b.values())).shape[0]) > 0]
+    return batches, sum(int(next(iter(b.values())).shape[0]) for b in batches)
 
 
 def build_batches(lm: LoadedModel, plan: DataPlan) -> tuple[list[dict], list[dict], dict]:
@@ -87,8 +122,8 @@ def build_batches(lm: LoadedModel, plan: DataPlan) -> tuple[list[dict], list[dic
         ev = [{"x": x, "y": y} for x, y in zip(xe[: plan.n_eval].split(plan.batch_size), ye[: plan.n_eval].split(plan.batch_size))]
     else:
         cal_p, ev_p = split_sources(plan.calib, plan.eval)
-        calib = _text_batches(lm, cal_p, plan.n_calib, plan, True)
-        ev = _text_batches(lm, ev_p, plan.n_eval, plan, False)
+        calib = _text_batches(lm, cal_p, plan.n_calib, plan, _calib_pick(plan.n_calib, plan.seed))
+        ev = _text_batches(lm, ev_p, plan.n_eval, plan, None)
     h = hashlib.sha256()
     for b in calib:
         for k in sorted(b):

@@ -49,9 +49,10 @@ def digits_arrays() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
 
 def split(role: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """``train`` (1200), ``calib`` (256 of the training images) or ``eval`` (the other 597)."""
+    """``train`` (1200), ``calib`` (256 of the training images), ``hessian`` (the other 944
+    training images: GPTQ's Hessian data, disjoint from calib) or ``eval`` (the other 597)."""
     x, y, perm = digits_arrays()
-    idx = {"train": perm[:TRAIN], "calib": perm[:CALIB], "eval": perm[TRAIN:]}[role]
+    idx = {"train": perm[:TRAIN], "calib": perm[:CALIB], "hessian": perm[CALIB:TRAIN], "eval": perm[TRAIN:]}[role]
     return torch.from_numpy(x[idx]), torch.from_numpy(y[idx])
 
 

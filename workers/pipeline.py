@@ -25,7 +25,7 @@ from search.refine import refine
 from search.solvers import get_solver
 from search.spec import REFERENCE_GROUP, SearchSpec
 from search.table import SensitivityTable
-from workers.batches import build_batches, plan_for
+from workers.batches import build_batches, hessian_batches, plan_for
 from workers.sources import LoadedModel, load_model
 
 PHASES = ("load", "calibrate", "sensitivity", "solve", "evaluate", "refine")
@@ -139,7 +139,7 @@ def run_search(spec: SearchSpec, progress: Progress = _noop, loaded: LoadedModel
     evals = lm.task.prepare(lm.model, evals)
     if spec.quantizer != "rtn":
         progress("calibrate", 0.5, f"{spec.quantizer}: Hessians of {len(layers)} layers from the calibration data")
-    quantizer = job_quantizer(spec, lm, layers, modules, calib)
+    quantizer = job_quantizer(spec.quantizer, spec.quantizer_params, lm, plan, layers, modules, calib)
     timings["calibrate"] = time.perf_counter() - t
     progress("calibrate", 1.0, f"{calib_info['samples']} calibration samples")
 
@@ -239,10 +239,16 @@ def _run_joint(spec, lm, layers, modules, formats, space, params, calib, evals, 
     return SearchResult(policy, None, None, baselines, timings, None)
 
 
-def job_quantizer(spec: SearchSpec, lm: LoadedModel, layers, modules, calib, only: list[int] | None = None) -> WeightQuantizer:
-    """The job's weight quantizer, built on the float model from the calibration batches."""
-    return build_quantizer(spec.quantizer, spec.quantizer_params, lm.model, modules, lm.task, calib, only,
-                           [l.name for l in layers])
+def job_quantizer(name: str, params: dict, lm: LoadedModel, plan, layers, modules, calib) -> WeightQuantizer:
+    """The job's weight quantizer, built on the float model. GPTQ reads its Hessians from
+    calibration-source samples apart from ``calib`` (the batches that measure its results);
+    only when the source has none left does it fall back to ``calib``, and says so."""
+    full = check_quantizer(name, params)
+    hb, disjoint = [], True
+    if name != "rtn":
+        hb, n = hessian_batches(lm, plan, full["n_samples"])
+        hb, disjoint = (lm.task.prepare(lm.model, hb), True) if n else (calib, False)
+    return build_quantizer(name, params, lm.model, modules, lm.task, hb, [l.name for l in layers], disjoint)
 
 
 def reference_formats(formats: list[Format]) -> list[Format]:

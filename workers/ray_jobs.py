@@ -75,7 +75,8 @@ def _prepared(spec_d: dict) -> dict:
     pairs = task_layers(lm, spec.include_embeddings, spec.include_head)
     calib, _, info = build_batches(lm, plan)
     calib = lm.task.prepare(lm.model, calib)
-    quantizer = job_quantizer(spec, lm, [q[0] for q in pairs], [q[1] for q in pairs], calib)
+    quantizer = job_quantizer(spec.quantizer, spec.quantizer_params, lm, plan, [q[0] for q in pairs],
+                              [q[1] for q in pairs], calib)
     value = {"lm": lm, "pairs": pairs, "calib": calib, "info": info, "formats": formats, "quantizer": quantizer}
     _CACHE.update(key=key, ref=spec.model, value=value)
     return value

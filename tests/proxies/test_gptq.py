@@ -193,7 +193,8 @@ def test_quantizer_on_a_model_beats_rtn_and_restores_nothing():
             errs[name] = float(((net(x) - y) ** 2).mean())
             net.fc.weight.copy_(saved)
     assert errs["gptq"] < errs["rtn"]
-    assert q.record() == {"method": "gptq", "damp": 0.01, "act_order": True}
+    assert q.record() == {"method": "gptq", "damp": 0.01, "act_order": True, "hessian_samples": 128,
+                          "hessian_disjoint": True}
 
 
 @pytest.mark.parametrize("name,params,msg", [

@@ -172,3 +172,33 @@ def test_text_calibration_depends_on_seed_only(minilm):
     cal_text = {tok.decode(ids, skip_special_tokens=True) for b in c0 + c1 for ids in b["input_ids"]}
     assert not ev_text & cal_text
     assert np.all([b["attention_mask"].shape == b["input_ids"].shape for b in c0 + e0])
+
+
+def test_gptq_hessian_data_is_apart_from_calibration_and_evaluation(digits_lm):
+    from workers.batches import hessian_batches
+    plan = plan_for(digits_lm)
+    calib, ev, _ = build_batches(digits_lm, plan)
+    hb, n = hessian_batches(digits_lm, plan)
+    assert n == 512
+    h = _rows(torch.cat([b["x"] for b in hb]))
+    assert not h & _rows(torch.cat([b["x"] for b in calib])) and not h & _rows(torch.cat([b["x"] for b in ev]))
+
+
+def test_text_hessian_picks_avoid_the_calibration_picks():
+    from workers.batches import _calib_pick, _other_pick
+    for count, n_calib, n in ((71, 8, 64), (1000, 32, 256), (40, 40, 8)):
+        used = set(_calib_pick(n_calib, 3)(count).tolist())
+        other = _other_pick(n_calib, n, 3)(count)
+        assert len(other) == min(n, count - len(used)) and not used & set(other.tolist())
+        assert np.array_equal(other, _other_pick(n_calib, n, 3)(count))  # deterministic
+
+
+@pytest.mark.integration
+def test_text_hessian_batches_count_what_the_source_has_left(minilm):
+    from workers.batches import hessian_batches
+    plan = plan_for(minilm, "pydoc", "pydoc", n_calib=8, n_eval=4, seq_len=16, seed=3)
+    hb, n = hessian_batches(minilm, plan, 64)
+    assert n == min(64, len(split_sources("pydoc", "pydoc")[0]) - 8) == sum(len(b["input_ids"]) for b in hb)
+    # a source with nothing left beyond the calibration samples gives nothing (the caller falls back)
+    small = plan_for(minilm, "pydoc", "pydoc", n_calib=100_000, n_eval=4, seq_len=16)
+    assert hessian_batches(minilm, small, 8) == ([], 0)

@@ -133,16 +133,20 @@ def test_gptq_runs_the_whole_recipe_and_the_policy_says_so(digits):
     assert pol.quantizer.method == "gptq" and pol.quantizer.damp == 0.02 and pol.quantizer.act_order is True
     assert pol.cost["avg_bits"] <= BUDGET * (1 + 1e-9)
     # the table is keyed by its quantizer, so a GPTQ table is never reused for an RTN job
-    assert res.table.params["quantizer"] == {"method": "gptq", "damp": 0.02, "act_order": True, "block_size": 128}
+    assert res.table.params["quantizer"] == {"method": "gptq", "damp": 0.02, "act_order": True, "block_size": 128,
+                                             "n_samples": None}
+    # Hessians from 512 training images apart from the 64 calibration images that measure it
+    assert pol.quantizer.hessian_samples == 512 and pol.quantizer.hessian_disjoint is True
     rtn = run_search(spec(refine_evals=4), loaded=digits)
     assert "quantizer" not in rtn.table.params and rtn.table.key != res.table.key
     assert not np.allclose(rtn.table.values, res.table.values)
     # the measured value is the policy applied with GPTQ (not RTN) to the held-out data
-    from proxies.quantizers import build_quantizer
+    from workers.pipeline import job_quantizer
     pairs = task_layers(digits)
-    calib, evals, _ = build_batches(digits, plan_for(digits, n_calib=DATA["n_calib"], n_eval=DATA["n_eval"]))
+    plan = plan_for(digits, n_calib=DATA["n_calib"], n_eval=DATA["n_eval"])
+    calib, evals, _ = build_batches(digits, plan)
     calib, evals = digits.task.prepare(digits.model, calib), digits.task.prepare(digits.model, evals)
-    q = build_quantizer("gptq", {"damp": 0.02}, digits.model, [m for _, m in pairs], digits.task, calib)
+    q = job_quantizer("gptq", {"damp": 0.02}, digits, plan, [l for l, _ in pairs], [m for _, m in pairs], calib)
     ev = Evaluator(digits.model, [m for _, m in pairs], digits.task, q)
     assignment = pol.assignment()
     formats = [assignment.get(info.name, Format(16)) for info, _ in pairs]
