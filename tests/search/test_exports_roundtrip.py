@@ -1,5 +1,6 @@
 """Round trips through the targets' own parsers where they install here without CUDA wheels:
-compressed-tensors (its pydantic QuantizationConfig) and torchao (config_from_dict). GPTQModel,
+compressed-tensors (its pydantic QuantizationConfig), torchao (config_from_dict) and transformers'
+quantization configs (GPTQConfig, CompressedTensorsConfig, TorchAoConfig). GPTQModel's dynamic map,
 llama.cpp and ModelOpt are checked against their documented schema by the golden files."""
 from __future__ import annotations
 
@@ -42,3 +43,19 @@ def test_compressed_tensors_parses_a_gptq_policy_with_act_order():
     d = json.loads(export(gptq_policy(), "compressed-tensors").text)["quantization_config"]
     q = ct.QuantizationConfig.model_validate(d)
     assert {getattr(g.weights.actorder, "value", g.weights.actorder) for g in q.config_groups.values()} == {"weight"}
+
+
+def test_transformers_quantization_configs_load_our_exports():
+    """transformers' own config classes (what from_pretrained reads from config.json) accept each
+    export: GPTQConfig validates bits, group size and damping (it keeps no ``dynamic`` — GPTQModel
+    reads that from quantize_config.json), CompressedTensorsConfig builds the compressed-tensors
+    config, TorchAoConfig the FqnToConfig."""
+    qc = pytest.importorskip("transformers.utils.quantization_config")
+    from tests.search.test_exports import gptq_policy, llama_policy
+    g = qc.GPTQConfig.from_dict(json.loads(export(gptq_policy(), "gptqmodel").text)["quantization_config"])
+    assert (g.bits, g.group_size, g.desc_act, g.sym, g.damp_percent, g.format) == (4, 64, True, True, 0.02, "gptq")
+    c = qc.CompressedTensorsConfig.from_dict(json.loads(export(gptq_policy(), "compressed-tensors").text)["quantization_config"])
+    assert c.quantization_config.format == "mixed-precision" and len(c.quantization_config.config_groups) == 2
+    t = qc.TorchAoConfig.from_dict(json.loads(export(llama_policy(), "torchao").text))
+    assert type(t.quant_type).__name__ == "FqnToConfig"
+    assert t.quant_type.fqn_to_config["model.layers.1.mlp.down_proj"] is None
