@@ -12,7 +12,6 @@ and writes JSON.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -25,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from proxies.base import ProxyContext  # noqa: E402
 from proxies.evaluate import Evaluator  # noqa: E402
 from proxies.registry import get_proxy  # noqa: E402
-from quality import setup_model  # noqa: E402
+from quality import run_all, setup_model  # noqa: E402
 from search.problem import Problem  # noqa: E402
 from search.refine import refine  # noqa: E402
 from search.solvers import get_solver  # noqa: E402
@@ -93,15 +92,7 @@ def main() -> None:
     ap.add_argument("--hessian-samples", type=int, help="GPTQ Hessian samples (default: the task kind's, see "
                                                           "workers.batches.HESSIAN_SAMPLES)")
     ap.add_argument("--out", type=Path, default=Path("bench/results/gptq.json"))
-    args = ap.parse_args()
-    args.group_sizes = [None if g == "pc" else int(g) for g in args.group_sizes.split(",")]
-    results = []
-    for key in args.models.split(","):
-        res = run_model(key.strip(), args)
-        print_table(res)
-        results.append(res)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(results, indent=1, default=str))
+    run_all(ap.parse_args(), run_model, print_table)
 
 
 if __name__ == "__main__":

@@ -150,16 +150,19 @@ def main() -> None:
     ap.add_argument("--seq-len", type=int, default=128)
     ap.add_argument("--hutchinson-probes", type=int, default=16)
     ap.add_argument("--out", type=Path, default=Path("bench/results/quality.json"))
-    args = ap.parse_args()
+    run_all(ap.parse_args(), run_model, print_table)
+
+
+def run_all(args, run_one, show) -> None:
+    """Every model of ``--models``: run, print its table, then write all results to ``--out``."""
     args.group_sizes = [None if g == "pc" else int(g) for g in args.group_sizes.split(",")]
-    torch.set_num_threads(max(1, torch.get_num_threads()))
     results = []
     for key in args.models.split(","):
-        res = run_model(key.strip(), args)
-        print_table(res)
+        res = run_one(key.strip(), args)
+        show(res)
         results.append(res)
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(results, indent=1))
+    args.out.write_text(json.dumps(results, indent=1, default=str))
 
 
 if __name__ == "__main__":

@@ -13,9 +13,6 @@ import asyncio
 import json
 import os
 import platform
-import signal
-import socket
-import subprocess
 import sys
 import tempfile
 import time
@@ -26,46 +23,26 @@ import httpx
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from service.launcher import ServerProcess, free_port  # noqa: E402
+
 PG_ADMIN = os.environ.get("BITPLAN_TEST_PG", "postgresql://127.0.0.1:5432/test")
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+class Server(ServerProcess):
+    """``bitplan serve`` on a free port with its own var folder and database, as a context."""
 
-
-class Server:
     def __init__(self, var: Path, url: str, **env):
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.env = {**os.environ, "BITPLAN_VAR_DIR": str(var), "BITPLAN_DATABASE_URL": url, **env}
-        self.env.pop("BITPLAN_API_TOKEN", None)
-        self.var = var
+        full = {**os.environ, "BITPLAN_VAR_DIR": str(var), "BITPLAN_DATABASE_URL": url, **env}
+        full.pop("BITPLAN_API_TOKEN", None)
+        super().__init__(free_port(), var / "server.log", full, cwd=ROOT)
 
     def __enter__(self):
-        self.var.mkdir(parents=True, exist_ok=True)
-        self.proc = subprocess.Popen([sys.executable, "-m", "service.cli", "serve", "--port", str(self.port),
-                                      "--log-level", "warning"], cwd=ROOT, env=self.env, start_new_session=True,
-                                     stdout=open(self.var / "server.log", "ab"), stderr=subprocess.STDOUT)
-        for _ in range(600):
-            try:
-                if httpx.get(f"{self.url}/readyz", timeout=2).status_code == 200:
-                    return self
-            except httpx.TransportError:
-                time.sleep(0.3)
-        raise RuntimeError((self.var / "server.log").read_text()[-3000:])
+        return self.start(timeout=180)
 
     def __exit__(self, *exc):
-        self.proc.send_signal(signal.SIGINT)
-        try:
-            self.proc.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            pass
-        try:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
+        self.stop()
 
 
 async def latency(url: str, path_of, clients: int, requests_per_client: int) -> list[float]:
@@ -152,7 +129,6 @@ def bench_speedup(out: dict) -> None:
     print("| Ray worker processes | cold (first job) s | warm (second job) s | speed-up (warm) |")
     print("|---|---|---|---|")
     rows, base = [], None
-    sys.path.insert(0, str(ROOT))
     from service.client import Client
     for chunks in (1, 2):
         tmp = Path(tempfile.mkdtemp(prefix="bitplan-bench-speedup-"))

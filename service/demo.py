@@ -9,13 +9,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import signal
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx
+
+from service.launcher import ServerProcess, ServerStartError
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -36,26 +35,14 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     except httpx.TransportError:
         pass
-    Path("var").mkdir(exist_ok=True)
-    log = open("var/server.log", "ab")
-    server = subprocess.Popen([sys.executable, "-m", "service.cli", "serve", "--port", str(args.port),
-                               "--log-level", "warning"], stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    server = ServerProcess(args.port, Path("var/server.log"))
     try:
         print(f"starting the server at {url} (log: var/server.log) …", flush=True)
-        deadline = time.monotonic() + 180
-        while True:
-            if server.poll() is not None:
-                print(Path("var/server.log").read_text()[-3000:], file=sys.stderr)
-                return 1
-            try:
-                if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if time.monotonic() > deadline:
-                print("bitplan: the server did not become ready in 180 s; see var/server.log", file=sys.stderr)
-                return 1
-            time.sleep(0.5)
+        try:
+            server.start(timeout=180)
+        except ServerStartError as e:
+            print(f"bitplan: {e}", file=sys.stderr)
+            return 1
         with Client(url, os.environ.get("BITPLAN_API_TOKEN"), timeout=600) as c:
             model = c.register_model("builtin:minilm-l6")
             print(f"registered {model.ref}: {model.n_layers} layers, {model.n_weights:,} weights, id {model.id[:16]}…")
@@ -76,12 +63,7 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         return 130
     finally:
-        if server.poll() is None:
-            server.send_signal(signal.SIGINT)
-            try:
-                server.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                os.killpg(server.pid, signal.SIGKILL)
+        server.stop()
 
 
 if __name__ == "__main__":

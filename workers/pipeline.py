@@ -138,7 +138,7 @@ def run_search(spec: SearchSpec, progress: Progress = _noop, loaded: LoadedModel
     calib = lm.task.prepare(lm.model, calib)
     evals = lm.task.prepare(lm.model, evals)
     if spec.quantizer != "rtn":
-        progress("calibrate", 0.5, f"{spec.quantizer}: Hessians of {len(layers)} layers from the calibration data")
+        progress("calibrate", 0.5, f"{spec.quantizer}: Hessians of {len(layers)} layers (samples apart from the calibration ones)")
     quantizer = job_quantizer(spec.quantizer, spec.quantizer_params, lm, plan, layers, modules, calib)
     timings["calibrate"] = time.perf_counter() - t
     progress("calibrate", 1.0, f"{calib_info['samples']} calibration samples")

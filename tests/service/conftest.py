@@ -3,16 +3,12 @@ database on 127.0.0.1:5432) and real ``bitplan serve`` processes (uvicorn + a lo
 from __future__ import annotations
 
 import os
-import signal
-import socket
-import subprocess
-import sys
-import time
 import uuid
 from pathlib import Path
 
-import httpx
 import pytest
+
+from service.launcher import ServerProcess, free_port
 
 PG_ADMIN = os.environ.get("BITPLAN_TEST_PG", "postgresql://127.0.0.1:5432/test")
 TOKEN = "test-token-" + uuid.uuid4().hex[:8]
@@ -57,67 +53,24 @@ def db_url(request, tmp_path):
         c.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class Server:
-    """A real ``bitplan serve`` subprocess. ``stop()`` is graceful, ``kill()`` is SIGKILL."""
+class Server(ServerProcess):
+    """A real ``bitplan serve`` subprocess on a free port with test settings. ``stop()`` is
+    graceful, ``kill()`` is SIGKILL."""
 
     def __init__(self, var_dir: Path, database_url: str, token: str | None = TOKEN, **env: str):
         self.var_dir, self.database_url, self.token = var_dir, database_url, token
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.env = {**os.environ, "BITPLAN_VAR_DIR": str(var_dir), "BITPLAN_DATABASE_URL": database_url,
-                    "BITPLAN_RAY_NUM_CPUS": "2", "BITPLAN_POLL_SECONDS": "0.1", "PYTHONUNBUFFERED": "1",
-                    "BITPLAN_MAX_UPLOAD_BYTES": str(2 << 20), "BITPLAN_MODEL_ROOT": str(var_dir / "models"),
-                    **({"BITPLAN_API_TOKEN": token} if token else {}), **env}
+        port = free_port()
+        full = {**os.environ, "BITPLAN_VAR_DIR": str(var_dir), "BITPLAN_DATABASE_URL": database_url,
+                "BITPLAN_RAY_NUM_CPUS": "2", "BITPLAN_POLL_SECONDS": "0.1", "PYTHONUNBUFFERED": "1",
+                "BITPLAN_MAX_UPLOAD_BYTES": str(2 << 20), "BITPLAN_MODEL_ROOT": str(var_dir / "models"),
+                **({"BITPLAN_API_TOKEN": token} if token else {}), **env}
         if "RAY_ADDRESS" not in env:
-            self.env.pop("RAY_ADDRESS", None)
-        self.proc: subprocess.Popen | None = None
-        self.log = var_dir / f"server-{self.port}.log"
+            full.pop("RAY_ADDRESS", None)
+        super().__init__(port, var_dir / f"server-{port}.log", full)
 
     def start(self, timeout: float = 120) -> "Server":
-        self.var_dir.mkdir(parents=True, exist_ok=True)
-        self.proc = subprocess.Popen([sys.executable, "-m", "service.cli", "serve", "--port", str(self.port),
-                                      "--log-level", "warning"], env=self.env, stdout=open(self.log, "ab"),
-                                     stderr=subprocess.STDOUT, start_new_session=True)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"server exited with {self.proc.returncode}:\n{self.log.read_text()[-4000:]}")
-            try:
-                if httpx.get(f"{self.url}/readyz", timeout=2).status_code == 200:
-                    return self
-            except httpx.TransportError:
-                pass
-            time.sleep(0.3)
-        raise RuntimeError(f"server not ready after {timeout}s:\n{self.log.read_text()[-4000:]}")
-
-    def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGINT)
-            try:
-                self.proc.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                self.kill()
-        self._reap()
-
-    def kill(self) -> None:
-        """SIGKILL the server and its whole process group (its local Ray too): a crash."""
-        if self.proc and self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait(timeout=30)
-        self._reap()
-
-    def _reap(self) -> None:
-        if self.proc:
-            try:
-                os.killpg(self.proc.pid, signal.SIGKILL)  # stray Ray processes of this server
-            except (ProcessLookupError, PermissionError):
-                pass
+        super().start(timeout)
+        return self
 
     def client(self):
         from service.client import Client
