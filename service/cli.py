@@ -91,7 +91,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="joint solver parameter, e.g. ratios=[0,0.25,0.5] generations=20")
     s.add_argument("--quantizer", choices=["rtn", "gptq"], default="rtn",
                    help="weight quantizer that every measurement, the evaluation and the policy assume: rtn "
-                        "(round to nearest, default) or gptq (error-compensating, Hessians from the calibration data)")
+                        "(round to nearest, default) or gptq (error-compensating; Hessians from calibration-source "
+                        "samples apart from the calibration samples)")
     s.add_argument("--quantizer-param", action="append", type=_kv, default=[], metavar="KEY=VALUE",
                    help="gptq parameter: damp=0.01 (fraction of the mean Hessian diagonal), act_order=true, block_size=128, "
                         "n_samples=N (calibration-source samples for the Hessians, drawn apart from the calibration "

@@ -61,7 +61,10 @@ def print_report(spec: SearchSpec, result: SearchResult, out: Path) -> None:
     out_console.print(c)
 
     m = pol.measured
-    q = Table(title=f"Quality: {m.metric} on held-out data ({spec.eval or 'default eval split'})")
+    qz = pol.quantizer
+    how = "RTN" if qz.method == "rtn" else (f"GPTQ (damp {qz.damp:g}, act-order {'on' if qz.act_order else 'off'}, "
+                                            f"Hessians from {qz.hessian_samples} samples)")
+    q = Table(title=f"Quality: {m.metric} on held-out data ({spec.eval or 'default eval split'}), every policy quantized with {how}")
     q.add_column("model"); q.add_column(m.metric, justify="right")
     q.add_row("float", f"{m.float:.5g}")
     for key, v in m.uniform.items():
