@@ -1,8 +1,8 @@
 """GPTQ (Frantar et al., 2022): quantize a weight column by column and push each column's
 rounding error onto the columns not yet quantized, weighted by the inverse Hessian of the
 layer's reconstruction loss ‖XWᵀ − XŴᵀ‖² (H = XᵀX over calibration inputs). Pure tensor
-functions: the Hessians come from ``collect_hessians`` (one forward pass over the calibration
-batches with hooks), the quantization from ``gptq``.
+functions: the Hessians come from ``HessianCollector`` (forward hooks over one pass of the
+Hessian batches), the quantization from ``factor`` + ``gptq``.
 
 Choices, and why:
 - the grid is exactly RTN's (``group_params``: fp16 scales, ``bits``-wide zero points), so a
@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from search.formats import Format
-from proxies.quant import group_params, quantize_on_grid
+from proxies.quant import group_params, grouped, quantize_on_grid
 
 MAX_DAMP_TRIES = 6
 
@@ -69,10 +69,7 @@ def factor(h: torch.Tensor, damp: float = 0.01, act_order: bool = True) -> Facto
 
 def _static_params(w: torch.Tensor, fmt: Format, g: int):
     """Per-group (s, z) of the original contiguous groups, as (rows, n_groups) tensors."""
-    rows, cols = w.shape
-    pad = (-cols) % g
-    x = torch.cat([w, w[:, -1:].expand(rows, pad)], dim=1) if pad else w
-    s, z, qmin, qmax = group_params(x.reshape(rows, -1, g), fmt)
+    s, z, qmin, qmax = group_params(grouped(w, g), fmt)
     return s.squeeze(-1), z.squeeze(-1), qmin, qmax
 
 
@@ -163,9 +160,8 @@ class HessianCollector:
     boolean per token, e.g. the attention mask) drops padding positions from token-shaped
     inputs, which would otherwise pull the Hessian towards what pad tokens look like."""
 
-    def __init__(self, modules: list[nn.Module], only: list[int] | None = None):
+    def __init__(self, modules: list[nn.Module]):
         self.modules = modules
-        self.idx = list(range(len(modules))) if only is None else sorted(set(only))
         self.h: dict[int, torch.Tensor] = {}
         self.n: dict[int, int] = {}
         self.mask: torch.Tensor | None = None
@@ -184,8 +180,8 @@ class HessianCollector:
         return hook
 
     def __enter__(self) -> "HessianCollector":
-        self.handles = [self.modules[i].register_forward_hook(self._hook(i)) for i in self.idx
-                        if not isinstance(self.modules[i], nn.Embedding)]
+        self.handles = [m.register_forward_hook(self._hook(i)) for i, m in enumerate(self.modules)
+                        if not isinstance(m, nn.Embedding)]
         return self
 
     def __exit__(self, *exc) -> None:

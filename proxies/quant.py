@@ -48,19 +48,21 @@ def quantize_on_grid(x: torch.Tensor, s: torch.Tensor, z: torch.Tensor, qmin: in
     return (torch.clamp(torch.round(x / s) + z, qmin, qmax) - z) * s
 
 
+def grouped(w: torch.Tensor, g: int) -> torch.Tensor:
+    """A 2-D weight (rows, reduction) as (rows, n_groups, g). A last partial group is padded by
+    repeating its last value, which leaves its min/max (and so its scale) unchanged."""
+    rows, cols = w.shape
+    pad = (-cols) % g
+    x = torch.cat([w, w[:, -1:].expand(rows, pad)], dim=1) if pad else w
+    return x.reshape(rows, -1, g)
+
+
 def rtn(w: torch.Tensor, fmt: Format) -> torch.Tensor:
-    """Round-to-nearest fake quantization of a 2-D weight (rows, reduction) in ``fmt``.
-    A last partial group is padded by repeating its last value, which leaves its min/max
-    (and so its scale) unchanged."""
+    """Round-to-nearest fake quantization of a 2-D weight (rows, reduction) in ``fmt``."""
     if fmt.is_float:
         return w.clone()
     rows, cols = w.shape
-    g = fmt.group_size or cols
-    pad = (-cols) % g
-    x = w.float()
-    if pad:
-        x = torch.cat([x, x[:, -1:].expand(rows, pad)], dim=1)
-    x = x.reshape(rows, -1, g)
+    x = grouped(w.float(), fmt.group_size or cols)
     xh = quantize_on_grid(x, *group_params(x, fmt))
     return xh.reshape(rows, -1)[:, :cols].to(w.dtype)
 

@@ -46,6 +46,10 @@ def runtime_ties(runtime: str | None, ties: list[str]) -> list[str]:
     return sorted(set(ties) | set(RUNTIME_TIES[runtime]))
 
 
+# the fused module a runtime builds from a tied set of siblings (vLLM's names)
+FUSED_NAME: dict[frozenset[str], str] = {frozenset({"q_proj", "k_proj", "v_proj"}): "qkv_proj",
+                                         frozenset({"gate_proj", "up_proj"}): "gate_up_proj"}
+
 TIE_PRESETS: dict[str, list[tuple[str, ...]]] = {
     "qkv": [("q_proj", "k_proj", "v_proj"), ("query", "key", "value")],
     "gate_up": [("gate_proj", "up_proj"), ("w1", "w3")],

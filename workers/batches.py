@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from proxies.tasks import Task
 from workers import digits
 from workers.data import DataError, split_sources
 from workers.sources import LoadedModel
@@ -105,12 +106,9 @@ def hessian_batches(lm: LoadedModel, plan: DataPlan, n: int | None = None) -> tu
         batches = [{"x": a, "y": b} for a, b in zip(x[:n].split(plan.batch_size), y[:n].split(plan.batch_size))]
     else:
         cal_p, _ = split_sources(plan.calib, plan.eval)
-        try:
-            batches = _text_batches(lm, cal_p, n, plan, _other_pick(plan.n_calib, n, plan.seed))
-        except ValueError:  # an empty remainder
-            batches = []
-    batches = [b for b in batches if int(next(iter(b.values())).shape[0]) > 0]
-    return batches, sum(int(next(iter(b.values())).shape[0]) for b in batches)
+        batches = _text_batches(lm, cal_p, n, plan, _other_pick(plan.n_calib, n, plan.seed))
+    batches = [b for b in batches if Task.size(b) > 0]  # an empty remainder leaves an empty window batch
+    return batches, sum(Task.size(b) for b in batches)
 
 
 def build_batches(lm: LoadedModel, plan: DataPlan) -> tuple[list[dict], list[dict], dict]:
@@ -129,6 +127,6 @@ def build_batches(lm: LoadedModel, plan: DataPlan) -> tuple[list[dict], list[dic
         for k in sorted(b):
             h.update(k.encode())
             h.update(b[k].numpy().tobytes())
-    n_samples = sum(int(next(iter(b.values())).shape[0]) for b in calib)
+    n_samples = sum(Task.size(b) for b in calib)
     info = {"source": plan.calib, "samples": n_samples, "seq_len": plan.seq_len, "seed": plan.seed, "sha256": h.hexdigest()}
     return calib, ev, info

@@ -5,7 +5,7 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from search.layers import EXPERT
+from search.layers import EXPERT, FUSED_NAME
 from search.policy import Policy
 
 
@@ -66,8 +66,7 @@ def anchored_any(names: list[str]) -> str:
     leaves = [n.rsplit(".", 1)[1] for n in names]
     if len(parents) != 1:
         return "^(?:" + "|".join(re.escape(n) for n in names) + ")$"
-    fused = {frozenset({"q_proj", "k_proj", "v_proj"}): "qkv_proj", frozenset({"gate_proj", "up_proj"}): "gate_up_proj"}
-    extra = [fused[frozenset(leaves)]] if frozenset(leaves) in fused else []
+    extra = [FUSED_NAME[frozenset(leaves)]] if frozenset(leaves) in FUSED_NAME else []
     return "^" + re.escape(parents.pop()) + r"\.(?:" + "|".join(re.escape(x) for x in leaves + extra) + ")$"
 
 
