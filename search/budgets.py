@@ -120,12 +120,17 @@ def check_budgets(costs: CostModel, budgets: dict[str, float], ties: TieGroups |
     for metric, limit in budgets.items():
         lo = group_min_cost(costs.matrix(metric), ties)
         hi = costs.float_cost(metric)
-        rng = f"feasible range is [{_show(lo, math.ceil)}, {_show(hi, math.floor)}]"
+        rng = feasible_range(lo, hi)
         if limit < lo * (1 - 1e-12):
             raise BudgetError(f"budget {metric}={limit:g} is below the cheapest policy with these formats "
                               f"({metric}={lo:.6g}); {rng}")
         if limit > hi * (1 + 1e-12):
             raise BudgetError(f"budget {metric}={limit:g} is above the float model ({metric}={hi:.6g}); {rng}")
+
+
+def feasible_range(lo: float, hi: float) -> str:
+    """The range phrase every budget error ends with; its bounds can be typed back as budgets."""
+    return f"feasible range is [{_show(lo, math.ceil)}, {_show(hi, math.floor)}]"
 
 
 def _show(x: float, direction) -> str:

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from search.budgets import within
+from search.budgets import feasible_range, within
 from search.problem import Problem
 from search.solvers import get_solver
 
@@ -180,7 +180,7 @@ def solve_measurement(table: OptionTable, budgets: dict[str, float], solver: str
         M = costs.matrix(m)
         lo, hi = float(M.min(axis=1).sum()), float(M.max(axis=1).sum())
         if lim < lo:
-            raise MeasurementError(f"budget {m}={lim:g} is below the cheapest option set; feasible range is [{lo:.6g}, {hi:.6g}]")
+            raise MeasurementError(f"budget {m}={lim:g} is below the cheapest option set; {feasible_range(lo, hi)}")
     problem = Problem(err, costs, budgets)
     sol = get_solver(solver).solve(problem)
     choice = sol.choice

@@ -242,7 +242,7 @@ def cmd_import_measurement(args) -> int:
     n_opts = sorted({len(o) for o in table.options})
     errs = [o.error for opts in table.options for o in opts]
     con.print(f"{args.measurement}: {len(table.modules)} modules, {'/'.join(map(str, n_opts))} options each, "
-              f"1 − accuracy from {min(errs):.3g} to {max(errs):.3g}")
+              f"1 − accuracy from {min(errs):.3g} to {max(errs):.3g}", soft_wrap=True)  # a path must stay whole
     if solution:
         t = Table(title=f"exllamav2 options chosen by ilp under {', '.join(f'{k}≤{v:g}' for k, v in budgets.items())}")
         for col in ("module", "option", "bpw", "1 − accuracy"):
