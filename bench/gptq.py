@@ -24,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from proxies.base import ProxyContext  # noqa: E402
 from proxies.evaluate import Evaluator  # noqa: E402
 from proxies.registry import get_proxy  # noqa: E402
-from quality import run_all, setup_model  # noqa: E402
+from quality import add_setup_args, menu_name, run_all, setup_model  # noqa: E402
 from search.problem import Problem  # noqa: E402
 from search.refine import refine  # noqa: E402
 from search.solvers import get_solver  # noqa: E402
@@ -36,7 +36,8 @@ def run_model(key: str, args) -> dict:
     metric = st.lm.task.metric
     by_bits = {f.bits: f for f in reference_formats(st.formats)}
     uniform_budgets = {3: st.budgets[0], 4: st.budgets[2]}
-    out = {"model": st.ref, "metric": metric, "layers": st.n, "calibration": st.info,
+    out = {"model": st.ref, "metric": metric, "layers": st.n, "calibration": st.info, "menu": menu_name(args),
+           "eval_samples": sum(st.lm.task.size(b) for b in st.evals),
            "float": st.lm.task.evaluate(st.lm.model, st.evals)[metric], "runs": []}
     for name in args.quantizers.split(","):
         t = time.perf_counter()
@@ -68,7 +69,8 @@ def run_model(key: str, args) -> dict:
 
 
 def print_table(res: dict) -> None:
-    print(f"\n### {res['model']} — {res['metric']}, {res['layers']} layers, float {res['float']:.5g}")
+    print(f"\n### {res['model']} — {res['metric']}, {res['layers']} layers, float {res['float']:.5g}, "
+          f"menu {res['menu']}, {res['eval_samples']} held-out samples")
     cols = [k for k in res["runs"][0] if k not in ("quantizer", "seconds", "record")]
     print("| quantizer | " + " | ".join(cols) + " | seconds (Hessians / table) |")
     print("|---|" + "---|" * (len(cols) + 1))
@@ -84,11 +86,7 @@ def main() -> None:
     ap.add_argument("--models", default="minilm,smollm2")
     ap.add_argument("--quantizers", default="rtn,gptq")
     ap.add_argument("--refine-evals", type=int, default=40)
-    ap.add_argument("--group-sizes", default="32,64,128", help="format menu (uniform baselines use g64)")
-    ap.add_argument("--smollm-blocks", default="0-3", help="SmolLM2 blocks to quantize on CPU ('' = all 30)")
-    ap.add_argument("--n-calib", type=int, default=4, help="SmolLM2 calibration windows (as bench/quality.py)")
-    ap.add_argument("--n-eval", type=int, default=8)
-    ap.add_argument("--seq-len", type=int, default=128)
+    add_setup_args(ap, smollm_blocks="0-3")
     ap.add_argument("--hessian-samples", type=int, help="GPTQ Hessian samples (default: the task kind's, see "
                                                           "workers.batches.HESSIAN_SAMPLES)")
     ap.add_argument("--out", type=Path, default=Path("bench/results/gptq.json"))

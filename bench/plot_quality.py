@@ -36,7 +36,8 @@ def main() -> None:
         fl = m["baselines"]["float"]
         if not (log and fl <= 0):  # a zero float loss has no place on a log axis: say it in the title
             ax.axhline(fl, color="gray", ls="--", label="float")
-        ax.set_title(f"{m['model']} ({m['layers']} layers)" + (f", float = {fl:g}" if log and fl <= 0 else ""))
+        ax.set_title(f"{m['model']} ({m['layers']} layers)" + (f", float = {fl:g}" if log and fl <= 0 else "")
+                     + (f"\n{m['menu']}" if "menu" in m else ""), fontsize=10)
         ax.set_xlabel("avg bits per weight (scales and zero points included)")
         ax.set_ylabel(m["metric"])
         if log:

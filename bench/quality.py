@@ -5,7 +5,7 @@ service does). Budgets: the costs of uniform 3-bit and 4-bit at group 64 and one
 Methods: uniform, every proxy + ilp, orthogonality + lp (OMPQ), measured + convex (BAQ-style),
 and the default recipe (measured + ilp + refine). Prints a table per model and writes JSON.
 
-    python bench/quality.py --models minilm,digits [--smollm-layers 0-5]
+    python bench/quality.py --models minilm,digits [--bits 2,3,4,5,6,8] [--smollm-blocks 0-3]
 """
 from __future__ import annotations
 
@@ -34,6 +34,10 @@ from workers.pipeline import reference_formats, task_layers  # noqa: E402
 from workers.sources import load_model  # noqa: E402
 
 MODELS = {"minilm": "builtin:minilm-l6", "smollm2": "builtin:smollm2-135m", "digits": "builtin:digits-cnn"}
+# Data sizes per model where the task kind's defaults do not fit a bench: SmolLM2 is cut to what
+# 2 CPU cores evaluate in minutes; MiniLM is judged on 1024 held-out paragraphs, where four
+# disjoint quarters of 256 differ by about ±0.01 in recipe/uniform (too much for a 0.8× bar).
+DATA = {"smollm2": {"n_calib": 4, "n_eval": 8, "seq_len": 128}, "minilm": {"n_eval": 1024}}
 PROXY_PARAMS = {"hessian_trace": {}, "fisher": {}, "orthogonality": {}, "output_error": {}, "measured": {}}
 
 
@@ -63,14 +67,14 @@ def setup_model(key: str, args) -> Setup:
     ref = MODELS[key]
     torch.manual_seed(0)
     lm = load_model(ref)
-    overrides = {"n_calib": args.n_calib, "n_eval": args.n_eval, "seq_len": args.seq_len} if key == "smollm2" else {}
-    plan = plan_for(lm, **{k: v for k, v in overrides.items() if v})
+    given = {"n_calib": args.n_calib, "n_eval": args.n_eval, "seq_len": args.seq_len}
+    plan = plan_for(lm, **{**DATA.get(key, {}), **{k: v for k, v in given.items() if v}}) if key in DATA else plan_for(lm)
     pairs = task_layers(lm)
     if key == "smollm2" and args.smollm_blocks:
         lo, hi = (int(x) for x in args.smollm_blocks.split("-"))
         pairs = [p for p in pairs if lo <= int(p[0].name.split(".")[2]) <= hi]
     layers, modules = [p[0] for p in pairs], [p[1] for p in pairs]
-    formats = make_formats([2, 3, 4, 8], args.group_sizes, False)
+    formats = make_formats(args.bits, args.group_sizes, False)
     costs = CostModel(layers, formats)
     calib, evals, info = build_batches(lm, plan)
     calib, evals = lm.task.prepare(lm.model, calib), lm.task.prepare(lm.model, evals)
@@ -117,12 +121,14 @@ def run_model(key: str, args) -> dict:
         row["refine_seconds"] = time.perf_counter() - t
         rows.append(row)
     return {"model": ref, "metric": metric, "layers": n, "baselines": base, "rows": rows, "proxy_seconds": tsec,
-            "calibration": info, "eval_batches": len(evals)}
+            "calibration": info, "eval_batches": len(evals), "eval_samples": sum(lm.task.size(b) for b in evals),
+            "menu": menu_name(args)}
 
 
 def print_table(res: dict) -> None:
     higher = res["metric"] == "accuracy"
-    print(f"\n### {res['model']} — {res['metric']} ({'higher' if higher else 'lower'} is better), {res['layers']} layers")
+    print(f"\n### {res['model']} — {res['metric']} ({'higher' if higher else 'lower'} is better), {res['layers']} layers, "
+          f"menu {res['menu']}, {res['eval_samples']} held-out samples")
     print("baselines: " + ", ".join(f"{k} {v:.5g}" for k, v in res["baselines"].items()))
     keys = [k for k in res["rows"][0] if k not in ("budget", "refine_seconds")]
     print("| method | " + " | ".join(f"{r['budget']:.4f} bits" for r in res["rows"]) + " |")
@@ -143,19 +149,31 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--models", default="minilm,digits")
     ap.add_argument("--refine-evals", type=int, default=40)
-    ap.add_argument("--group-sizes", default="32,64,128", help="format menu for every method (uniform baselines use g64)")
-    ap.add_argument("--smollm-blocks", default="", help="e.g. 0-29 (all) or 0-5: restrict SmolLM2 layers to these blocks")
-    ap.add_argument("--n-calib", type=int, default=4)
-    ap.add_argument("--n-eval", type=int, default=8)
-    ap.add_argument("--seq-len", type=int, default=128)
+    add_setup_args(ap, smollm_blocks="")
     ap.add_argument("--hutchinson-probes", type=int, default=16)
     ap.add_argument("--out", type=Path, default=Path("bench/results/quality.json"))
     run_all(ap.parse_args(), run_model, print_table)
 
 
+def add_setup_args(ap: argparse.ArgumentParser, smollm_blocks: str) -> None:
+    """The format menu and data-size options every bench built on ``setup_model`` shares."""
+    ap.add_argument("--bits", default="2,3,4,8", help="format menu bit-widths for every method (default 2,3,4,8)")
+    ap.add_argument("--group-sizes", default="32,64,128", help="format menu group sizes, 'pc' = per channel "
+                                                                "(uniform baselines use g64)")
+    ap.add_argument("--smollm-blocks", default=smollm_blocks, help="e.g. 0-29 (all) or 0-5: restrict SmolLM2 layers to these blocks")
+    ap.add_argument("--n-calib", type=int, help=f"calibration samples of every text model (bench defaults: {DATA})")
+    ap.add_argument("--n-eval", type=int, help="held-out samples of every text model")
+    ap.add_argument("--seq-len", type=int, help="tokens per sample of every text model")
+
+
+def menu_name(args) -> str:
+    return f"bits {{{','.join(map(str, args.bits))}}} × g{{{','.join('pc' if g is None else str(g) for g in args.group_sizes)}}}"
+
+
 def run_all(args, run_one, show) -> None:
     """Every model of ``--models``: run, print its table, then write all results to ``--out``."""
     args.group_sizes = [None if g == "pc" else int(g) for g in args.group_sizes.split(",")]
+    args.bits = [int(b) for b in args.bits.split(",")]
     results = []
     for key in args.models.split(","):
         res = run_one(key.strip(), args)
