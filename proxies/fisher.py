@@ -39,6 +39,12 @@ def gradient_moments(ctx: ProxyContext, max_samples: int, report: bool = False
     return [a / d for a in g1], [b / d for b in g2], n
 
 
+def fisher_term(f_ii: torch.Tensor, w_new: torch.Tensor, w: torch.Tensor) -> float:
+    """½·Σ F_ii·(W' − W)²: the second-order loss estimate of replacing ``w`` by ``w_new``
+    (a quantized copy here, a quantized-and-pruned one in the joint search)."""
+    return 0.5 * float((f_ii * (w_new.float() - w.float()) ** 2).sum())
+
+
 class FisherProxy(Proxy):
     name = "fisher"
 
@@ -64,5 +70,5 @@ class FisherProxy(Proxy):
                 w = m.weight.detach().float()
                 for k, fmt in enumerate(ctx.formats):
                     if not fmt.is_float:
-                        values[i, k] = 0.5 * float((f_ii * (ctx.quantize(i, fmt).float() - w) ** 2).sum())
+                        values[i, k] = fisher_term(f_ii, ctx.quantize(i, fmt), w)
         return values, None, {"samples": n, "fisher_trace": [float(d.sum()) for d in diag]}

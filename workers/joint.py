@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from proxies.base import swapped
+from proxies.fisher import fisher_term
 from proxies.quant import quantize_module_weight
 from search.evolve import rank_corr
 from search.joint import JointParams, JointSpace, evolve_joint, random_feasible
@@ -148,7 +149,7 @@ def fisher_prior(space: JointSpace, modules: list[nn.Module], fisher_diag: list[
         for i, (m, f) in enumerate(zip(modules, fisher_diag)):
             base = m.weight.detach().float()
             for j in range(space.n_options):
-                out[i, j] = 0.5 * float((f * (w.get(i, j).float() - base) ** 2).sum())
+                out[i, j] = fisher_term(f, w.get(i, j), base)
     return out
 
 
