@@ -9,7 +9,10 @@ import argparse
 import json
 from pathlib import Path
 
-import matplotlib
+try:
+    import matplotlib
+except ImportError:  # the bench extra, not an engine dependency
+    raise SystemExit("plot_quality.py needs matplotlib: pip install -e '.[bench]' (or run make bench)") from None
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
