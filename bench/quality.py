@@ -29,7 +29,7 @@ from search.formats import make_formats  # noqa: E402
 from search.problem import Problem  # noqa: E402
 from search.refine import refine  # noqa: E402
 from search.solvers import get_solver  # noqa: E402
-from workers.batches import build_batches, plan_for  # noqa: E402
+from workers.batches import plan_for, prepared_batches  # noqa: E402
 from workers.pipeline import reference_formats, task_layers  # noqa: E402
 from workers.sources import load_model  # noqa: E402
 
@@ -76,8 +76,7 @@ def setup_model(key: str, args) -> Setup:
     layers, modules = [p[0] for p in pairs], [p[1] for p in pairs]
     formats = make_formats(args.bits, args.group_sizes, False)
     costs = CostModel(layers, formats)
-    calib, evals, info = build_batches(lm, plan)
-    calib, evals = lm.task.prepare(lm.model, calib), lm.task.prepare(lm.model, evals)
+    calib, evals, info = prepared_batches(lm, plan)
     n = len(layers)
     by_bits = {f.bits: f for f in reference_formats(formats)}
     u3, u4 = (costs.cost(np.full(n, formats.index(by_bits[b])))["avg_bits"] for b in (3, 4))

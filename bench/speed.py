@@ -82,12 +82,11 @@ def bench_hutchinson(out: dict) -> None:
     from workers.pipeline import task_layers
     from proxies.hessian import HessianTraceProxy
     from search.formats import make_formats
-    from workers.batches import build_batches, plan_for
+    from workers.batches import plan_for, prepared_batches
     from workers.sources import load_model
 
     lm = load_model("builtin:minilm-l6")
-    calib, _, info = build_batches(lm, plan_for(lm))
-    calib = lm.task.prepare(lm.model, calib)
+    calib, _, info = prepared_batches(lm, plan_for(lm), with_evals=False)
     pairs = task_layers(lm)
     ctx = ProxyContext(lm.model, [p[0] for p in pairs], [p[1] for p in pairs], lm.task, calib, make_formats([2, 3, 4, 8]))
     max_probes = 64

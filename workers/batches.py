@@ -130,3 +130,11 @@ def build_batches(lm: LoadedModel, plan: DataPlan) -> tuple[list[dict], list[dic
     n_samples = sum(Task.size(b) for b in calib)
     info = {"source": plan.calib, "samples": n_samples, "seq_len": plan.seq_len, "seed": plan.seed, "sha256": h.hexdigest()}
     return calib, ev, info
+
+
+def prepared_batches(lm: LoadedModel, plan: DataPlan, with_evals: bool = True) -> tuple[list[dict], list[dict], dict]:
+    """``build_batches`` with the task's targets attached (e.g. an encoder's float embeddings),
+    which every proxy and evaluation reads; a worker that never evaluates skips the held-out
+    half (``with_evals=False`` returns no evaluation batches)."""
+    calib, evals, info = build_batches(lm, plan)
+    return lm.task.prepare(lm.model, calib), lm.task.prepare(lm.model, evals) if with_evals else [], info

@@ -13,7 +13,7 @@ from proxies.base import ProxyContext
 from proxies.evolved import held_out_tau, load_program
 from proxies.registry import get_proxy
 from search.formats import make_formats
-from workers.batches import build_batches, plan_for
+from workers.batches import plan_for, prepared_batches
 from workers.pipeline import task_layers
 from workers.sources import load_model
 
@@ -30,8 +30,7 @@ def evolve_and_compare(model: str, bits: list[int], group_size, name: str, evolv
     pairs = task_layers(lm)
     layers, modules = [p[0] for p in pairs], [p[1] for p in pairs]
     formats = make_formats(bits, group_size, False)
-    calib, _, info = build_batches(lm, plan)
-    calib = lm.task.prepare(lm.model, calib)
+    calib, _, info = prepared_batches(lm, plan, with_evals=False)
 
     def ctx(phase: str) -> ProxyContext:
         return ProxyContext(lm.model, layers, modules, lm.task, calib, formats, seed,

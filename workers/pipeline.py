@@ -25,7 +25,7 @@ from search.refine import refine
 from search.solvers import get_solver
 from search.spec import REFERENCE_GROUP, SearchSpec
 from search.table import SensitivityTable
-from workers.batches import build_batches, hessian_batches, plan_for
+from workers.batches import hessian_batches, plan_for, prepared_batches
 from workers.sources import LoadedModel, load_model
 
 PHASES = ("load", "calibrate", "sensitivity", "solve", "evaluate", "refine")
@@ -134,9 +134,7 @@ def run_search(spec: SearchSpec, progress: Progress = _noop, loaded: LoadedModel
 
     t = time.perf_counter()
     progress("calibrate", 0.0, f"{plan.calib} → calibration, {plan.eval} → evaluation")
-    calib, evals, calib_info = build_batches(lm, plan)
-    calib = lm.task.prepare(lm.model, calib)
-    evals = lm.task.prepare(lm.model, evals)
+    calib, evals, calib_info = prepared_batches(lm, plan)
     if spec.quantizer != "rtn":
         progress("calibrate", 0.5, f"{spec.quantizer}: Hessians of {len(layers)} layers (samples apart from the calibration ones)")
     quantizer = job_quantizer(spec.quantizer, spec.quantizer_params, lm, plan, layers, modules, calib)

@@ -59,7 +59,7 @@ def _prepared(spec_d: dict) -> dict:
     """Model, layers, calibration batches and formats for a spec, cached per worker process."""
 
     from search.spec import SearchSpec
-    from workers.batches import build_batches, plan_for
+    from workers.batches import plan_for, prepared_batches
     from workers.pipeline import job_quantizer, task_layers, validate_static
     from workers.sources import load_model
 
@@ -73,8 +73,7 @@ def _prepared(spec_d: dict) -> dict:
     _, _, formats = validate_static(spec)
     plan = plan_for(lm, spec.calib, spec.eval, spec.n_calib, spec.n_eval, spec.seq_len, spec.seed)
     pairs = task_layers(lm, spec.include_embeddings, spec.include_head)
-    calib, _, info = build_batches(lm, plan)
-    calib = lm.task.prepare(lm.model, calib)
+    calib, _, info = prepared_batches(lm, plan, with_evals=False)
     quantizer = job_quantizer(spec.quantizer, spec.quantizer_params, lm, plan, [q[0] for q in pairs],
                               [q[1] for q in pairs], calib)
     value = {"lm": lm, "pairs": pairs, "calib": calib, "info": info, "formats": formats, "quantizer": quantizer}

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from workers import digits
-from workers.batches import build_batches, plan_for
+from workers.batches import build_batches, plan_for, prepared_batches
 from workers.data import CALIB_FRACTION, TEXT_SOURCES, DataError, paragraphs, split_sources
 
 
@@ -138,6 +138,19 @@ def test_calibration_hash_is_deterministic(digits_lm):
     b = build_batches(digits_lm, plan_for(digits_lm, seed=0))[2]
     assert a["sha256"] == b["sha256"] and len(a["sha256"]) == 64
     assert build_batches(digits_lm, plan_for(digits_lm, n_calib=128))[2]["sha256"] != a["sha256"]
+
+
+def test_prepared_batches_carry_the_float_targets(digits_lm):
+    plan = plan_for(digits_lm, n_calib=64, n_eval=32)
+    calib, ev, info = prepared_batches(digits_lm, plan)
+    raw_c, raw_e, raw_info = build_batches(digits_lm, plan)
+    assert info == raw_info and [len(b["y"]) for b in calib] == [64] and [len(b["y"]) for b in ev] == [32]
+    with torch.no_grad():
+        assert torch.equal(calib[0]["ref_logits"], digits_lm.model(raw_c[0]["x"]).float())
+        assert torch.equal(ev[0]["ref_logits"], digits_lm.model(raw_e[0]["x"]).float())
+    # a worker that never evaluates gets the same calibration and no held-out batches
+    calib_only, none, _ = prepared_batches(digits_lm, plan, with_evals=False)
+    assert none == [] and torch.equal(calib_only[0]["ref_logits"], calib[0]["ref_logits"])
 
 
 def test_classifier_refuses_text_data(digits_lm):

@@ -12,7 +12,7 @@ from search.budgets import BudgetError
 from search.formats import Format
 from search.policy import SCHEMA, Policy
 from search.spec import DEFAULT_GROUP_SIZES, SearchSpec
-from workers.batches import build_batches, plan_for
+from workers.batches import build_batches, plan_for, prepared_batches
 from workers.pipeline import run_search, task_layers
 
 pytestmark = pytest.mark.integration
@@ -144,8 +144,7 @@ def test_gptq_runs_the_whole_recipe_and_the_policy_says_so(digits):
     from workers.pipeline import job_quantizer
     pairs = task_layers(digits)
     plan = plan_for(digits, n_calib=DATA["n_calib"], n_eval=DATA["n_eval"])
-    calib, evals, _ = build_batches(digits, plan)
-    calib, evals = digits.task.prepare(digits.model, calib), digits.task.prepare(digits.model, evals)
+    calib, evals, _ = prepared_batches(digits, plan)
     q = job_quantizer("gptq", {"damp": 0.02}, digits, plan, [l for l, _ in pairs], [m for _, m in pairs], calib)
     ev = Evaluator(digits.model, [m for _, m in pairs], digits.task, q)
     assignment = pol.assignment()
