@@ -33,6 +33,19 @@ def test_sha256_is_the_weights_identity():
     assert weights_sha256(a) != weights_sha256(b)
 
 
+def test_digits_training_does_not_depend_on_the_thread_count():
+    before = torch.get_num_threads()
+    weights = []
+    try:
+        for threads in (2, 1):
+            torch.set_num_threads(threads)
+            weights.append(torch.cat([p.detach().flatten() for p in digits.train(epochs=2).parameters()]))
+            assert torch.get_num_threads() == threads  # training leaves the caller's setting alone
+    finally:
+        torch.set_num_threads(before)
+    assert torch.equal(weights[0], weights[1])
+
+
 def test_torchscript_source_discovers_layers_and_runs(scripted):
     lm = load_model(f"torchscript:{scripted}")
     names = [l.name for l, _ in task_layers(lm)]
