@@ -37,7 +37,7 @@ def run_model(key: str, args) -> dict:
     by_bits = {f.bits: f for f in reference_formats(st.formats)}
     uniform_budgets = {3: st.budgets[0], 4: st.budgets[2]}
     out = {"model": st.ref, "metric": metric, "layers": st.n, "calibration": st.info, "menu": menu_name(args),
-           "eval_samples": sum(st.lm.task.size(b) for b in st.evals),
+           "eval_samples": st.eval_samples,
            "float": st.lm.task.evaluate(st.lm.model, st.evals)[metric], "runs": []}
     for name in args.quantizers.split(","):
         t = time.perf_counter()

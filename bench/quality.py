@@ -61,6 +61,10 @@ class Setup:
     def n(self) -> int:
         return len(self.layers)
 
+    @property
+    def eval_samples(self) -> int:
+        return sum(self.lm.task.size(b) for b in self.evals)
+
 
 def setup_model(key: str, args) -> Setup:
     """Load, pick layers (a block subset for SmolLM2 on CPU), build batches and budgets."""
@@ -120,7 +124,7 @@ def run_model(key: str, args) -> dict:
         row["refine_seconds"] = time.perf_counter() - t
         rows.append(row)
     return {"model": ref, "metric": metric, "layers": n, "baselines": base, "rows": rows, "proxy_seconds": tsec,
-            "calibration": info, "eval_batches": len(evals), "eval_samples": sum(lm.task.size(b) for b in evals),
+            "calibration": info, "eval_batches": len(evals), "eval_samples": st.eval_samples,
             "menu": menu_name(args)}
 
 
