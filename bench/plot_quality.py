@@ -27,7 +27,7 @@ def main() -> None:
     fig, axes = plt.subplots(1, len(models), figsize=(6 * len(models), 4.5), squeeze=False)
     for ax, m in zip(axes[0], models):
         budgets = [r["budget"] for r in m["rows"]]
-        methods = [k for k in m["rows"][0] if k not in ("budget", "uniform", "refine_seconds")]
+        methods = [k for k in m["rows"][0] if k not in ("budget", "uniform", "refine_seconds", "calibration loss")]
         for k in methods:
             style = {"lw": 2.5, "color": "black"} if k.startswith("recipe") else {"lw": 1, "alpha": 0.8}
             ax.plot(budgets, [r[k] for r in m["rows"]], marker="o", label=k, **style)

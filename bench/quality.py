@@ -122,6 +122,13 @@ def run_model(key: str, args) -> dict:
         res = refine(prob, sol.choice, ev.judge(formats, calib), args.refine_evals)
         row["recipe (measured+ilp+refine)"] = ev.metrics([formats[k] for k in res.choice], evals)[metric]
         row["refine_seconds"] = time.perf_counter() - t
+        # The same policies on the calibration data the table and refine's judge were measured on:
+        # how far the additive prediction and the calibration gain carry over to held-out data.
+        base_loss = tables["measured"].diagnostics["base_loss"]
+        row["calibration loss"] = {
+            "uniform": ev.loss([nearest_uniform] * n, calib) if row["uniform"] is not None else None,
+            "measured+ilp predicted": base_loss + sol.objective, "measured+ilp": res.start_loss,
+            "recipe": res.final_loss}
         rows.append(row)
     return {"model": ref, "metric": metric, "layers": n, "baselines": base, "rows": rows, "proxy_seconds": tsec,
             "calibration": info, "eval_batches": len(evals), "eval_samples": st.eval_samples,
@@ -133,7 +140,7 @@ def print_table(res: dict) -> None:
     print(f"\n### {res['model']} — {res['metric']} ({'higher' if higher else 'lower'} is better), {res['layers']} layers, "
           f"menu {res['menu']}, {res['eval_samples']} held-out samples")
     print("baselines: " + ", ".join(f"{k} {v:.5g}" for k, v in res["baselines"].items()))
-    keys = [k for k in res["rows"][0] if k not in ("budget", "refine_seconds")]
+    keys = [k for k in res["rows"][0] if k not in ("budget", "refine_seconds", "calibration loss")]
     print("| method | " + " | ".join(f"{r['budget']:.4f} bits" for r in res["rows"]) + " |")
     print("|---|" + "---|" * len(res["rows"]))
     for k in keys:
@@ -145,6 +152,13 @@ def print_table(res: dict) -> None:
     if not higher:
         ratios = [r["recipe (measured+ilp+refine)"] / r["uniform"] for r in res["rows"] if r["uniform"]]
         print("recipe / uniform at the uniform budgets: " + ", ".join(f"{x:.3f}" for x in ratios))
+    for r in res["rows"]:
+        c = r.get("calibration loss")
+        if c:
+            vs_uniform = (f"recipe / uniform {c['recipe'] / c['uniform']:.3f} on calibration, "
+                          f"{r['recipe (measured+ilp+refine)'] / r['uniform']:.3f} held out; ") if c["uniform"] and not higher else ""
+            print(f"calibration loss at {r['budget']:.4f} bits: {vs_uniform}measured+ilp predicted "
+                  f"{c['measured+ilp predicted']:.5g}, measured {c['measured+ilp']:.5g}; recipe {c['recipe']:.5g}")
     print("proxy seconds: " + ", ".join(f"{k} {v:.1f}" for k, v in res["proxy_seconds"].items()))
 
 
