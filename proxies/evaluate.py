@@ -6,7 +6,7 @@ cached per (layer, format), so refine's many judgements and the uniform baseline
 quantization (RTN, or GPTQ, whose per-layer solve is the expensive part)."""
 from __future__ import annotations
 
-from collections.abc import Callable
+import math
 
 import numpy as np
 import torch
@@ -57,6 +57,50 @@ class Evaluator:
         with swapped(mods, ws):
             return batch_mean_loss(self.task, self.model, batches)
 
-    def judge(self, table_formats: list[Format], batches: list[Batch]) -> Callable[[np.ndarray], float]:
-        """A refine judge: choice (format index per layer) → measured calibration loss."""
-        return lambda choice: self.loss([table_formats[int(k)] for k in choice], batches)
+    def judge(self, table_formats: list[Format], batches: list[Batch], race: bool = True) -> "RacingJudge":
+        """A refine judge on ``batches``: choice (format index per layer) → measured loss."""
+        return RacingJudge(self, table_formats, batches, race)
+
+
+class RacingJudge:
+    """Refine's judge: the mean task loss of a policy, measured batch by batch.
+
+    Refine only asks "does this candidate beat the best policy so far?", and most candidates do
+    not. With ``race`` the judge stops as soon as a candidate's running loss exceeds the best
+    fully measured policy's loss on the same batches, and answers ``inf``: a loser usually shows
+    on its first batch, so a judge set several times larger than the calibration set costs about
+    one batch per rejected candidate. A candidate is only accepted after every batch, so an
+    accepted move's loss is exact; the price is that one behind early but ahead at the end is
+    rejected, an error on the side of the known policy. ``batches_run`` counts the work done."""
+
+    def __init__(self, evaluator: Evaluator, table_formats: list[Format], batches: list[Batch], race: bool = True):
+        if not batches:
+            raise ValueError("a refine judge needs at least one batch")
+        self.ev, self.formats, self.batches, self.race = evaluator, table_formats, batches, race
+        self.sizes = [evaluator.task.size(b) for b in batches]
+        self.best: list[float] | None = None  # per-batch loss sums of the best fully measured policy
+        self.batches_run = 0
+        self.stopped_early = 0
+
+    @property
+    def samples(self) -> int:
+        return sum(self.sizes)
+
+    def reset(self) -> None:
+        """Forget the best policy: refine calls this before each search (the counters stay)."""
+        self.best = None
+
+    def __call__(self, choice: np.ndarray) -> float:
+        mods, ws = self.ev._weights([self.formats[int(k)] for k in choice])
+        sums: list[float] = []
+        with swapped(mods, ws), torch.no_grad():
+            for b, s in zip(self.batches, self.sizes):
+                sums.append(float(self.ev.task.loss(self.ev.model, b)) * s)
+                self.batches_run += 1
+                if self.race and self.best is not None and len(sums) < len(self.batches) \
+                        and sum(sums) > sum(self.best[: len(sums)]):
+                    self.stopped_early += 1
+                    return math.inf
+        if self.best is None or sum(sums) < sum(self.best):
+            self.best = sums
+        return sum(sums) / self.samples

@@ -4,10 +4,15 @@ layers, which every additive allocator (HAWQ, OMPQ, ModelOpt, our ILP) ignores.
 Starting from a solved policy, moves are pairs "one group one step up, another one step down"
 (plus single steps up when slack allows) that keep every budget. The proxy only *orders* the
 candidates — near-ties first, where interactions can tip the balance; the judge (a callable that
-measures the real loss of a policy on calibration data) decides. First improvement is accepted;
-the search stops when ``max_evals`` judgements are spent or no untried move is left."""
+measures the real loss of a policy on calibration-source samples) decides. First improvement is accepted;
+the search stops when ``max_evals`` judgements are spent or no untried move is left.
+
+The judge should not read the samples the table was measured on: the table's noise then
+decides which moves look good, and gains on those samples do not carry over to held-out data.
+A judge may answer ``inf`` for a candidate it gave up on (see proxies.evaluate.RacingJudge)."""
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -74,6 +79,8 @@ def refine(problem: Problem, start: np.ndarray, judge: Judge, max_evals: int = 4
     if max_evals < 1:
         raise ValueError(f"max_evals must be >= 1, got {max_evals}")
     metric = next(iter(problem.budgets))
+    if hasattr(judge, "reset"):  # a stateful (racing) judge must not race against another search's best
+        judge.reset()
     gcur = problem.collapse(start)
     cur_loss = judge(problem.expand(gcur))
     start_loss, evals, accepted, history = cur_loss, 1, 0, []
@@ -91,7 +98,9 @@ def refine(problem: Problem, start: np.ndarray, judge: Judge, max_evals: int = 4
             tried.add(key)
             loss = judge(problem.expand(g))
             evals += 1
-            history.append({"eval": evals, "predicted_delta": pred, "measured": loss, "accepted": loss < cur_loss})
+            # a racing judge answers inf for a candidate it stopped measuring once it fell behind
+            history.append({"eval": evals, "predicted_delta": pred, "measured": loss if math.isfinite(loss) else None,
+                            "accepted": loss < cur_loss})
             if progress:
                 progress(evals, max_evals, min(cur_loss, loss))
             if loss < cur_loss:

@@ -9,12 +9,15 @@ from search.formats import FLOAT_BITS, MAX_BITS, MIN_BITS
 
 DEFAULT_PROXY = "measured"   # bitplan's recipe: measured sensitivities,
 DEFAULT_SOLVER = "ilp"       # exact allocation with a certificate,
-DEFAULT_REFINE_EVALS = 40    # then refinement judged by measured loss.
+DEFAULT_REFINE_EVALS = 300   # then refinement judged by measured loss on samples held apart
+                             # from the table's (a racing judge: most candidates cost one batch).
 # Without a forced group size the menu is every bit-width at g32, g64 and g128: finer cost steps
 # let the knapsack trade scale overhead against bits layer by layer (the uniform baselines stay
 # at g64, the reference format).
 DEFAULT_GROUP_SIZES: list[int | None] = [32, 64, 128]
 REFERENCE_GROUP = 64
+# samples of the calibration source that refine's judge reads by default, per task kind
+JUDGE_SAMPLES = {"embedding": 256, "causal_lm": 16, "classifier": 256}
 
 
 class SearchSpec(BaseModel):
@@ -32,6 +35,9 @@ class SearchSpec(BaseModel):
     solver_params: dict = Field(default_factory=dict)
     refine: bool | None = None
     refine_evals: int = DEFAULT_REFINE_EVALS
+    # refine's judge: samples of the calibration source apart from the calibration ones (None:
+    # the per-model default; 0: judge on the calibration batches themselves)
+    judge_samples: int | None = None
     calib: str | None = None
     eval: str | None = None
     n_calib: int | None = None
@@ -83,6 +89,8 @@ class SearchSpec(BaseModel):
     def _rest(self) -> "SearchSpec":
         if self.refine_evals < 1:
             raise ValueError("refine_evals must be >= 1")
+        if self.judge_samples is not None and self.judge_samples < 0:
+            raise ValueError("judge_samples must be >= 0 (0 judges refine on the calibration batches)")
         if "latency_ms" in self.budgets and not self.latency_table:
             raise ValueError("a latency_ms budget needs a per-layer latency table")
         return self

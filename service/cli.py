@@ -9,10 +9,8 @@ import argparse
 import json
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:  # the engine's imports stay lazy so --help and usage errors are instant
-    from search.spec import SearchSpec
+from search.spec import DEFAULT_REFINE_EVALS, JUDGE_SAMPLES, SearchSpec  # torch-free: --help stays instant
 
 EXIT_USAGE = 2
 
@@ -23,8 +21,9 @@ EPILOG = """examples:
   bitplan search --model builtin:minilm-l6 --budget avg_bits=3.3 --quantizer gptq --quantizer-param damp=0.01
 
 default recipe (no --proxy/--solver): measured sensitivities → exact ILP → refine judged by
-measured calibration loss. budgets: avg_bits (bits/weight incl. scales), size_bytes, bops
-(Σ macs·w_bits·a_bits), latency_ms (needs --latency-table).
+measured loss on calibration-source samples held apart from the table's.
+budgets: avg_bits (bits/weight incl. scales), size_bytes, bops (Σ macs·w_bits·a_bits),
+latency_ms (needs --latency-table).
 """
 
 
@@ -99,7 +98,12 @@ def build_parser() -> argparse.ArgumentParser:
                         "samples; default 256 sentences / 32 windows / 512 images)")
     s.add_argument("--refine", dest="refine", action="store_true", default=None, help="refine with measured loss (default with the recipe)")
     s.add_argument("--no-refine", dest="refine", action="store_false")
-    s.add_argument("--refine-evals", type=int, default=40, help="measured-loss evaluations refine may spend (default 40)")
+    s.add_argument("--refine-evals", type=int, default=DEFAULT_REFINE_EVALS,
+                   help=f"candidate policies refine may judge (default {DEFAULT_REFINE_EVALS})")
+    s.add_argument("--judge-samples", type=int, default=None, metavar="N",
+                   help="calibration-source samples, apart from the calibration ones, that judge refine's moves "
+                        "(default by model kind: " + ", ".join(f"{k} {v}" for k, v in JUDGE_SAMPLES.items())
+                        + "; 0 = the calibration samples)")
     s.add_argument("--calib", help="calibration data: wikitext2-valid | wikitext2-test | tinyshakespeare | pydoc | file:PATH (.txt/.jsonl)")
     s.add_argument("--eval", help="held-out evaluation data (same choices); never overlaps calibration")
     s.add_argument("--n-calib", type=int, help="calibration samples (sentences, token windows or images)")
@@ -150,10 +154,9 @@ def fail(message: str) -> int:
     return EXIT_USAGE
 
 
-def spec_from_args(args) -> "SearchSpec":
+def spec_from_args(args) -> SearchSpec:
     from search.budgets import parse_budget
     from search.layers import runtime_ties
-    from search.spec import SearchSpec
     budgets = dict(parse_budget(b) for b in args.budget)
     latency = None
     if args.latency_table:
@@ -165,7 +168,7 @@ def spec_from_args(args) -> "SearchSpec":
     return SearchSpec(model=args.model, budgets=budgets, bits=args.bits, **extra,
                       symmetric=args.symmetric, proxy=args.proxy, proxy_params=dict(args.proxy_param), solver=args.solver,
                       solver_params=dict(args.solver_param),
-                      refine=args.refine, refine_evals=args.refine_evals, calib=args.calib, eval=args.eval,
+                      refine=args.refine, refine_evals=args.refine_evals, judge_samples=args.judge_samples, calib=args.calib, eval=args.eval,
                       n_calib=args.n_calib, n_eval=args.n_eval, seq_len=args.seq_len, seed=args.seed,
                       ties=runtime_ties(args.runtime, [t for t in args.tie.split(",") if t]),
                       include_embeddings=args.include_embeddings,

@@ -77,6 +77,9 @@ def print_report(spec: SearchSpec, result: SearchResult, out: Path) -> None:
     out_console.print(f"predicted loss increase ({pol.predicted.proxy}): {pol.predicted.loss_increase:.5g}   "
                       f"solver {pol.solver.name}: objective {pol.solver.objective:.5g}, gap {gap}")
     if pol.refine:
-        out_console.print(f"refine: calibration loss {pol.refine['start_measured']:.5g} → {pol.refine['final_measured']:.5g} "
-                          f"({pol.refine['accepted']} moves accepted, {pol.refine['evals']} evaluations)")
+        r = pol.refine
+        judged = f"on {r['judge_samples']} samples, {r['judge_source']}" if "judge_samples" in r else "on calibration"
+        early = f", {r['stopped_early']} stopped early" if r.get("stopped_early") else ""
+        out_console.print(f"refine: judge loss ({judged}) {r['start_measured']:.5g} → {r['final_measured']:.5g} "
+                          f"({r['accepted']} moves accepted, {r['evals']} evaluations{early})")
     out_console.print("timings: " + ", ".join(f"{k} {v:.1f}s" for k, v in result.timings.items()))

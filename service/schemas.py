@@ -11,6 +11,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from search.spec import DEFAULT_REFINE_EVALS
+
 JobStatus = Literal["queued", "running", "succeeded", "failed", "cancelled"]
 TERMINAL: tuple[str, ...] = ("succeeded", "failed", "cancelled")
 PHASES: tuple[str, ...] = ("load", "calibrate", "sensitivity", "solve", "evaluate", "refine")
@@ -73,7 +75,10 @@ class JobCreate(_Strict):
     solver: str | None = Field(default=None, max_length=64, description="null = bitplan's recipe (ilp)")
     solver_params: dict[str, Any] = Field(default_factory=dict, description="parameters of the 'joint' solver")
     refine: bool | None = None
-    refine_evals: int = Field(default=40, ge=1, le=10_000)
+    refine_evals: int = Field(default=DEFAULT_REFINE_EVALS, ge=1, le=10_000)
+    judge_samples: int | None = Field(default=None, ge=0, le=65_536, description=(
+        "samples of the calibration source, apart from the calibration ones, that judge refine's moves "
+        "(null: the model's default; 0: judge on the calibration samples)"))
     calibration: Data = Field(default_factory=Data)
     evaluation: Data = Field(default_factory=Data)
     seed: int = Field(default=0, ge=0, le=2**31 - 1)

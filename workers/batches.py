@@ -9,6 +9,7 @@ import numpy as np
 import torch
 
 from proxies.tasks import Task
+from search.spec import JUDGE_SAMPLES
 from workers import digits
 from workers.data import DataError, split_sources
 from workers.sources import LoadedModel
@@ -68,6 +69,16 @@ def _other_pick(n_used: int, n: int, seed: int):
     return pick
 
 
+def _judge_pick(n_used: int, n_hessian: int, n: int, seed: int):
+    """Items neither the calibration pick nor GPTQ's Hessian pick took: refine's judge must
+    not be the data the table was fitted on (its decisions would chase that sample's noise)."""
+    def pick(count: int) -> np.ndarray:
+        taken = np.union1d(_calib_pick(n_used, seed)(count), _other_pick(n_used, n_hessian, seed)(count))
+        rest = np.setdiff1d(np.arange(count), taken)
+        return np.sort(np.random.default_rng(seed + 2).choice(rest, size=min(n, len(rest)), replace=False))
+    return pick
+
+
 def _lm_windows(tok, paras: list[str], n: int, seq_len: int, pick) -> torch.Tensor:
     ids = tok("\n\n".join(paras), return_tensors="pt", add_special_tokens=False).input_ids[0] \
         if len(paras) < 4000 else torch.cat([tok(p + "\n\n", return_tensors="pt", add_special_tokens=False).input_ids[0] for p in paras])
@@ -108,6 +119,24 @@ def hessian_batches(lm: LoadedModel, plan: DataPlan, n: int | None = None) -> tu
         cal_p, _ = split_sources(plan.calib, plan.eval)
         batches = _text_batches(lm, cal_p, n, plan, _other_pick(plan.n_calib, n, plan.seed))
     batches = [b for b in batches if Task.size(b) > 0]  # an empty remainder leaves an empty window batch
+    return batches, sum(Task.size(b) for b in batches)
+
+
+def judge_batches(lm: LoadedModel, plan: DataPlan, n: int | None = None, n_hessian: int = 0) -> tuple[list[dict], int]:
+    """Batches for refine's judge: ``n`` samples of the calibration source apart from the
+    calibration batches, from a GPTQ job's ``n_hessian`` Hessian samples and from the evaluation
+    data. Returns (batches, samples); an empty list when the source has nothing left."""
+    n = JUDGE_SAMPLES[lm.kind] if n is None else n
+    if n < 1:
+        return [], 0
+    if lm.kind == "classifier":
+        x, y = digits.split("hessian")
+        lo = max(n_hessian, len(x) - n)  # the tail of the split: the Hessian samples are its head
+        batches = [{"x": a, "y": b} for a, b in zip(x[lo:].split(plan.batch_size), y[lo:].split(plan.batch_size))]
+    else:
+        cal_p, _ = split_sources(plan.calib, plan.eval)
+        batches = _text_batches(lm, cal_p, n, plan, _judge_pick(plan.n_calib, n_hessian, n, plan.seed))
+    batches = [b for b in batches if Task.size(b) > 0]
     return batches, sum(Task.size(b) for b in batches)
 
 

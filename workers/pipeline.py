@@ -13,7 +13,7 @@ import torch
 
 from proxies.base import Proxy, ProxyContext
 from proxies.discovery import discover_layers
-from proxies.evaluate import Evaluator
+from proxies.evaluate import Evaluator, RacingJudge
 from proxies.quantizers import WeightQuantizer, build_quantizer, check_quantizer
 from proxies.registry import get_proxy
 from search.budgets import CostModel, check_budgets
@@ -25,7 +25,7 @@ from search.refine import refine
 from search.solvers import get_solver
 from search.spec import REFERENCE_GROUP, SearchSpec
 from search.table import SensitivityTable
-from workers.batches import hessian_batches, plan_for, prepared_batches
+from workers.batches import hessian_batches, judge_batches, plan_for, prepared_batches
 from workers.sources import LoadedModel, load_model
 
 PHASES = ("load", "calibrate", "sensitivity", "solve", "evaluate", "refine")
@@ -169,10 +169,15 @@ def run_search(spec: SearchSpec, progress: Progress = _noop, loaded: LoadedModel
     choice, refine_info, unrefined = solution.choice, None, None
     if spec.do_refine:
         t = time.perf_counter()
-        res = refine(problem, solution.choice, ev.judge(formats, calib), spec.refine_evals,
-                     progress=lambda i, n, best: progress("refine", i / n, f"eval {i}/{n}, best calib loss {best:.4g}"))
+        n_hessian = check_quantizer(spec.quantizer, spec.quantizer_params)["n_samples"] if spec.quantizer != "rtn" else 0
+        judge, judge_source = refine_judge(lm, plan, ev, formats, calib, spec.judge_samples, n_hessian)
+        progress("refine", 0.0, f"judge: {judge.samples} samples ({judge_source})")
+        res = refine(problem, solution.choice, judge, spec.refine_evals,
+                     progress=lambda i, n, best: progress("refine", i / n, f"eval {i}/{n}, best judge loss {best:.4g}"))
         choice, refine_info = res.choice, res.to_dict()
         refine_info.pop("history", None)
+        refine_info.update(judge_samples=judge.samples, judge_source=judge_source, judge_batches=judge.batches_run,
+                           stopped_early=judge.stopped_early)
         unrefined = solved
         solved = ev.metrics([formats[k] for k in choice], evals) if res.accepted else solved
         timings["refine"] = time.perf_counter() - t
@@ -235,6 +240,20 @@ def _run_joint(spec, lm, layers, modules, formats, space, params, calib, evals, 
         sparse_format=("structured: the pruned output channels are removed; kept channels stored dense" if space.structured
                        else "bitmask: 1 bit per weight + kept values at the layer's bits + dense scales"))
     return SearchResult(policy, None, None, baselines, timings, None)
+
+
+def refine_judge(lm: LoadedModel, plan, ev: Evaluator, formats: list[Format], calib: list[dict],
+                 judge_samples: int | None = None, n_hessian: int = 0) -> tuple[RacingJudge, str]:
+    """Refine's judge and where its samples come from: calibration-source samples apart from
+    the calibration batches (and from GPTQ's ``n_hessian`` Hessian samples), so the moves it
+    accepts are not fitted to the noise of the samples the table was measured on. With
+    ``judge_samples=0``, or when the source has nothing left, it judges on the calibration
+    batches and says so."""
+    batches, n = judge_batches(lm, plan, judge_samples, n_hessian) if judge_samples != 0 else ([], 0)
+    if n:
+        return ev.judge(formats, lm.task.prepare(lm.model, batches)), "held apart"
+    why = "judge_samples=0" if judge_samples == 0 else "the source has no samples left"
+    return ev.judge(formats, calib), f"calibration ({why})"
 
 
 def job_quantizer(name: str, params: dict, lm: LoadedModel, plan, layers, modules, calib) -> WeightQuantizer:

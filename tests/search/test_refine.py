@@ -191,3 +191,36 @@ def test_refine_random_judges(seed, max_evals, n):
     assert problem.feasible(res.choice)
     assert res.final_loss <= res.start_loss
     assert judge(res.choice) == pytest.approx(res.final_loss)
+
+
+class RacingStub(CountingJudge):
+    """Answers inf (gave up early) for any candidate worse than the best it has seen whole;
+    ``reset`` must be called before every search, as the real racing judge needs."""
+
+    def __init__(self, problem: Problem):
+        super().__init__(problem)
+        self.best: float | None = None
+        self.resets = 0
+
+    def reset(self) -> None:
+        self.best, self.resets = None, self.resets + 1
+
+    def __call__(self, choice: np.ndarray) -> float:
+        loss = super().__call__(choice)
+        if self.best is not None and loss >= self.best:
+            return float("inf")
+        self.best = loss
+        return loss
+
+
+def test_a_racing_judge_is_reset_per_search_and_its_give_ups_are_recorded():
+    problem = make_problem()
+    start = ILPSolver().solve(problem).choice
+    judge = RacingStub(problem)
+    first = refine(problem, start, judge, max_evals=40)
+    again = refine(problem, start, judge, max_evals=40)
+    assert judge.resets == 2  # without the reset the second search's start would race the first's best
+    for res in (first, again):
+        assert res.start_loss == pytest.approx(9.0) and res.final_loss == pytest.approx(5.1)
+        gave_up = [h for h in res.history if h["measured"] is None]
+        assert gave_up and not any(h["accepted"] for h in gave_up)

@@ -72,6 +72,7 @@ BAD = [
     pytest.param({"quantizer": "gptq", "quantizer_param": "damp=2"}, ["damp must be a number in (0, 1]"],
                  id="gptq-bad-damp"),
     pytest.param({"quantizer_param": "damp=0.1"}, ["quantizer 'rtn' takes no parameters"], id="rtn-with-params"),
+    pytest.param({"judge_samples": "-1"}, ["judge_samples must be >= 0"], id="negative-judge-samples"),
 ]
 
 

@@ -215,3 +215,40 @@ def test_text_hessian_batches_count_what_the_source_has_left(minilm):
     # a source with nothing left beyond the calibration samples gives nothing (the caller falls back)
     small = plan_for(minilm, "pydoc", "pydoc", n_calib=100_000, n_eval=4, seq_len=16)
     assert hessian_batches(minilm, small, 8) == ([], 0)
+
+
+def test_judge_picks_avoid_the_calibration_and_hessian_picks():
+    from workers.batches import _calib_pick, _judge_pick, _other_pick
+    for count, n_calib, n_h, n in ((71, 8, 16, 64), (1000, 32, 256, 256), (1000, 32, 0, 256), (40, 40, 8, 8)):
+        taken = set(_calib_pick(n_calib, 3)(count).tolist()) | set(_other_pick(n_calib, n_h, 3)(count).tolist())
+        judge = _judge_pick(n_calib, n_h, n, 3)(count)
+        assert len(judge) == min(n, count - len(taken)) and not taken & set(judge.tolist())
+        assert np.array_equal(judge, _judge_pick(n_calib, n_h, n, 3)(count))  # deterministic
+
+
+def test_digits_judge_data_is_apart_from_calibration_hessians_and_evaluation(digits_lm):
+    from workers.batches import hessian_batches, judge_batches
+    plan = plan_for(digits_lm)
+    calib, ev, _ = build_batches(digits_lm, plan)
+    hb, _ = hessian_batches(digits_lm, plan)
+    jb, n = judge_batches(digits_lm, plan, n_hessian=512)
+    assert n == 256 == sum(len(b["y"]) for b in jb)
+    j = _rows(torch.cat([b["x"] for b in jb]))
+    for other in (calib, ev, hb):
+        assert not j & _rows(torch.cat([b["x"] for b in other]))
+    assert judge_batches(digits_lm, plan, 0) == ([], 0)
+
+
+@pytest.mark.integration
+def test_text_judge_batches_are_apart_and_count_what_the_source_has_left(minilm):
+    from workers.batches import judge_batches
+    # wikitext: pydoc's topics repeat texts under several keys, so disjoint picks can share a text
+    plan = plan_for(minilm, "wikitext2-valid", "wikitext2-test", n_calib=8, n_eval=4, seq_len=32, seed=3)
+    jb, n = judge_batches(minilm, plan, 32)
+    assert n == 32 == sum(len(b["input_ids"]) for b in jb)
+    tok = minilm.tokenizer
+    text = lambda batches: {tok.decode(ids, skip_special_tokens=True) for b in batches for ids in b["input_ids"]}
+    calib, ev, _ = build_batches(minilm, plan)
+    assert not text(jb) & text(calib) and not text(jb) & text(ev)
+    small = plan_for(minilm, "pydoc", "pydoc", n_calib=100_000, n_eval=4, seq_len=16)
+    assert judge_batches(minilm, small, 8) == ([], 0)

@@ -95,10 +95,18 @@ def test_default_recipe_refines_and_records_it(digits):
     assert {"start_measured", "final_measured", "evals", "accepted"} <= set(info)
     assert 1 <= info["evals"] <= 8 and 0 <= info["accepted"] <= info["evals"]
     assert info["final_measured"] <= info["start_measured"]
+    # judged on training images apart from the calibration ones (and from GPTQ's Hessian ones)
+    assert info["judge_samples"] == 256 and info["judge_source"] == "held apart"
+    assert 1 <= info["judge_batches"] and 0 <= info["stopped_early"] < info["evals"]
     assert res.unrefined is not None and 0.0 <= res.unrefined["accuracy"] <= 1.0
     assert 0.0 <= pol.measured.value <= 1.0
     assert "refine" in res.timings
     assert Policy.from_json(pol.to_json()).refine == info
+
+
+def test_refine_can_judge_on_the_calibration_samples(digits):
+    info = run_search(spec(refine_evals=4, judge_samples=0), loaded=digits).policy.refine
+    assert info["judge_samples"] == DATA["n_calib"] and info["judge_source"] == "calibration (judge_samples=0)"
 
 
 def test_refine_can_be_turned_off_for_the_recipe(digits):
