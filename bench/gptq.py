@@ -28,7 +28,9 @@ from quality import add_setup_args, menu_name, run_all, setup_model  # noqa: E40
 from search.problem import Problem  # noqa: E402
 from search.refine import refine  # noqa: E402
 from search.solvers import get_solver  # noqa: E402
-from workers.pipeline import job_quantizer, reference_formats  # noqa: E402
+from search.spec import DEFAULT_REFINE_EVALS  # noqa: E402
+from workers.batches import HESSIAN_SAMPLES  # noqa: E402
+from workers.pipeline import job_quantizer, reference_formats, refine_judge  # noqa: E402
 
 
 def run_model(key: str, args) -> dict:
@@ -55,10 +57,13 @@ def run_model(key: str, args) -> dict:
         table = get_proxy("measured").compute(ctx)
         run["seconds"]["measured table"] = time.perf_counter() - t
         t = time.perf_counter()
+        judge, source = refine_judge(st.lm, st.plan, ev, st.formats, st.calib, args.judge_samples,
+                                           params.get("n_samples", HESSIAN_SAMPLES[st.lm.kind]) if name == "gptq" else 0)
+        run["judge"] = f"{judge.samples} samples ({source})"
         for b, budget in uniform_budgets.items():
             prob = Problem(table.values, st.costs, {"avg_bits": budget})
             sol = get_solver("ilp").solve(prob)
-            res = refine(prob, sol.choice, ev.judge(st.formats, st.calib), args.refine_evals)
+            res = refine(prob, sol.choice, judge, args.refine_evals)
             run[f"recipe @ {budget:.4f}"] = ev.metrics([st.formats[k] for k in res.choice], st.evals)[metric]
             run[f"recipe/uniform @ {b}-bit"] = run[f"recipe @ {budget:.4f}"] / run[f"uniform {b}-bit"]
         run["seconds"]["solve + refine + evaluate"] = time.perf_counter() - t
@@ -71,7 +76,8 @@ def run_model(key: str, args) -> dict:
 def print_table(res: dict) -> None:
     print(f"\n### {res['model']} — {res['metric']}, {res['layers']} layers, float {res['float']:.5g}, "
           f"menu {res['menu']}, {res['eval_samples']} held-out samples")
-    cols = [k for k in res["runs"][0] if k not in ("quantizer", "seconds", "record")]
+    cols = [k for k in res["runs"][0] if k not in ("quantizer", "seconds", "record", "judge")]
+    print("refine's judge: " + ", ".join(f"{r['quantizer']['method']} {r['judge']}" for r in res["runs"]))
     print("| quantizer | " + " | ".join(cols) + " | seconds (Hessians / table) |")
     print("|---|" + "---|" * (len(cols) + 1))
     for run in res["runs"]:
@@ -85,7 +91,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--models", default="minilm,smollm2")
     ap.add_argument("--quantizers", default="rtn,gptq")
-    ap.add_argument("--refine-evals", type=int, default=40)
+    ap.add_argument("--refine-evals", type=int, default=DEFAULT_REFINE_EVALS)
     add_setup_args(ap, smollm_blocks="0-3")
     ap.add_argument("--hessian-samples", type=int, help="GPTQ Hessian samples (default: the task kind's, see "
                                                           "workers.batches.HESSIAN_SAMPLES)")

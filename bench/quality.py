@@ -30,7 +30,8 @@ from search.problem import Problem  # noqa: E402
 from search.refine import refine  # noqa: E402
 from search.solvers import get_solver  # noqa: E402
 from workers.batches import plan_for, prepared_batches  # noqa: E402
-from workers.pipeline import reference_formats, task_layers  # noqa: E402
+from search.spec import DEFAULT_REFINE_EVALS  # noqa: E402
+from workers.pipeline import reference_formats, refine_judge, task_layers  # noqa: E402
 from workers.sources import load_model  # noqa: E402
 
 MODELS = {"minilm": "builtin:minilm-l6", "smollm2": "builtin:smollm2-135m", "digits": "builtin:digits-cnn"}
@@ -106,6 +107,7 @@ def run_model(key: str, args) -> dict:
         tables[name] = get_proxy(name, **params).compute(ctx)
         tsec[name] = time.perf_counter() - t
         print(f"  [{key}] {name}: {tsec[name]:.1f}s", file=sys.stderr)
+    judge, judge_source = refine_judge(lm, st.plan, ev, formats, calib, args.judge_samples)
     methods = [(p, "ilp") for p in PROXY_PARAMS] + [("orthogonality", "lp"), ("measured", "convex")]
     for budget in budgets:
         nearest_uniform = min(reference_formats(formats),
@@ -119,26 +121,30 @@ def run_model(key: str, args) -> dict:
         prob = Problem(tables["measured"].values, costs, {"avg_bits": budget})
         sol = get_solver("ilp").solve(prob)
         t = time.perf_counter()
-        res = refine(prob, sol.choice, ev.judge(formats, calib), args.refine_evals)
+        res = refine(prob, sol.choice, judge, args.refine_evals)
         row["recipe (measured+ilp+refine)"] = ev.metrics([formats[k] for k in res.choice], evals)[metric]
         row["refine_seconds"] = time.perf_counter() - t
-        # The same policies on the calibration data the table and refine's judge were measured on:
-        # how far the additive prediction and the calibration gain carry over to held-out data.
+        # The same policies on the calibration data the table was measured on, and on refine's
+        # judge samples: how far the additive prediction and each gain carry over to held-out data.
         base_loss = tables["measured"].diagnostics["base_loss"]
         row["calibration loss"] = {
             "uniform": ev.loss([nearest_uniform] * n, calib) if row["uniform"] is not None else None,
-            "measured+ilp predicted": base_loss + sol.objective, "measured+ilp": res.start_loss,
-            "recipe": res.final_loss}
+            "measured+ilp predicted": base_loss + sol.objective,
+            "measured+ilp": ev.loss([formats[k] for k in sol.choice], calib),
+            "recipe": ev.loss([formats[k] for k in res.choice], calib),
+            "judge: measured+ilp": res.start_loss, "judge: recipe": res.final_loss,
+            "refine accepted": res.accepted}
         rows.append(row)
     return {"model": ref, "metric": metric, "layers": n, "baselines": base, "rows": rows, "proxy_seconds": tsec,
             "calibration": info, "eval_batches": len(evals), "eval_samples": st.eval_samples,
-            "menu": menu_name(args)}
+            "menu": menu_name(args), "judge": {"samples": judge.samples, "source": judge_source}}
 
 
 def print_table(res: dict) -> None:
     higher = res["metric"] == "accuracy"
     print(f"\n### {res['model']} — {res['metric']} ({'higher' if higher else 'lower'} is better), {res['layers']} layers, "
-          f"menu {res['menu']}, {res['eval_samples']} held-out samples")
+          f"menu {res['menu']}, {res['eval_samples']} held-out samples, refine judged on "
+          f"{res['judge']['samples']} samples ({res['judge']['source']})")
     print("baselines: " + ", ".join(f"{k} {v:.5g}" for k, v in res["baselines"].items()))
     keys = [k for k in res["rows"][0] if k not in ("budget", "refine_seconds", "calibration loss")]
     print("| method | " + " | ".join(f"{r['budget']:.4f} bits" for r in res["rows"]) + " |")
@@ -158,14 +164,16 @@ def print_table(res: dict) -> None:
             vs_uniform = (f"recipe / uniform {c['recipe'] / c['uniform']:.3f} on calibration, "
                           f"{r['recipe (measured+ilp+refine)'] / r['uniform']:.3f} held out; ") if c["uniform"] and not higher else ""
             print(f"calibration loss at {r['budget']:.4f} bits: {vs_uniform}measured+ilp predicted "
-                  f"{c['measured+ilp predicted']:.5g}, measured {c['measured+ilp']:.5g}; recipe {c['recipe']:.5g}")
+                  f"{c['measured+ilp predicted']:.5g}, measured {c['measured+ilp']:.5g}; recipe {c['recipe']:.5g}; "
+                  f"on the judge's samples {c['judge: measured+ilp']:.5g} → {c['judge: recipe']:.5g} "
+                  f"({c['refine accepted']} moves accepted)")
     print("proxy seconds: " + ", ".join(f"{k} {v:.1f}" for k, v in res["proxy_seconds"].items()))
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--models", default="minilm,digits")
-    ap.add_argument("--refine-evals", type=int, default=40)
+    ap.add_argument("--refine-evals", type=int, default=DEFAULT_REFINE_EVALS)
     add_setup_args(ap, smollm_blocks="")
     ap.add_argument("--hutchinson-probes", type=int, default=16)
     ap.add_argument("--out", type=Path, default=Path("bench/results/quality.json"))
@@ -181,6 +189,8 @@ def add_setup_args(ap: argparse.ArgumentParser, smollm_blocks: str) -> None:
     ap.add_argument("--n-calib", type=int, help=f"calibration samples of every text model (bench defaults: {DATA})")
     ap.add_argument("--n-eval", type=int, help="held-out samples of every text model")
     ap.add_argument("--seq-len", type=int, help="tokens per sample of every text model")
+    ap.add_argument("--judge-samples", type=int, help="samples held apart for refine's judge (default: the "
+                                                      "pipeline's per-kind default; 0 = the calibration samples)")
 
 
 def menu_name(args) -> str:
