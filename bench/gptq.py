@@ -28,7 +28,7 @@ from quality import add_setup_args, menu_name, run_all, setup_model  # noqa: E40
 from search.problem import Problem  # noqa: E402
 from search.refine import refine  # noqa: E402
 from search.solvers import get_solver  # noqa: E402
-from search.spec import DEFAULT_REFINE_EVALS  # noqa: E402
+from search.defaults import DEFAULT_REFINE_EVALS  # noqa: E402
 from workers.batches import HESSIAN_SAMPLES  # noqa: E402
 from workers.pipeline import job_quantizer, reference_formats, refine_judge  # noqa: E402
 

@@ -30,7 +30,7 @@ from search.problem import Problem  # noqa: E402
 from search.refine import refine  # noqa: E402
 from search.solvers import get_solver  # noqa: E402
 from workers.batches import plan_for, prepared_batches  # noqa: E402
-from search.spec import DEFAULT_REFINE_EVALS  # noqa: E402
+from search.defaults import DEFAULT_REFINE_EVALS  # noqa: E402
 from workers.pipeline import reference_formats, refine_judge, task_layers  # noqa: E402
 from workers.sources import load_model  # noqa: E402
 

@@ -5,19 +5,17 @@ from __future__ import annotations
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from search.budgets import METRICS
+from search.defaults import DEFAULT_REFINE_EVALS, JUDGE_SAMPLES  # noqa: F401 (re-exported)
 from search.formats import FLOAT_BITS, MAX_BITS, MIN_BITS
 
 DEFAULT_PROXY = "measured"   # bitplan's recipe: measured sensitivities,
 DEFAULT_SOLVER = "ilp"       # exact allocation with a certificate,
-DEFAULT_REFINE_EVALS = 300   # then refinement judged by measured loss on samples held apart
-                             # from the table's (a racing judge: most candidates cost one batch).
+# then refinement judged by measured loss on samples held apart from the table's (search/defaults.py)
 # Without a forced group size the menu is every bit-width at g32, g64 and g128: finer cost steps
 # let the knapsack trade scale overhead against bits layer by layer (the uniform baselines stay
 # at g64, the reference format).
 DEFAULT_GROUP_SIZES: list[int | None] = [32, 64, 128]
 REFERENCE_GROUP = 64
-# samples of the calibration source that refine's judge reads by default, per task kind
-JUDGE_SAMPLES = {"embedding": 256, "causal_lm": 16, "classifier": 256}
 
 
 class SearchSpec(BaseModel):

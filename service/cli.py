@@ -9,8 +9,12 @@ import argparse
 import json
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from search.spec import DEFAULT_REFINE_EVALS, JUDGE_SAMPLES, SearchSpec  # torch-free: --help stays instant
+from search.defaults import DEFAULT_REFINE_EVALS, JUDGE_SAMPLES
+
+if TYPE_CHECKING:  # the engine's imports stay lazy so --help and usage errors are instant
+    from search.spec import SearchSpec
 
 EXIT_USAGE = 2
 
@@ -154,9 +158,10 @@ def fail(message: str) -> int:
     return EXIT_USAGE
 
 
-def spec_from_args(args) -> SearchSpec:
+def spec_from_args(args) -> "SearchSpec":
     from search.budgets import parse_budget
     from search.layers import runtime_ties
+    from search.spec import SearchSpec
     budgets = dict(parse_budget(b) for b in args.budget)
     latency = None
     if args.latency_table:

@@ -11,7 +11,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from search.spec import DEFAULT_REFINE_EVALS
+from search.defaults import DEFAULT_REFINE_EVALS
 
 JobStatus = Literal["queued", "running", "succeeded", "failed", "cancelled"]
 TERMINAL: tuple[str, ...] = ("succeeded", "failed", "cancelled")

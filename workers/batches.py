@@ -9,7 +9,7 @@ import numpy as np
 import torch
 
 from proxies.tasks import Task
-from search.spec import JUDGE_SAMPLES
+from search.defaults import JUDGE_SAMPLES
 from workers import digits
 from workers.data import DataError, split_sources
 from workers.sources import LoadedModel

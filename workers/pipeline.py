@@ -25,7 +25,7 @@ from search.refine import refine
 from search.solvers import get_solver
 from search.spec import REFERENCE_GROUP, SearchSpec
 from search.table import SensitivityTable
-from workers.batches import hessian_batches, judge_batches, plan_for, prepared_batches
+from workers.batches import HESSIAN_SAMPLES, hessian_batches, judge_batches, plan_for, prepared_batches
 from workers.sources import LoadedModel, load_model
 
 PHASES = ("load", "calibrate", "sensitivity", "solve", "evaluate", "refine")
@@ -169,7 +169,10 @@ def run_search(spec: SearchSpec, progress: Progress = _noop, loaded: LoadedModel
     choice, refine_info, unrefined = solution.choice, None, None
     if spec.do_refine:
         t = time.perf_counter()
-        n_hessian = check_quantizer(spec.quantizer, spec.quantizer_params)["n_samples"] if spec.quantizer != "rtn" else 0
+        n_hessian = 0
+        if spec.quantizer != "rtn":
+            given = check_quantizer(spec.quantizer, spec.quantizer_params)["n_samples"]
+            n_hessian = HESSIAN_SAMPLES[lm.kind] if given is None else given
         judge, judge_source = refine_judge(lm, plan, ev, formats, calib, spec.judge_samples, n_hessian)
         progress("refine", 0.0, f"judge: {judge.samples} samples ({judge_source})")
         res = refine(problem, solution.choice, judge, spec.refine_evals,
