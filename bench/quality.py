@@ -73,7 +73,8 @@ def setup_model(key: str, args) -> Setup:
     torch.manual_seed(0)
     lm = load_model(ref)
     given = {"n_calib": args.n_calib, "n_eval": args.n_eval, "seq_len": args.seq_len}
-    plan = plan_for(lm, **{**DATA.get(key, {}), **{k: v for k, v in given.items() if v}}) if key in DATA else plan_for(lm)
+    plan = plan_for(lm, **{**DATA.get(key, {}), **{k: v for k, v in given.items() if v}}, seed=args.seed) if key in DATA \
+        else plan_for(lm, seed=args.seed)
     pairs = task_layers(lm)
     if key == "smollm2" and args.smollm_blocks:
         lo, hi = (int(x) for x in args.smollm_blocks.split("-"))
@@ -189,6 +190,7 @@ def add_setup_args(ap: argparse.ArgumentParser, smollm_blocks: str) -> None:
     ap.add_argument("--n-calib", type=int, help=f"calibration samples of every text model (bench defaults: {DATA})")
     ap.add_argument("--n-eval", type=int, help="held-out samples of every text model")
     ap.add_argument("--seq-len", type=int, help="tokens per sample of every text model")
+    ap.add_argument("--seed", type=int, default=0, help="data seed: which calibration and judge samples are drawn")
     ap.add_argument("--judge-samples", type=int, help="samples held apart for refine's judge (default: the "
                                                       "pipeline's per-kind default; 0 = the calibration samples)")
 
