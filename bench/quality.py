@@ -190,7 +190,8 @@ def add_setup_args(ap: argparse.ArgumentParser, smollm_blocks: str) -> None:
     ap.add_argument("--n-calib", type=int, help=f"calibration samples of every text model (bench defaults: {DATA})")
     ap.add_argument("--n-eval", type=int, help="held-out samples of every text model")
     ap.add_argument("--seq-len", type=int, help="tokens per sample of every text model")
-    ap.add_argument("--seed", type=int, default=0, help="data seed: which calibration and judge samples are drawn")
+    ap.add_argument("--seed", type=int, default=0, help="data seed of the text models: which calibration and judge samples "
+                                                              "are drawn (digits' splits are fixed)")
     ap.add_argument("--judge-samples", type=int, help="samples held apart for refine's judge (default: the "
                                                       "pipeline's per-kind default; 0 = the calibration samples)")
 

@@ -45,6 +45,9 @@ def add_commands(sub, bits_type, group_type, kv_type) -> None:
                    help="gptq parameter: damp, act_order, block_size, n_samples")
     s.add_argument("--refine", dest="refine", action="store_true", default=None)
     s.add_argument("--no-refine", dest="refine", action="store_false")
+    s.add_argument("--refine-evals", type=int, help="candidate policies refine may judge (server default when not given)")
+    s.add_argument("--judge-samples", type=int, metavar="N",
+                   help="calibration-source samples apart from the calibration ones that judge refine (0 = the calibration samples)")
     s.add_argument("--calib", help="builtin corpus name, or @FILE to upload a text file")
     s.add_argument("--eval", help="builtin corpus name, or @FILE to upload a text file")
     s.add_argument("--n-calib", type=int)
@@ -168,7 +171,8 @@ def _submit(c, args) -> int:
                        proxy=args.proxy, proxy_params=dict(args.proxy_param) or None, solver=args.solver,
                        solver_params=dict(args.solver_param) or None, runtime=args.runtime,
                        quantizer=args.quantizer, quantizer_params=dict(args.quantizer_param) or None,
-                       refine=args.refine, calibration=calib or None, evaluation=evaluation or None, seed=args.seed,
+                       refine=args.refine, refine_evals=args.refine_evals, judge_samples=args.judge_samples,
+                       calibration=calib or None, evaluation=evaluation or None, seed=args.seed,
                        ties=[t for t in args.tie.split(",") if t] or None)
     except ValidationError as e:
         err = e.errors()[0]

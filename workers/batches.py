@@ -132,7 +132,8 @@ def judge_batches(lm: LoadedModel, plan: DataPlan, n: int | None = None, n_hessi
     if lm.kind == "classifier":
         x, y = digits.split("hessian")
         lo = max(n_hessian, len(x) - n)  # the tail of the split: the Hessian samples are its head
-        batches = [{"x": a, "y": b} for a, b in zip(x[lo:].split(plan.batch_size), y[lo:].split(plan.batch_size))]
+        bs = min(plan.batch_size, 64)  # several batches, so the racing judge can stop a loser early
+        batches = [{"x": a, "y": b} for a, b in zip(x[lo:].split(bs), y[lo:].split(bs))]
     else:
         cal_p, _ = split_sources(plan.calib, plan.eval)
         batches = _text_batches(lm, cal_p, n, plan, _judge_pick(plan.n_calib, n_hessian, n, plan.seed))

@@ -285,6 +285,16 @@ def test_cli_submit_wait_status_policy(server, digits_id, tmp_path):
     assert down.returncode == 1 and "cannot reach" in down.stderr
 
 
+def test_remote_cli_sets_refine_and_its_judge(server, digits_id, tmp_path):
+    """--refine-evals and --judge-samples travel CLI → API → Ray worker → the policy's refine record."""
+    out = tmp_path / "r.json"
+    r = _cli(server, "submit", "--model", digits_id, "--budget", "avg_bits=3.5", "--refine-evals", "5",
+             "--judge-samples", "128", "--n-calib", "64", "--wait", "--out", str(out))
+    assert r.returncode == 0, r.stderr
+    info = json.loads(out.read_text())["refine"]
+    assert info["judge_samples"] == 128 and info["judge_source"] == "held apart" and 1 <= info["evals"] <= 5
+
+
 def test_gptq_job_through_the_service(server, digits_id, tmp_path):
     """quantizer=gptq runs in the Ray worker (Hessians from the job's calibration data); the
     policy records it, its table is cached apart from RTN tables, and exports carry it."""

@@ -97,7 +97,8 @@ def test_default_recipe_refines_and_records_it(digits):
     assert info["final_measured"] <= info["start_measured"]
     # judged on training images apart from the calibration ones (and from GPTQ's Hessian ones)
     assert info["judge_samples"] == 256 and info["judge_source"] == "held apart"
-    assert 1 <= info["judge_batches"] and 0 <= info["stopped_early"] < info["evals"]
+    # 4 judge batches of 64 images: the racing judge stops some losing candidates early
+    assert info["judge_batches"] < 4 * info["evals"] and 0 < info["stopped_early"] < info["evals"]
     assert res.unrefined is not None and 0.0 <= res.unrefined["accuracy"] <= 1.0
     assert 0.0 <= pol.measured.value <= 1.0
     assert "refine" in res.timings
