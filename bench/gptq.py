@@ -29,7 +29,6 @@ from search.problem import Problem  # noqa: E402
 from search.refine import refine  # noqa: E402
 from search.solvers import get_solver  # noqa: E402
 from search.defaults import DEFAULT_REFINE_EVALS  # noqa: E402
-from workers.batches import HESSIAN_SAMPLES  # noqa: E402
 from workers.pipeline import job_quantizer, reference_formats, refine_judge  # noqa: E402
 
 
@@ -57,8 +56,7 @@ def run_model(key: str, args) -> dict:
         table = get_proxy("measured").compute(ctx)
         run["seconds"]["measured table"] = time.perf_counter() - t
         t = time.perf_counter()
-        judge, source = refine_judge(st.lm, st.plan, ev, st.formats, st.calib, args.judge_samples,
-                                           params.get("n_samples", HESSIAN_SAMPLES[st.lm.kind]) if name == "gptq" else 0)
+        judge, source = refine_judge(st.lm, st.plan, ev, st.formats, st.calib, args.judge_samples)
         run["judge"] = f"{judge.samples} samples ({source})"
         for b, budget in uniform_budgets.items():
             prob = Problem(table.values, st.costs, {"avg_bits": budget})

@@ -51,6 +51,12 @@ class WeightQuantizer(ABC):
         """What a policy says about the quantizer it assumes (DESIGN §2 ``quantizer``)."""
         return {"method": self.method}
 
+    @property
+    def apart_samples(self) -> int:
+        """Calibration-source samples it read beyond the calibration batches (GPTQ's Hessian
+        data), which other held-apart data such as refine's judge must avoid."""
+        return 0
+
 
 class RTNQuantizer(WeightQuantizer):
     method = "rtn"
@@ -100,6 +106,10 @@ class GPTQQuantizer(WeightQuantizer):
         fs = self._factor(i)
         rows = w2d.shape[0] // len(fs)
         return torch.cat([gptq(w2d[j * rows:(j + 1) * rows], f, fmt, self.block_size) for j, f in enumerate(fs)])
+
+    @property
+    def apart_samples(self) -> int:
+        return self.samples if self.disjoint else 0
 
     def key(self) -> dict:
         return {"method": self.method, "damp": self.damp, "act_order": self.act_order, "block_size": self.block_size,

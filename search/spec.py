@@ -5,7 +5,7 @@ from __future__ import annotations
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from search.budgets import METRICS
-from search.defaults import DEFAULT_REFINE_EVALS, JUDGE_SAMPLES  # noqa: F401 (re-exported)
+from search.defaults import DEFAULT_REFINE_EVALS
 from search.formats import FLOAT_BITS, MAX_BITS, MIN_BITS
 
 DEFAULT_PROXY = "measured"   # bitplan's recipe: measured sensitivities,

@@ -25,7 +25,7 @@ from search.refine import refine
 from search.solvers import get_solver
 from search.spec import REFERENCE_GROUP, SearchSpec
 from search.table import SensitivityTable
-from workers.batches import HESSIAN_SAMPLES, hessian_batches, judge_batches, plan_for, prepared_batches
+from workers.batches import hessian_batches, judge_batches, plan_for, prepared_batches
 from workers.sources import LoadedModel, load_model
 
 PHASES = ("load", "calibrate", "sensitivity", "solve", "evaluate", "refine")
@@ -169,11 +169,7 @@ def run_search(spec: SearchSpec, progress: Progress = _noop, loaded: LoadedModel
     choice, refine_info, unrefined = solution.choice, None, None
     if spec.do_refine:
         t = time.perf_counter()
-        n_hessian = 0
-        if spec.quantizer != "rtn":
-            given = check_quantizer(spec.quantizer, spec.quantizer_params)["n_samples"]
-            n_hessian = HESSIAN_SAMPLES[lm.kind] if given is None else given
-        judge, judge_source = refine_judge(lm, plan, ev, formats, calib, spec.judge_samples, n_hessian)
+        judge, judge_source = refine_judge(lm, plan, ev, formats, calib, spec.judge_samples)
         progress("refine", 0.0, f"judge: {judge.samples} samples ({judge_source})")
         res = refine(problem, solution.choice, judge, spec.refine_evals,
                      progress=lambda i, n, best: progress("refine", i / n, f"eval {i}/{n}, best judge loss {best:.4g}"))
@@ -246,13 +242,14 @@ def _run_joint(spec, lm, layers, modules, formats, space, params, calib, evals, 
 
 
 def refine_judge(lm: LoadedModel, plan, ev: Evaluator, formats: list[Format], calib: list[dict],
-                 judge_samples: int | None = None, n_hessian: int = 0) -> tuple[RacingJudge, str]:
+                 judge_samples: int | None = None) -> tuple[RacingJudge, str]:
     """Refine's judge and where its samples come from: calibration-source samples apart from
-    the calibration batches (and from GPTQ's ``n_hessian`` Hessian samples), so the moves it
-    accepts are not fitted to the noise of the samples the table was measured on. With
-    ``judge_samples=0``, or when the source has nothing left, it judges on the calibration
+    the calibration batches (and from the Hessian samples of the evaluator's GPTQ quantizer), so
+    the moves it accepts are not fitted to the noise of the samples the table was measured on.
+    With ``judge_samples=0``, or when the source has nothing left, it judges on the calibration
     batches and says so."""
-    batches, n = judge_batches(lm, plan, judge_samples, n_hessian) if judge_samples != 0 else ([], 0)
+    apart = ev.cache.quantizer.apart_samples
+    batches, n = judge_batches(lm, plan, judge_samples, apart) if judge_samples != 0 else ([], 0)
     if n:
         return ev.judge(formats, lm.task.prepare(lm.model, batches)), "held apart"
     why = "judge_samples=0" if judge_samples == 0 else "the source has no samples left"
