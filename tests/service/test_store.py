@@ -130,3 +130,52 @@ def test_tables_are_stored_once_per_key(store):
     b = store.put_table("t" * 64, MODEL["id"], {"proxy": "measured", "values": [[1.0]]})
     assert a == b and store.get_table(a).data["values"] == [[0.0]]
     assert store.table_by_key("t" * 64).id == a
+
+
+def test_two_servers_one_database_release_only_their_own_jobs(db_url):
+    """Two servers (two Stores, two owners) on one database: the one that shuts down puts back
+    its own running job; the other's job keeps running and its success is recorded."""
+    migrate(db_url)
+    a, b = Store(db_url), Store(db_url)
+    try:
+        a.add_model(MODEL)
+        ja, jb = _job(a)[0], _job(a)[0]
+        assert [j.id for j in a.claim("server-a", 1)] == [ja.id]
+        assert [j.id for j in b.claim("server-b", 1)] == [jb.id]
+        assert a.release("server-a", max_attempts=3) == [(ja.id, "requeued")]
+        assert a.get_job(ja.id).status == "queued" and a.get_job(ja.id).owner is None
+        assert b.get_job(jb.id).status == "running" and b.get_job(jb.id).owner == "server-b"
+        assert b.succeed(jb.id, "server-b", [{"p": 1}], {"solve": 0.1}, None, False)
+        done = b.get_job(jb.id)
+        assert done.status == "succeeded" and b.job_with_policies(jb.id)[1]
+        # a's stale result for the job it released is refused and writes no policy
+        assert not a.succeed(ja.id, "server-a", [{"p": 2}], {}, None, False)
+        assert a.get_job(ja.id).status == "queued" and a.job_with_policies(ja.id)[1] == []
+        # and a later release by a finds nothing of b's
+        assert a.release("server-a", max_attempts=3) == []
+    finally:
+        a.engine.dispose()
+        b.engine.dispose()
+
+
+def test_succeed_is_a_guarded_transition(store):
+    """succeed() wins only on (running, this owner): not for another owner, not after a cancel
+    finished the job, not twice."""
+    job = _job(store)[0]
+    store.claim("me", 1)
+    assert not store.succeed(job.id, "someone-else", [{"p": 1}], {}, None, False)
+    assert store.succeed(job.id, "me", [{"p": 1}], {"solve": 1.0}, "t1", True)
+    assert not store.succeed(job.id, "me", [{"p": 2}], {}, None, False)
+    row, pids = store.job_with_policies(job.id)
+    assert row.status == "succeeded" and len(pids) == 1 and row.sensitivity_cached and row.timings == {"solve": 1.0}
+    assert [e.status for e in store.events(job.id)] == ["queued", "running", "succeeded"]
+    other = _job(store)[0]
+    store.claim("me", 1)
+    assert store.cancelled(other.id, "me", "cancelled")
+    assert not store.succeed(other.id, "me", [{"p": 1}], {}, None, False)
+    assert store.get_job(other.id).status == "cancelled" and store.job_with_policies(other.id)[1] == []
+
+
+def test_recover_refuses_a_lease_that_would_take_live_jobs(store):
+    with pytest.raises(ValueError, match="positive"):
+        store.recover("", lease_seconds=-3600, max_attempts=3)
