@@ -20,6 +20,7 @@ from proxies.quantizers import RTNQuantizer, WeightQuantizer
 from proxies.tasks import Batch, Task
 from search.formats import Format
 from search.layers import LayerInfo
+from search.params import proxy_defaults, proxy_params
 from search.table import SensitivityTable
 
 Progress = Callable[[float, str], None]
@@ -63,14 +64,13 @@ class Proxy(ABC):
     chunkable: bool = False
 
     def __init__(self, **params):
-        unknown = set(params) - set(self.defaults())
-        if unknown:
-            raise ValueError(f"proxy {self.name!r} has no parameter {sorted(unknown)[0]!r}; it takes {sorted(self.defaults())}")
-        self.params = {**self.defaults(), **params}
+        # typed and range-checked in search.params, so the API and CLI refuse the same input
+        # without torch, and a proxy never sees a string where it computes with a number
+        self.params = proxy_params(self.name, params)
 
     @classmethod
     def defaults(cls) -> dict:
-        return {}
+        return proxy_defaults(cls.name)
 
     def compute(self, ctx: ProxyContext) -> SensitivityTable:
         t0 = time.perf_counter()

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import time
 from pathlib import Path
 
@@ -23,12 +22,13 @@ from proxies.evaluate import Evaluator
 from proxies.primitives import compute_primitives
 from search.budgets import CostModel
 from search.evolve import EvolveParams, Program, evolve, predict, program_json, rank_corr, sample_policies, scores, split
+from search.params import PROGRAM_NAME, check_proxy_model, evolved_store_dir, stored_program
 
-NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+NAME = PROGRAM_NAME
 
 
 def store_dir() -> Path:
-    return Path(os.environ.get("BITPLAN_EVOLVED_DIR") or Path.home() / ".cache" / "bitplan" / "evolved")
+    return evolved_store_dir()
 
 
 def save_program(name: str, doc: str) -> Path:
@@ -43,54 +43,15 @@ def save_program(name: str, doc: str) -> Path:
 
 
 def load_program(name: str) -> tuple[Program, dict]:
-    if not NAME.match(name or ""):
-        raise ValueError(f"evolved proxy name {name!r} is not valid")
-    path = store_dir() / f"{name}.json"
-    if not path.is_file():
-        known = sorted(p.stem for p in store_dir().glob("*.json")) if store_dir().is_dir() else []
-        raise ValueError(f"no stored evolved proxy {name!r}; known: {', '.join(known) or 'none yet'} "
-                         f"(evolve one with proxy 'evolved' and no program)")
-    doc = json.loads(path.read_text())
+    doc = json.loads(stored_program(name).read_text())
     return Program.from_dict(doc["program"]), doc
 
 
 class EvolvedProxy(Proxy):
     name = "evolved"
 
-    @classmethod
-    def defaults(cls) -> dict:
-        return {"program": None, "name": None, "n_policies": 50, "population": 32, "generations": 12,
-                "samples": 512, "holdout": 0.3, "max_depth": 4, "gradient_samples": 32}
-
-    def __init__(self, **params):
-        super().__init__(**params)
-        p = self.params
-        if p["program"] is not None:
-            load_program(p["program"])  # fail before any work when the name is unknown
-            return
-        if p["name"] is not None and not NAME.match(str(p["name"])):
-            raise ValueError(f"evolved: name {p['name']!r}: use letters, digits, '_', '.', '-' (at most 64)")
-        if not 8 <= int(p["n_policies"]) <= 5000:
-            raise ValueError(f"evolved: n_policies={p['n_policies']}: use 8..5000 ground-truth policies")
-        if not 16 <= int(p["samples"]) <= 65536:
-            raise ValueError(f"evolved: samples={p['samples']}: use 16..65536 elements per layer")
-        if int(p["gradient_samples"]) < 1:
-            raise ValueError("evolved: gradient_samples must be >= 1")
-        EvolveParams(population=int(p["population"]), generations=int(p["generations"]),
-                     max_depth=int(p["max_depth"]), tournament=min(4, max(2, int(p["population"])))).check()
-        split(int(p["n_policies"]), float(p["holdout"]), 0)
-
     def check_model(self, n_layers: int, n_formats: int) -> None:
-        """Errors that need the model: too few layers, more policies than exist."""
-        if self.params["program"] is not None:
-            return
-        if n_layers < 2:
-            raise ValueError(f"evolved: the model has {n_layers} quantizable layer(s); evolution ranks policies and "
-                             "needs at least 2")
-        distinct = n_formats ** n_layers
-        if self.params["n_policies"] > distinct:
-            raise ValueError(f"evolved: n_policies={self.params['n_policies']} is more than the {distinct} distinct "
-                             f"policies of {n_layers} layers × {n_formats} formats")
+        check_proxy_model(self.name, self.params, n_layers, n_formats)
 
     def _compute(self, ctx: ProxyContext):
         p = self.params

@@ -48,15 +48,6 @@ def fisher_term(f_ii: torch.Tensor, w_new: torch.Tensor, w: torch.Tensor) -> flo
 class FisherProxy(Proxy):
     name = "fisher"
 
-    @classmethod
-    def defaults(cls) -> dict:
-        return {"max_samples": 64}
-
-    def __init__(self, **params):
-        super().__init__(**params)
-        if self.params["max_samples"] < 1:
-            raise ValueError("fisher needs max_samples >= 1")
-
     def diagonal(self, ctx: ProxyContext) -> tuple[list[torch.Tensor], int]:
         """Mean squared per-sample gradient of every layer weight, and the samples used."""
         _, sq, n = gradient_moments(ctx, self.params["max_samples"], report=True)

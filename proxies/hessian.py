@@ -18,16 +18,6 @@ from proxies.base import Proxy, ProxyContext, quant_error_sq, requiring_grad
 class HessianTraceProxy(Proxy):
     name = "hessian_trace"
 
-    @classmethod
-    def defaults(cls) -> dict:
-        return {"tol": 0.1, "min_probes": 8, "max_probes": 64, "floor": 1e-3}
-
-    def __init__(self, **params):
-        super().__init__(**params)
-        p = self.params
-        if not (0 < p["tol"] < 1) or p["min_probes"] < 2 or p["max_probes"] < p["min_probes"]:
-            raise ValueError("hessian_trace needs 0 < tol < 1 and 2 <= min_probes <= max_probes")
-
     def traces(self, ctx: ProxyContext) -> tuple[np.ndarray, np.ndarray, int]:
         """Per-layer Hessian trace estimates, their standard errors, and probes used."""
         params = [m.weight for m in ctx.modules]

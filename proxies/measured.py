@@ -21,16 +21,6 @@ class MeasuredProxy(Proxy):
     name = "measured"
     chunkable = True
 
-    @classmethod
-    def defaults(cls) -> dict:
-        return {"layers": None, "context": None}
-
-    def __init__(self, **params):
-        super().__init__(**params)
-        rows = self.params["layers"]
-        if rows is not None and (not isinstance(rows, list) or not all(isinstance(r, int) and r >= 0 for r in rows)):
-            raise ValueError("measured: 'layers' must be a list of layer indices")
-
     def _context_format(self, ctx: ProxyContext):
         label = self.params["context"]
         if label is None:

@@ -16,15 +16,6 @@ from search.formats import FLOAT_BITS, storage_bits
 class OrthogonalityProxy(Proxy):
     name = "orthogonality"
 
-    @classmethod
-    def defaults(cls) -> dict:
-        return {"beta": 1.0, "samples": 32}
-
-    def __init__(self, **params):
-        super().__init__(**params)
-        if self.params["beta"] <= 0 or self.params["samples"] < 2:
-            raise ValueError("orthogonality needs beta > 0 and samples >= 2")
-
     def grams(self, ctx) -> list[np.ndarray]:
         grams: dict[int, torch.Tensor] = {}
 

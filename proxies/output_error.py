@@ -14,15 +14,6 @@ from proxies.base import Proxy, require_hooks
 class OutputErrorProxy(Proxy):
     name = "output_error"
 
-    @classmethod
-    def defaults(cls) -> dict:
-        return {"max_rows": 4096, "chunk": 16}
-
-    def __init__(self, **params):
-        super().__init__(**params)
-        if self.params["max_rows"] < 1 or self.params["chunk"] < 1:
-            raise ValueError("output_error needs max_rows >= 1 and chunk >= 1")
-
     def _inputs(self, ctx, idx: list[int]) -> dict[int, list[torch.Tensor]]:
         got: dict[int, list[torch.Tensor]] = {i: [] for i in idx}
 

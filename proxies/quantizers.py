@@ -16,10 +16,11 @@ from torch import nn
 from proxies.gptq import Factor, HessianCollector, factor, gptq
 from proxies.quant import from_2d, rtn, to_2d
 from search.formats import Format
+from search.params import QUANTIZER_PARAMS, quantizer_params
 
 # n_samples: calibration-source samples for the Hessians (None = the task kind's default); they
 # are drawn apart from the calibration batches that measure the result (see workers.batches)
-GPTQ_DEFAULTS = {"damp": 0.01, "act_order": True, "block_size": 128, "n_samples": None}
+GPTQ_DEFAULTS = quantizer_params("gptq", {})
 
 
 class WeightQuantizer(ABC):
@@ -127,33 +128,13 @@ class GPTQQuantizer(WeightQuantizer):
         return out
 
 
-QUANTIZERS = ("rtn", "gptq")
+QUANTIZERS = tuple(QUANTIZER_PARAMS)
 
 
 def check_quantizer(name: str, params: dict | None) -> dict:
-    """Validate a quantizer choice before any work; returns its full parameters."""
-    params = dict(params or {})
-    if name not in QUANTIZERS:
-        raise ValueError(f"unknown quantizer {name!r}: use one of {', '.join(QUANTIZERS)}")
-    if name == "rtn":
-        if params:
-            raise ValueError(f"quantizer 'rtn' takes no parameters (got {sorted(params)[0]!r}); only 'gptq' does")
-        return {}
-    unknown = set(params) - set(GPTQ_DEFAULTS)
-    if unknown:
-        raise ValueError(f"quantizer 'gptq' has no parameter {sorted(unknown)[0]!r}; it takes {sorted(GPTQ_DEFAULTS)}")
-    p = {**GPTQ_DEFAULTS, **params}
-    if isinstance(p["damp"], bool) or not isinstance(p["damp"], (int, float)) or not 0 < p["damp"] <= 1:
-        raise ValueError(f"gptq: damp must be a number in (0, 1] (a fraction of the mean Hessian diagonal), got {p['damp']!r}")
-    if not isinstance(p["act_order"], bool):
-        raise ValueError(f"gptq: act_order must be true or false, got {p['act_order']!r}")
-    if isinstance(p["block_size"], bool) or not isinstance(p["block_size"], int) or not 1 <= p["block_size"] <= 4096:
-        raise ValueError(f"gptq: block_size must be an integer in 1..4096, got {p['block_size']!r}")
-    n = p["n_samples"]
-    if n is not None and (isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= 100_000):
-        raise ValueError(f"gptq: n_samples (Hessian samples) must be an integer in 1..100000, got {n!r}")
-    p["damp"] = float(p["damp"])
-    return p
+    """Validate a quantizer choice before any work; returns its full parameters (search.params
+    holds the typed definitions, so the API checks them without torch)."""
+    return quantizer_params(name, params)
 
 
 def build_quantizer(name: str, params: dict | None, model: nn.Module, modules: list[nn.Module], task,

@@ -140,6 +140,26 @@ class JointParams:
             raise ValueError("joint: top_k must be 1..population")
 
 
+@dataclass
+class PredictorParams:
+    pretrain_samples: int = 64
+    finetune_samples: int = 24
+    holdout_samples: int = 16
+    hidden: int = 64
+    epochs: int = 400
+    finetune_epochs: int = 200
+    lr: float = 3e-3
+    prior: str | None = "fisher"  # "fisher": the Fisher-weighted perturbation of each option as a feature; None: off
+
+    def check(self) -> None:
+        if self.prior not in (None, "fisher"):
+            raise ValueError(f"joint: prior={self.prior!r}: use 'fisher' or null")
+        if self.pretrain_samples < 8 or self.finetune_samples < 4 or self.holdout_samples < 4:
+            raise ValueError("joint: need pretrain_samples >= 8, finetune_samples >= 4, holdout_samples >= 4")
+        if self.pretrain_samples + self.finetune_samples + self.holdout_samples > 5000:
+            raise ValueError("joint: more than 5000 measured samples is too many for one job")
+
+
 def random_feasible(space: JointSpace, budgets: dict[str, float], n: int, rng: np.random.Generator,
                     max_tries: int = 200) -> np.ndarray:
     """``n`` random budget-feasible policies: per-layer options drawn around the budget's cost

@@ -17,10 +17,13 @@ if TYPE_CHECKING:  # the engine's imports stay lazy so --help and usage errors a
     from search.spec import SearchSpec
 
 EXIT_USAGE = 2
+# --group-size not given (the recipe's menu); None itself means per-channel, so it cannot be the
+# "not given" marker. argparse passes a non-string default through untouched.
+GROUPS_NOT_GIVEN = object()
 
 EPILOG = """examples:
   bitplan search --model builtin:minilm-l6 --budget avg_bits=3.3 --bits 2,3,4,8 --group-size 64 --out policy.json
-  bitplan search --model builtin:digits-cnn --budget avg_bits=3.3 --budget bops=5e6 --proxy hessian_trace --solver ilp
+  bitplan search --model builtin:digits-cnn --budget avg_bits=3.3 --budget bops=3e7 --proxy hessian_trace --solver ilp
   bitplan search --model builtin:smollm2-135m --budget avg_bits=4.3125 --tie qkv,gate_up --n-eval 8
   bitplan search --model builtin:minilm-l6 --budget avg_bits=3.3 --quantizer gptq --quantizer-param damp=0.01
 
@@ -83,8 +86,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--budget", action="append", required=True, metavar="METRIC=VALUE",
                    help="avg_bits=3.3, size_bytes=…, bops=…, latency_ms=…; repeat for several (all must hold)")
     s.add_argument("--bits", type=_bits, default=[2, 3, 4, 8], help="candidate bit-widths, 2..8, 16 = keep float (default 2,3,4,8)")
-    s.add_argument("--group-size", type=_group, default=None,
-                   help="scale group size along the input dim, or 'per-channel'; several (e.g. 32,64,128) give every "
+    s.add_argument("--group-size", type=_group, default=GROUPS_NOT_GIVEN,
+                   help="scale group size along the input dim, or 'per-channel' (also 0 or none); several (e.g. 32,64,128) give every "
                         "bit-width in each group size (default: the recipe's menu 32,64,128; uniform baselines use 64)")
     s.add_argument("--symmetric", action="store_true", help="symmetric quantization (no zero points); default asymmetric")
     s.add_argument("--proxy", help="hessian_trace | fisher | orthogonality | output_error | measured")
@@ -121,8 +124,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--include-head", action="store_true", help="also quantize the LM head")
     s.add_argument("--latency-table", type=Path, help="JSON {layer: {format label or bits: ms}} for latency_ms budgets")
     s.add_argument("--seed", type=int, default=0)
-    s.add_argument("--out", type=Path, default=Path("policy.json"), help="where to write the bitplan.policy/v1 JSON")
+    s.add_argument("--out", type=Path, default=Path("policy.json"),
+                   help="where to write the bitplan.policy/v1 JSON (default ./policy.json; the path is printed)")
     s.add_argument("--save-table", type=Path, help="also write the sensitivity table (JSON)")
+    s.add_argument("--check", action="store_true",
+                   help="only check the request: load the model, validate every option and budget (printing the "
+                        "feasible range of each budget metric) and stop before any calibration"),
     e = sub.add_parser("evolve", help="evolve a proxy program on a model (EMQ) and compare it with the built-in proxies")
     e.add_argument("--model", required=True)
     e.add_argument("--name", required=True, help="store the winner as evolved:<name> (letters, digits, _ . -)")
@@ -149,7 +156,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    "safetensors headers, no weights are loaded")
     m.add_argument("--out", type=Path, help="write the imported table (and the solution) as JSON")
     from service.cli_remote import add_commands
-    add_commands(sub, _bits, _group, _kv)
+    add_commands(sub, _bits, _group, _kv, GROUPS_NOT_GIVEN)
     return p
 
 
@@ -169,7 +176,7 @@ def spec_from_args(args) -> "SearchSpec":
             latency = json.loads(args.latency_table.read_text())
         except (OSError, ValueError) as e:
             raise ValueError(f"--latency-table {args.latency_table}: {e}") from None
-    extra = {} if args.group_size is None else {"group_size": args.group_size}
+    extra = {} if args.group_size is GROUPS_NOT_GIVEN else {"group_size": args.group_size}
     return SearchSpec(model=args.model, budgets=budgets, bits=args.bits, **extra,
                       symmetric=args.symmetric, proxy=args.proxy, proxy_params=dict(args.proxy_param), solver=args.solver,
                       solver_params=dict(args.solver_param),
@@ -181,25 +188,43 @@ def spec_from_args(args) -> "SearchSpec":
                       quantizer=args.quantizer, quantizer_params=dict(args.quantizer_param))
 
 
+def validation_line(e: dict) -> str:
+    """One pydantic error as a person would say it: the field and what it must be, without the
+    library's prefixes ("Value error, …", "Field required")."""
+    where = ".".join(str(x) for x in e.get("loc", ()))
+    kind, msg = e.get("type", ""), str(e.get("msg", "is invalid"))
+    if kind == "missing":
+        msg = "is missing (required)"
+    elif kind == "extra_forbidden":
+        msg = "is not a known field"
+    else:
+        msg = msg.removeprefix("Value error, ").removeprefix("Assertion failed, ")
+        if msg.startswith("Input should be "):
+            msg = "must be " + msg.removeprefix("Input should be ")
+    return f"{where}: {msg}" if where else msg
+
+
 def _one_line(exc: Exception) -> str:
     from pydantic import ValidationError
     if isinstance(exc, ValidationError):
-        e = exc.errors()[0]
-        where = ".".join(str(x) for x in e["loc"])
-        return f"{where}: {e['msg'].removeprefix('Value error, ')}" if where else e["msg"]
+        return validation_line(exc.errors(include_url=False)[0])
     return str(exc).splitlines()[0] if str(exc) else type(exc).__name__
 
 
 def cmd_search(args) -> int:
     from pydantic import ValidationError
+    from search.validate import static_check
     try:
         spec = spec_from_args(args)
+        static_check(spec)  # typed proxy/solver/quantizer parameters and formats, before torch loads
         if not args.out.parent.exists():
             raise ValueError(f"--out {args.out}: folder {str(args.out.parent)!r} does not exist")
     except (ValueError, ValidationError) as e:
         return fail(_one_line(e))
     from service.report import run_with_progress, print_report
     from workers.errors import USER_ERRORS
+    if args.check:
+        return _check_only(spec)
     try:
         result = run_with_progress(spec)
     except USER_ERRORS as e:
@@ -208,16 +233,38 @@ def cmd_search(args) -> int:
     if args.save_table:
         args.save_table.write_text(json.dumps(result.table.to_dict()))
     print_report(spec, result, args.out)
+    print(f"wrote the policy to {args.out.resolve()}" + (f" and the table to {args.save_table.resolve()}"
+                                                         if args.save_table else ""))
+    return 0
+
+
+def _check_only(spec) -> int:
+    from search.budgets import feasible_range, group_min_cost
+    from workers.errors import USER_ERRORS
+    from workers.pipeline import check_search
+    try:
+        ld = check_search(spec)
+    except USER_ERRORS as e:
+        return fail(_one_line(e))
+    print(f"ok: {spec.model}: {len(ld.layers)} layers, {len(ld.costs.formats)} formats, data {ld.plan.calib} → "
+          f"calibration ({ld.plan.n_calib}), {ld.plan.eval} → evaluation ({ld.plan.n_eval})")
+    for metric in sorted(spec.budgets):
+        lo, hi = group_min_cost(ld.costs.matrix(metric), ld.ties), ld.costs.float_cost(metric)
+        print(f"  budget {metric}={spec.budgets[metric]:g}: {feasible_range(lo, hi)}")
     return 0
 
 
 def cmd_export(args) -> int:
+    from pydantic import ValidationError
     from search.exports import export
     from search.policy import Policy
     try:
         if not args.policy.is_file():
             raise ValueError(f"{args.policy}: no such file")
-        policy = Policy.from_json(args.policy.read_text())
+        try:
+            policy = Policy.from_json(args.policy.read_text())
+        except ValidationError as e:
+            raise ValueError(f"{args.policy} is not a complete bitplan.policy/v1 file: {_one_line(e)}") from None
         out = export(policy, args.format)
         if args.out and not args.out.parent.exists():
             raise ValueError(f"--out {args.out}: folder {str(args.out.parent)!r} does not exist")

@@ -12,7 +12,7 @@ from pathlib import Path
 EXIT_USAGE, EXIT_UNAVAILABLE = 2, 1
 
 
-def add_commands(sub, bits_type, group_type, kv_type) -> None:
+def add_commands(sub, bits_type, group_type, kv_type, group_default=None) -> None:
     def common(p):
         p.add_argument("--url", default=os.environ.get("BITPLAN_URL", "http://127.0.0.1:8000"),
                        help="server URL (env BITPLAN_URL; default http://127.0.0.1:8000)")
@@ -33,7 +33,8 @@ def add_commands(sub, bits_type, group_type, kv_type) -> None:
     s.add_argument("--sweep", metavar="METRIC=V1,V2,…",
                    help="extra budget points on one metric (one policy each, one shared sensitivity table)")
     s.add_argument("--bits", type=bits_type, default=None, help="candidate bit-widths (default 2,3,4,8)")
-    s.add_argument("--group-size", type=group_type, default=None, help="group size(s), e.g. 64 or 32,64,128")
+    s.add_argument("--group-size", type=group_type, default=group_default,
+                   help="group size(s), e.g. 64 or 32,64,128, or per-channel")
     s.add_argument("--symmetric", action="store_true")
     s.add_argument("--proxy")
     s.add_argument("--proxy-param", action="append", type=kv_type, default=[], metavar="KEY=VALUE")
@@ -153,7 +154,10 @@ def _submit(c, args) -> int:
     from pydantic import ValidationError
     try:
         budgets = _budgets(args)
-        formats = {k: v for k, v in {"bits": args.bits, "group_size": args.group_size}.items() if v is not None}
+        from service.cli import GROUPS_NOT_GIVEN
+        formats = {} if args.bits is None else {"bits": args.bits}
+        if args.group_size is not GROUPS_NOT_GIVEN:
+            formats["group_size"] = args.group_size  # None = per-channel
         if args.symmetric:
             formats["symmetric"] = True
         calib, evaluation = _data(args.calib), _data(args.eval)

@@ -124,7 +124,7 @@ class Dispatcher:
 
         model = self.store.get_model(job.model_id)
         req = JobCreate.model_validate(job.request)
-        plan = plan_job(req, model.ref, model.id, model.kind, model.info["layers"])
+        plan = plan_job(req, model.ref, model.id, model.kind, model.info["layers"], model.info.get("max_positions"))
         cached = self.store.table_by_key(job.sensitivity_key)
         node = ray.get_runtime_context().get_node_id()
         queue = Queue(maxsize=10_000, actor_options={

@@ -14,7 +14,9 @@ from dataclasses import dataclass
 
 from search.budgets import CostModel
 from search.layers import LayerInfo, find_tie_groups, runtime_ties
+from search.params import check_proxy_model
 from search.spec import SearchSpec
+from search.validate import check_data_limits, check_spec_budgets, check_uploaded_text, static_check
 from service.schemas import JobCreate
 from workers.data import BUILTIN_TEXT
 
@@ -49,10 +51,10 @@ def request_hash(req: JobCreate) -> str:
     return hashlib.sha256(json.dumps(req.model_dump(mode="json"), sort_keys=True).encode()).hexdigest()
 
 
-def plan_job(req: JobCreate, model_ref: str, model_id: str, model_kind: str, layers: list[dict]) -> JobPlan:
-    """Raises ValueError (pydantic's ValidationError is one) with a message a person can act on."""
-    from workers.pipeline import check_spec_budgets, validate_static  # the proxy registry lives with torch
-
+def plan_job(req: JobCreate, model_ref: str, model_id: str, model_kind: str, layers: list[dict],
+             max_positions: int | None = None) -> JobPlan:
+    """Raises ValueError (pydantic's ValidationError is one) with a message a person can act on.
+    Torch-free: the API process validates jobs without importing the engine."""
     budgets = req.budgets if isinstance(req.budgets, list) else [req.budgets]
     if not budgets:
         raise ValueError("budgets: give at least one budget, e.g. {\"avg_bits\": 3.3}")
@@ -69,7 +71,15 @@ def plan_job(req: JobCreate, model_ref: str, model_id: str, model_kind: str, lay
                 ties=runtime_ties(req.runtime, req.ties),
                 latency_table=req.latency_table, quantizer=req.quantizer, quantizer_params=req.quantizer_params)
     specs = [SearchSpec(**base, budgets=b) for b in budgets]
-    proxy, solver, formats = validate_static(specs[0])
+    hessian = (req.quantizer_params or {}).get("n_samples") if req.quantizer == "gptq" else None
+    check_data_limits(model_kind, specs[0].n_calib, specs[0].n_eval, specs[0].seq_len, max_positions,
+                      req.judge_samples, hessian if isinstance(hessian, int) else None)
+    for field, data, other in (("calibration", req.calibration, req.evaluation),
+                               ("evaluation", req.evaluation, req.calibration)):
+        if data.text is not None:
+            check_uploaded_text(field, data.text, model_kind, specs[0].seq_len, shared=other.text == data.text)
+    checked = static_check(specs[0])
+    solver, formats = checked.solver, checked.formats
     if req.quantizer != "rtn" and model_ref.startswith("torchscript:"):
         raise ValueError(f"quantizer {req.quantizer!r} reads calibration activations through forward hooks, which "
                          "TorchScript models do not support; use quantizer 'rtn' for an uploaded model")
@@ -77,8 +87,7 @@ def plan_job(req: JobCreate, model_ref: str, model_id: str, model_kind: str, lay
         raise ValueError("formats: the menu is empty; give at least one bit-width")
     if len(formats) * max(len(layers), 1) > 200_000:
         raise ValueError(f"formats: {len(formats)} formats × {len(layers)} layers is too large a table; use fewer formats")
-    if hasattr(proxy, "check_model"):
-        proxy.check_model(len(layers), len(formats))
+    check_proxy_model(checked.proxy, checked.proxy_params, len(layers), len(formats))
     infos = [LayerInfo.from_dict(d) for d in layers]
     ties = find_tie_groups(infos, specs[0].ties)
     costs = CostModel(infos, formats, specs[0].a_bits, specs[0].latency_table)
@@ -86,13 +95,12 @@ def plan_job(req: JobCreate, model_ref: str, model_id: str, model_kind: str, lay
         check_spec_budgets(s, costs, ties, solver)
     texts = {"calib": req.calibration.text, "eval": req.evaluation.text}
     sha = lambda t: None if t is None else hashlib.sha256(t.encode()).hexdigest()
-    key_blob = {"v": SPEC_VERSION, "model": model_id, "proxy": proxy.name, "params": proxy.params,
+    key_blob = {"v": SPEC_VERSION, "model": model_id, "proxy": checked.proxy, "params": checked.proxy_params,
                 "calib": calib, "calib_text": sha(texts["calib"]), "eval": evaluation, "eval_text": sha(texts["eval"]),
                 "n_calib": specs[0].n_calib, "seq_len": specs[0].seq_len, "seed": specs[0].seed,
                 "formats": [x.label for x in formats]}
     if req.quantizer != "rtn":  # RTN keys stay as they were, so existing cached tables remain valid
-        from proxies.quantizers import check_quantizer
-        key_blob["quantizer"] = {"method": req.quantizer, **check_quantizer(req.quantizer, req.quantizer_params)}
+        key_blob["quantizer"] = {"method": req.quantizer, **checked.quantizer_params}
     if specs[0].solver_name == "joint":  # the joint search makes no sensitivity table: never reuse one
         key_blob = {"v": SPEC_VERSION, "joint": request_hash(req)}
     key = hashlib.sha256(json.dumps(key_blob, sort_keys=True, default=str).encode()).hexdigest()

@@ -84,7 +84,8 @@ class Store:
         if existing:
             return existing
         row = ModelRow(id=info["id"], ref=info["ref"], kind=info["kind"], metric=info["metric"],
-                       n_layers=info["n_layers"], n_weights=info["n_weights"], info={"layers": info["layers"]})
+                       n_layers=info["n_layers"], n_weights=info["n_weights"],
+                       info={"layers": info["layers"], "max_positions": info.get("max_positions")})
         try:
             with self.session() as s:
                 s.add(row)

@@ -10,16 +10,14 @@ import torch
 
 from proxies.tasks import Task
 from search.defaults import JUDGE_SAMPLES
+from search.validate import DATA_DEFAULTS, check_data_limits
 from workers import digits
 from workers.data import DataError, split_sources
 from workers.sources import LoadedModel
 
 # (n_calib, n_eval, seq_len, batch_size) per task kind; the CLI can override each.
-DEFAULTS = {
-    "embedding": (32, 256, 64, 32),
-    "causal_lm": (8, 16, 256, 4),
-    "classifier": (256, 10_000, 0, 256),
-}
+BATCH_SIZE = {"embedding": 32, "causal_lm": 4, "classifier": 256}
+DEFAULTS = {kind: (*DATA_DEFAULTS[kind], BATCH_SIZE[kind]) for kind in DATA_DEFAULTS}
 
 
 @dataclass
@@ -46,8 +44,11 @@ def plan_for(lm: LoadedModel, calib: str | None = None, evaluation: str | None =
         raise DataError(f"data {bad!r} does not fit classifier models: they calibrate and evaluate on 'digits' (sklearn load_digits)")
     if lm.kind != "classifier" and "digits" in (plan.calib, plan.eval):
         raise DataError("'digits' data only fits classifier models; use a text source for this model")
-    if lm.kind == "causal_lm" and plan.seq_len < 8:
-        raise DataError(f"seq_len={plan.seq_len} is too short; use at least 8 tokens")
+    try:
+        check_data_limits(lm.kind, plan.n_calib, plan.n_eval, plan.seq_len if seq_len else None,
+                          lm.info.get("max_positions"))
+    except ValueError as e:
+        raise DataError(str(e)) from None
     return plan
 
 

@@ -23,7 +23,7 @@ from proxies.base import swapped
 from proxies.fisher import fisher_term
 from proxies.quant import quantize_module_weight
 from search.evolve import rank_corr
-from search.joint import JointParams, JointSpace, evolve_joint, random_feasible
+from search.joint import JointParams, JointSpace, PredictorParams, evolve_joint, random_feasible
 
 
 def magnitude_prune(w: torch.Tensor, ratio: float) -> torch.Tensor:
@@ -73,26 +73,6 @@ class JointWeights:
 
     def policy(self, choice: np.ndarray) -> list[torch.Tensor]:
         return [self.get(i, int(j)) for i, j in enumerate(choice)]
-
-
-@dataclass
-class PredictorParams:
-    pretrain_samples: int = 64
-    finetune_samples: int = 24
-    holdout_samples: int = 16
-    hidden: int = 64
-    epochs: int = 400
-    finetune_epochs: int = 200
-    lr: float = 3e-3
-    prior: str | None = "fisher"  # "fisher": the Fisher-weighted perturbation of each option as a feature; None: off
-
-    def check(self) -> None:
-        if self.prior not in (None, "fisher"):
-            raise ValueError(f"joint: prior={self.prior!r}: use 'fisher' or null")
-        if self.pretrain_samples < 8 or self.finetune_samples < 4 or self.holdout_samples < 4:
-            raise ValueError("joint: need pretrain_samples >= 8, finetune_samples >= 4, holdout_samples >= 4")
-        if self.pretrain_samples + self.finetune_samples + self.holdout_samples > 5000:
-            raise ValueError("joint: more than 5000 measured samples is too many for one job")
 
 
 class Predictor(nn.Module):

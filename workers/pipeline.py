@@ -16,14 +16,14 @@ from proxies.discovery import discover_layers
 from proxies.evaluate import Evaluator, RacingJudge
 from proxies.quantizers import WeightQuantizer, build_quantizer, check_quantizer
 from proxies.registry import get_proxy
-from search.budgets import CostModel, check_budgets
-from search.formats import Format, make_formats
+from search.budgets import CostModel
+from search.formats import Format
 from search.layers import find_tie_groups
 from search.policy import Measured, Policy, Predicted, Quantizer, SolverInfo, build_policy
 from search.problem import Problem, Solution
 from search.refine import refine
-from search.solvers import get_solver
 from search.spec import REFERENCE_GROUP, SearchSpec
+from search.validate import JOINT, check_spec_budgets, static_check
 from search.table import SensitivityTable
 from workers.batches import hessian_batches, judge_batches, plan_for, prepared_batches
 from workers.sources import LoadedModel, load_model
@@ -47,63 +47,46 @@ def _noop(phase: str, fraction: float, message: str) -> None:
 
 
 def validate_static(spec: SearchSpec) -> tuple:
-    """Checks that need no model: proxy and solver names and parameters, formats. The joint
+    """Checks that need no model (search.validate, torch-free), plus the proxy object. The joint
     solver (APQ) measures policies itself, so its "solver" is its parsed parameters."""
-    proxy = get_proxy(spec.proxy_name, **spec.proxy_params)
-    if spec.solver_name == JOINT:
-        solver = joint_params(spec)
-    else:
-        if spec.solver_params:
-            raise ValueError(f"solver {spec.solver_name!r} takes no solver_params (only 'joint' does)")
-        try:
-            solver = get_solver(spec.solver_name)
-        except ValueError as e:
-            raise ValueError(f"{e}, {JOINT}") from None
-    formats = make_formats(spec.bits, spec.group_size, spec.symmetric)
-    check_quantizer(spec.quantizer, spec.quantizer_params)
-    if spec.solver_name == JOINT and spec.quantizer != "rtn":
-        raise ValueError("joint: the joint search prunes and quantizes with RTN; GPTQ after pruning is not supported "
-                         "yet — use quantizer rtn with the joint solver")
-    return proxy, solver, formats
+    checked = static_check(spec)
+    return get_proxy(spec.proxy_name, **spec.proxy_params), checked.solver, checked.formats
 
 
-JOINT = "joint"
+@dataclass
+class Loaded:
+    """The load phase's result: everything checked that needs the model but no data pass."""
+    lm: LoadedModel
+    plan: object
+    layers: list
+    modules: list
+    ties: object
+    costs: CostModel
+    space: object
 
 
-def check_spec_budgets(spec: SearchSpec, costs: CostModel, ties, solver):
-    """Refuse budgets outside the feasible range of the spec's search space: the dense formats,
-    or for the joint solver the formats × pruning ratios (cheaper). Returns the joint space
-    (None for the other solvers). ``solver`` is what ``validate_static`` returned."""
-    if spec.solver_name != JOINT:
-        check_budgets(costs, spec.budgets, ties)
-        return None
-    from search.joint import JointSpace
-    space = JointSpace(costs, *solver[0])
-    space.check_budgets(spec.budgets)
-    return space
-JOINT_KEYS = {"ratios", "population", "parents", "generations", "mutation", "top_k", "pretrain_samples",
-              "finetune_samples", "holdout_samples", "hidden", "epochs", "finetune_epochs", "prior", "structured"}
+def load_and_check(spec: SearchSpec, proxy, solver, formats, loaded: LoadedModel | None = None) -> Loaded:
+    """Load the model and refuse what needs it to be refused (data plan and limits, no
+    quantizable layers, proxy vs model size, budgets against the feasible range)."""
+    lm = loaded or load_model(spec.model)
+    plan = plan_for(lm, spec.calib, spec.eval, spec.n_calib, spec.n_eval, spec.seq_len, spec.seed)
+    pairs = task_layers(lm, spec.include_embeddings, spec.include_head)
+    if not pairs:
+        raise ValueError(f"model {spec.model!r} has no quantizable layers (Linear, Conv1d/2d, HF Conv1D)")
+    layers, modules = [p[0] for p in pairs], [p[1] for p in pairs]
+    if hasattr(proxy, "check_model"):
+        proxy.check_model(len(layers), len(formats))
+    ties = find_tie_groups(layers, spec.ties)
+    costs = CostModel(layers, formats, spec.a_bits, spec.latency_table)
+    space = check_spec_budgets(spec, costs, ties, solver)
+    return Loaded(lm, plan, layers, modules, ties, costs, space)
 
 
-def joint_params(spec: SearchSpec) -> tuple:
-    from search.joint import DEFAULT_RATIOS, JointParams, check_ratios
-    from workers.joint import PredictorParams
-    p = dict(spec.solver_params)
-    unknown = set(p) - JOINT_KEYS
-    if unknown:
-        raise ValueError(f"joint: unknown solver parameter {sorted(unknown)[0]!r}; it takes {sorted(JOINT_KEYS)}")
-    ratios = check_ratios(p.pop("ratios", DEFAULT_RATIOS))
-    structured = p.pop("structured", False)
-    if not isinstance(structured, bool):
-        raise ValueError("joint: structured must be true (prune whole output channels) or false (single weights)")
-    search = JointParams(**{k: p.pop(k) for k in ("population", "parents", "generations", "mutation", "top_k") if k in p},
-                         seed=spec.seed)
-    pred = PredictorParams(**p)
-    search.check()
-    pred.check()
-    if spec.ties:
-        raise ValueError("joint: tie groups are not supported by the joint search yet; drop --tie")
-    return (ratios, structured), search, pred
+def check_search(spec: SearchSpec) -> Loaded:
+    """Every check ``run_search`` makes before its first data pass, and nothing more: what
+    ``bitplan search --check`` runs (and the tests run on every documented example)."""
+    proxy, solver, formats = validate_static(spec)
+    return load_and_check(spec, proxy, solver, formats)
 
 
 def run_search(spec: SearchSpec, progress: Progress = _noop, loaded: LoadedModel | None = None,
@@ -118,17 +101,8 @@ def run_search(spec: SearchSpec, progress: Progress = _noop, loaded: LoadedModel
 
     t = time.perf_counter()
     progress("load", 0.0, spec.model)
-    lm = loaded or load_model(spec.model)
-    plan = plan_for(lm, spec.calib, spec.eval, spec.n_calib, spec.n_eval, spec.seq_len, spec.seed)
-    pairs = task_layers(lm, spec.include_embeddings, spec.include_head)
-    if not pairs:
-        raise ValueError(f"model {spec.model!r} has no quantizable layers (Linear, Conv1d/2d, HF Conv1D)")
-    layers, modules = [p[0] for p in pairs], [p[1] for p in pairs]
-    if hasattr(proxy, "check_model"):
-        proxy.check_model(len(layers), len(formats))
-    ties = find_tie_groups(layers, spec.ties)
-    costs = CostModel(layers, formats, spec.a_bits, spec.latency_table)
-    space = check_spec_budgets(spec, costs, ties, solver)
+    ld = load_and_check(spec, proxy, solver, formats, loaded)
+    lm, plan, layers, modules, ties, costs, space = ld.lm, ld.plan, ld.layers, ld.modules, ld.ties, ld.costs, ld.space
     timings["load"] = time.perf_counter() - t
     progress("load", 1.0, f"{len(layers)} layers, {sum(l.numel for l in layers):,} weights")
 

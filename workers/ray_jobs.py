@@ -14,7 +14,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -38,6 +37,14 @@ def _gpu_options() -> dict:
         return {}
 
 
+def text_dir() -> Path:
+    """Where uploaded calibration/evaluation text is written on a worker: under the server's
+    upload folder (BITPLAN_UPLOAD_DIR, passed to every Ray worker; else BITPLAN_VAR_DIR/uploads),
+    never a host-wide temporary folder that other users and services share."""
+    up = os.environ.get("BITPLAN_UPLOAD_DIR") or str(Path(os.environ.get("BITPLAN_VAR_DIR", "var")) / "uploads")
+    return Path(up).resolve() / "texts"
+
+
 def _materialise(spec: dict, texts: dict[str, str]) -> dict:
     """Uploaded calibration/evaluation text becomes a file: source on this worker."""
     spec = dict(spec)
@@ -45,7 +52,7 @@ def _materialise(spec: dict, texts: dict[str, str]) -> dict:
         if text is None:
             continue
         digest = hashlib.sha256(text.encode()).hexdigest()[:32]
-        path = Path(tempfile.gettempdir()) / "bitplan-data" / f"{digest}.txt"
+        path = text_dir() / f"{digest}.txt"
         if not path.exists():
             path.parent.mkdir(parents=True, exist_ok=True)
             tmp = path.with_suffix(f".{os.getpid()}.tmp")
@@ -106,7 +113,7 @@ def inspect_model(ref: str) -> dict:
     layers = [p[0] for p in pairs]
     return {"ok": True, "id": lm.sha256, "ref": ref, "kind": lm.kind, "metric": lm.task.metric,
             "n_layers": len(layers), "n_weights": int(sum(l.numel for l in layers)),
-            "layers": [l.to_dict() for l in layers]}
+            "layers": [l.to_dict() for l in layers], "max_positions": lm.info.get("max_positions")}
 
 
 @ray.remote(num_cpus=1, max_retries=3)

@@ -180,5 +180,8 @@ def load_model(ref: str) -> LoadedModel:
             for p in lm.model.parameters():
                 p.requires_grad_(False)
             lm.sha256 = weights_sha256(lm.model)
+            config = getattr(lm.model, "config", None)  # HF models: the positions it can attend to
+            if getattr(config, "max_position_embeddings", None):
+                lm.info.setdefault("max_positions", int(config.max_position_embeddings))
             return lm
     raise SourceError(f"unknown model {ref!r}: use one of {', '.join(BUILTINS)}, hf:<dir> or torchscript:<file>")

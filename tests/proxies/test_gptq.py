@@ -199,11 +199,13 @@ def test_quantizer_on_a_model_beats_rtn_and_restores_nothing():
 
 @pytest.mark.parametrize("name,params,msg", [
     ("awq", {}, "unknown quantizer 'awq'"),
-    ("rtn", {"damp": 0.1}, "quantizer 'rtn' takes no parameters"),
+    ("rtn", {"damp": 0.1}, "quantizer 'rtn' has no parameter 'damp'; it takes no parameters"),
     ("gptq", {"dampening": 0.1}, "no parameter 'dampening'"),
-    ("gptq", {"damp": 0}, "damp must be a number in (0, 1]"),
+    ("gptq", {"damp": 0}, "damp must be greater than 0, got 0"),
+    ("gptq", {"damp": "abc"}, "damp must be a number, got 'abc'"),
     ("gptq", {"act_order": "yes"}, "act_order must be true or false"),
-    ("gptq", {"block_size": 0}, "block_size must be an integer"),
+    ("gptq", {"block_size": 0}, "block_size must be greater than or equal to 1"),
+    ("gptq", {"block_size": 2.5}, "block_size must be an integer"),
 ])
 def test_bad_quantizer_choices_say_what_to_fix(name, params, msg):
     with pytest.raises(ValueError, match=msg.replace("(", r"\(").replace(")", r"\)")):

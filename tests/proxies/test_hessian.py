@@ -402,8 +402,10 @@ def test_measured_chunk_fills_only_its_rows_and_equals_direct(digits_ctx):
 def test_measured_rejects_bad_layer_chunks(digits_ctx):
     with pytest.raises(ValueError, match="out of range"):
         MeasuredProxy(layers=[6]).compute(digits_ctx)
-    with pytest.raises(ValueError, match="layer indices"):
+    with pytest.raises(ValueError, match="layers must be a list, got 'fc1'"):
         MeasuredProxy(layers="fc1")
+    with pytest.raises(ValueError, match="layer indices"):
+        MeasuredProxy(layers=[-1])
 
 
 class Block(nn.Module):

@@ -54,6 +54,7 @@ def test_search_on_digits_writes_a_policy_and_prints_the_quality_table(tmp_path)
         assert words in flat
     assert f"{pol.measured.value:.5g}" in r.stdout
     assert "bitplan: error" not in r.stderr
+    assert f"wrote the policy to {out.resolve()}" in r.stdout
 
 
 BAD = [
@@ -69,9 +70,17 @@ BAD = [
     pytest.param({"group_size": "abc"}, ["--group-size", "'abc'"], id="group-size-not-integer"),
     pytest.param({"out": "/nonexistent/dir/p.json"}, ["--out", "/nonexistent/dir"], id="out-folder-missing"),
     pytest.param({"quantizer": "awq"}, ["--quantizer", "'awq'", "gptq"], id="unknown-quantizer"),
-    pytest.param({"quantizer": "gptq", "quantizer_param": "damp=2"}, ["damp must be a number in (0, 1]"],
+    pytest.param({"quantizer": "gptq", "quantizer_param": "damp=2"}, ["damp must be less than or equal to 1, got 2"],
                  id="gptq-bad-damp"),
-    pytest.param({"quantizer_param": "damp=0.1"}, ["quantizer 'rtn' takes no parameters"], id="rtn-with-params"),
+    pytest.param({"quantizer_param": "damp=0.1"}, ["quantizer 'rtn' has no parameter 'damp'; it takes no parameters"],
+                 id="rtn-with-params"),
+    pytest.param({"proxy": "hessian_trace", "proxy_param": "tol=abc"}, ["proxy 'hessian_trace': tol must be a number",
+                                                                       "'abc'"], id="proxy-param-not-a-number"),
+    pytest.param({"proxy_param": "colour=1"}, ["proxy 'output_error' has no parameter 'colour'", "max_rows"],
+                 id="proxy-param-unknown"),
+    pytest.param({"solver": "joint", "solver_param": "epochs=many"}, ["joint: epochs must be an integer"],
+                 id="solver-param-not-an-integer"),
+    pytest.param({"n_calib": "100000"}, ["calibration n_samples=100000", "at most"], id="n-calib-too-many"),
     pytest.param({"judge_samples": "-1"}, ["judge_samples must be >= 0"], id="negative-judge-samples"),
 ]
 
@@ -88,6 +97,27 @@ def test_bad_input_is_one_line_and_exit_code_2(tmp_path, override, words):
         assert w in lines[0]
     assert r.stdout == ""
     assert not out.exists()
+
+
+def test_group_size_per_channel_is_what_the_help_says():
+    """'per-channel', 0 and none all mean one scale per output channel (group_size null), not
+    "use the default menu"; no --group-size keeps the recipe's menu."""
+    from service.cli import build_parser, spec_from_args
+    base = ["search", "--model", "builtin:digits-cnn", "--budget", "avg_bits=4"]
+    for word in ("per-channel", "0", "none", "PC"):
+        spec = spec_from_args(build_parser().parse_args(base + ["--group-size", word]))
+        assert spec.group_size is None, word
+    assert spec_from_args(build_parser().parse_args(base + ["--group-size", "64,per-channel"])).group_size == [64, None]
+    assert spec_from_args(build_parser().parse_args(base)).group_size == [32, 64, 128]
+
+
+def test_a_partial_policy_file_says_what_is_missing(tmp_path):
+    p = tmp_path / "partial.json"
+    p.write_text('{"schema": "bitplan.policy/v1"}')
+    r = bitplan("export", str(p), "--format", "gptqmodel")
+    assert r.returncode == 2 and len(r.stderr.splitlines()) == 1, r.stderr
+    assert "is not a complete bitplan.policy/v1 file" in r.stderr and "is missing (required)" in r.stderr
+    assert "Field required" not in r.stderr and "Value error" not in r.stderr
 
 
 def test_missing_arguments_are_one_line_too():

@@ -67,7 +67,7 @@ def test_joint_search_on_a_measurable_model_is_feasible_and_near_optimal():
 def test_bad_joint_parameters_fail_before_any_work():
     base = dict(model="builtin:digits-cnn", budgets={"avg_bits": 3.0}, solver="joint")
     for params, words in (({"ratios": [0, 1.0]}, "pruning ratio"), ({"population": 0}, "population"),
-                          ({"pretrain_samples": 2}, "pretrain_samples"), ({"colour": 1}, "unknown solver parameter")):
+                          ({"pretrain_samples": 2}, "pretrain_samples"), ({"colour": 1}, "joint has no parameter .colour."), ({"epochs": "many"}, "epochs must be an integer")):
         with pytest.raises(ValueError, match=words):
             run_search(SearchSpec(**base, solver_params=params))
     with pytest.raises(ValueError, match="takes no solver_params"):

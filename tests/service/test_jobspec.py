@@ -1,0 +1,69 @@
+"""From request to plan without a model or torch: the checks that keep a doomed job out of the
+queue (data sizes that would exhaust a worker, text too short for one window, typed parameters)
+and the sensitivity key (unchanged for existing RTN tables)."""
+from __future__ import annotations
+
+import pytest
+
+from service.jobspec import plan_job
+from service.schemas import JobCreate
+
+LAYERS = [{"name": f"model.layers.{i}.mlp.up_proj", "kind": "Linear", "shape": [256, 64], "numel": 16384,
+           "in_features": 64, "macs": 16384} for i in range(4)]
+
+
+def plan(kind: str = "causal_lm", max_positions: int | None = 8192, **body):
+    req = JobCreate.model_validate({"model_id": "m", "budgets": {"avg_bits": 4.0}, **body})
+    return plan_job(req, "builtin:smollm2-135m", "m", kind, LAYERS, max_positions)
+
+
+@pytest.mark.parametrize("body,words", [
+    ({"calibration": {"seq_len": 32768}}, ["seq_len=32768", "8..2048"]),
+    ({"calibration": {"n_samples": 4096, "seq_len": 1024}}, ["4,194,304 tokens", "at most 32 samples"]),
+    ({"evaluation": {"n_samples": 4096}}, ["evaluation", "at most 512 samples"]),
+    ({"judge_samples": 60000}, ["judge_samples=60000 is too many"]),
+    ({"quantizer": "gptq", "quantizer_params": {"n_samples": 3000}}, ["hessian", "tokens"]),
+    ({"calibration": {"text": "far too short"}}, ["calibration.text is 13 bytes", "256 tokens"]),
+    ({"proxy": "hessian_trace", "proxy_params": {"tol": "abc"}}, ["tol must be a number", "'abc'"]),
+    ({"proxy": "fisher", "proxy_params": {"max_samples": True}}, ["max_samples must be a number, not true/false"]),
+    ({"quantizer": "gptq", "quantizer_params": {"act_order": "yes"}}, ["act_order must be true or false"]),
+])
+def test_doomed_jobs_are_refused_before_queueing(body, words):
+    with pytest.raises(ValueError) as e:
+        plan(**body)
+    for w in words:
+        assert w in str(e.value), str(e.value)
+
+
+def test_the_model_positions_bound_seq_len():
+    with pytest.raises(ValueError, match="use 1..128 .the model attends to 128 positions"):
+        plan(kind="embedding", max_positions=128, calibration={"seq_len": 256})
+    assert plan(kind="embedding", max_positions=512, calibration={"seq_len": 256}).specs[0]["seq_len"] == 256
+
+
+def test_shared_uploaded_text_needs_two_paragraphs():
+    text = "one paragraph " * 100
+    with pytest.raises(ValueError, match="one paragraph"):
+        plan(calibration={"text": text}, evaluation={"text": text})
+    ok = plan(calibration={"text": text + "\n\n" + text}, evaluation={"text": text + "\n\n" + text})
+    assert ok.texts["calib"] == ok.texts["eval"]
+
+
+def test_typed_params_are_normalised_into_the_spec_key():
+    """'0.2' from a form and 0.2 from JSON are the same request for the cache (same table)."""
+    a = plan(proxy="hessian_trace", proxy_params={"tol": 0.2})
+    b = plan(proxy="hessian_trace", proxy_params={"tol": "0.2"})
+    assert a.sensitivity_key == b.sensitivity_key
+
+
+@pytest.mark.parametrize("body,key", [
+    ({}, "93cbde711e5639c16ca97dfa5fe1a449e8c6494641ce985387ec2b77ca62988c"),
+    ({"proxy": "hessian_trace", "proxy_params": {"tol": 0.2}},
+     "168a023039f0ee95329eac6668571457a701d366dc4dc4bd50c9023c70e072dd"),
+    ({"quantizer": "gptq", "quantizer_params": {"damp": 0.05}},
+     "b03a634777a5cec9dc666697b64c9eb5a2d34581a92472a1d3472dc30ec67f22"),
+])
+def test_sensitivity_keys_did_not_move(body, key):
+    """Keys computed by the code before parameters were typed in search.params (golden values
+    from that code): the tables already stored under them stay valid."""
+    assert plan(**body).sensitivity_key == key
