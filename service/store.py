@@ -219,9 +219,12 @@ class Store:
                 s.execute(update(JobRow).where(JobRow.id.in_(job_ids), JobRow.owner == owner, JobRow.status == "running")
                           .values(heartbeat_at=utcnow()))
 
-    def _end(self, job_id: str, owner: str | None, status: str, message: str, **values: Any) -> bool:
+    def _end(self, job_id: str, owner: str | None, status: str, message: str, expect: tuple[str, ...] = ("running",),
+             **values: Any) -> bool:
+        """``expect`` → a terminal status as one conditional UPDATE: the job must still be in an
+        expected state (and, when ``owner`` is given, held by that server)."""
         with self.session() as s:
-            q = update(JobRow).where(JobRow.id == job_id, JobRow.status.in_(("running", "queued")))
+            q = update(JobRow).where(JobRow.id == job_id, JobRow.status.in_(expect))
             if owner is not None:
                 q = q.where(JobRow.owner == owner)
             res = s.execute(q.values(status=status, finished_at=utcnow(), message=message[:2000], **values))
@@ -256,19 +259,19 @@ class Store:
         return self._end(job_id, owner, "cancelled", message)
 
     def request_cancel(self, job_id: str) -> JobRow | None:
-        """Queued → cancelled now; running → flagged, and its owner stops the Ray work."""
-        job = self.get_job(job_id)
-        if job is None:
+        """Queued → cancelled now; running → flagged, and its owner stops the Ray work. Each is a
+        conditional UPDATE, so a job claimed between the two is flagged, not cancelled under its
+        server's feet."""
+        if self.get_job(job_id) is None:
             return None
-        if job.status == "queued":
-            self._end(job_id, None, "cancelled", "cancelled before it started")
-        elif job.status == "running":
+        if not self._end(job_id, None, "cancelled", "cancelled before it started", expect=("queued",)):
             with self.session() as s:
                 s.execute(update(JobRow).where(JobRow.id == job_id, JobRow.status == "running")
                           .values(cancel_requested=True, message="cancelling"))
-        elif job.status in ("succeeded", "failed"):
+        job = self.get_job(job_id)
+        if job.status in ("succeeded", "failed"):
             raise Conflict(f"job {job_id} already {job.status}; only queued or running jobs can be cancelled")
-        return self.get_job(job_id)
+        return job
 
     def cancel_requested(self, owner: str) -> list[str]:
         with self.session() as s:

@@ -23,12 +23,31 @@ def pg_available() -> bool:
         return False
 
 
+def ensure_postgres() -> None:
+    """Start the machine's PostgreSQL cluster when it is installed but down (as .ci/run does), so
+    ``make test`` needs nothing started by hand; fail with what to do when it cannot be."""
+    import shutil
+    import subprocess
+    import time
+    if pg_available():
+        return
+    clusters = sorted(Path("/etc/postgresql").glob("*")) if Path("/etc/postgresql").is_dir() else []
+    if shutil.which("pg_ctlcluster") and clusters:
+        subprocess.run(["pg_ctlcluster", "--skip-systemctl-redirect", clusters[-1].name, "main", "start"],
+                       capture_output=True, timeout=60)
+        for _ in range(30):
+            if pg_available():
+                return
+            time.sleep(0.5)
+    pytest.fail(f"PostgreSQL is not reachable at {PG_ADMIN} and could not be started here: install PostgreSQL 15 "
+                "(trust auth for 127.0.0.1) or point BITPLAN_TEST_PG at a server")
+
+
 @pytest.fixture(scope="session")
 def pg_database():
     """A fresh PostgreSQL database per test session, dropped at the end."""
     import psycopg
-    if not pg_available():
-        pytest.fail(f"PostgreSQL is not reachable at {PG_ADMIN}; start it (see .ci/run)")
+    ensure_postgres()
     name = f"bitplan_test_{uuid.uuid4().hex[:10]}"
     with psycopg.connect(PG_ADMIN, autocommit=True) as c:
         c.execute(f'CREATE DATABASE "{name}"')
@@ -45,6 +64,7 @@ def db_url(request, tmp_path):
         yield f"sqlite:///{tmp_path / 'store.db'}"
         return
     import psycopg
+    ensure_postgres()
     name = f"bitplan_unit_{uuid.uuid4().hex[:10]}"
     with psycopg.connect(PG_ADMIN, autocommit=True) as c:
         c.execute(f'CREATE DATABASE "{name}"')

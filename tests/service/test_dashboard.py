@@ -80,7 +80,7 @@ def test_submit_watch_and_inspect_a_policy(page, dash):
         if pg.query_selector(".badge.succeeded"):
             break
         time.sleep(0.1)
-    pg.wait_for_selector(".badge.succeeded", timeout=5_000)
+    pg.wait_for_selector(".badge.succeeded", timeout=30_000)
     # the page may re-render between reading the bar and seeing the badge: read the final bar too
     seen.append(int(pg.get_attribute(".bar.big", "aria-valuenow")))
     shot(pg, "03-job-succeeded")
