@@ -28,27 +28,34 @@ class ServerStartError(RuntimeError):
 
 
 class ServerProcess:
-    def __init__(self, port: int, log: Path, env: dict[str, str] | None = None, cwd: Path | None = None):
-        self.port, self.log, self.env, self.cwd = port, Path(log), env, cwd
+    """``cpus``: pin the server (and the local Ray it starts) to these CPUs, so a benchmark's
+    load generator can run on the others."""
+
+    def __init__(self, port: int, log: Path, env: dict[str, str] | None = None, cwd: Path | None = None,
+                 cpus: set[int] | None = None):
+        self.port, self.log, self.env, self.cwd, self.cpus = port, Path(log), env, cwd, cpus
         self.url = f"http://127.0.0.1:{port}"
         self.proc: subprocess.Popen | None = None
 
     def _tail(self) -> str:
         return self.log.read_text(errors="replace")[-4000:] if self.log.exists() else ""
 
-    def start(self, timeout: float = 180) -> "ServerProcess":
-        """Start the server and return once /readyz answers 200."""
+    def start(self, timeout: float = 180, probe: str = "/readyz") -> "ServerProcess":
+        """Start the server and return once ``probe`` answers 200: /readyz (the default) for a
+        server that can run jobs, /healthz for one that is up but may report itself not ready."""
         self.log.parent.mkdir(parents=True, exist_ok=True)
+        cpus = self.cpus
         with open(self.log, "ab") as out:
             self.proc = subprocess.Popen([sys.executable, "-m", "service.cli", "serve", "--port", str(self.port),
                                           "--log-level", "warning"], cwd=self.cwd, env=self.env, stdout=out,
-                                         stderr=subprocess.STDOUT, start_new_session=True)
+                                         stderr=subprocess.STDOUT, start_new_session=True,
+                                         preexec_fn=(lambda: os.sched_setaffinity(0, cpus)) if cpus else None)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise ServerStartError(f"the server exited with {self.proc.returncode}; {self.log}:\n{self._tail()}")
             try:
-                if httpx.get(f"{self.url}/readyz", timeout=2).status_code == 200:
+                if httpx.get(f"{self.url}{probe}", timeout=2).status_code == 200:
                     return self
             except httpx.TransportError:
                 pass

@@ -140,3 +140,15 @@ class SensitivitySummary(BaseModel):
     model_id: str
     proxy: str
     created_at: datetime
+
+
+class HealthOut(BaseModel):
+    """``GET /healthz``: the process answers (it never touches the database)."""
+    status: Literal["ok"]
+
+
+class ReadyOut(BaseModel):
+    """``GET /readyz``: 200 when every check is ``ok``, 503 otherwise. ``checks`` maps what was
+    checked (database, ray, corpora, packages, each builtin model) to ``ok`` or what is missing."""
+    status: Literal["ready", "not ready"]
+    checks: dict[str, str]

@@ -23,7 +23,9 @@ def _auth(server) -> dict:
 def test_health_docs_and_openapi(server):
     assert httpx.get(f"{server.url}/healthz").json() == {"status": "ok"}
     ready = httpx.get(f"{server.url}/readyz").json()
-    assert ready["checks"] == {"database": "ok", "ray": "ok"}
+    assert ready["status"] == "ready" and all(v == "ok" for v in ready["checks"].values())
+    assert {"database", "ray", "corpora", "torch", "builtin:minilm-l6", "builtin:smollm2-135m",
+            "builtin:digits-cnn"} <= set(ready["checks"])
     assert httpx.get(f"{server.url}/docs").status_code == 200
     paths = httpx.get(f"{server.url}/openapi.json").json()["paths"]
     for p in ("/v1/models", "/v1/jobs", "/v1/jobs/{job_id}", "/v1/jobs/{job_id}/cancel", "/v1/jobs/{job_id}/events",
