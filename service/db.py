@@ -8,7 +8,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import (JSON, Boolean, DateTime, Float, ForeignKey, Integer, String, Text, TypeDecorator,
+from sqlalchemy import (JSON, Boolean, DateTime, Float, ForeignKey, Index, Integer, String, Text, TypeDecorator,
                         create_engine, event)
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
@@ -51,9 +51,13 @@ class ModelRow(Base):
 
 class JobRow(Base):
     __tablename__ = "jobs"
+    # every job-list page is one ordered range of one of these (migration 0002)
+    __table_args__ = (Index("ix_jobs_page", "created_at", "id"),
+                      Index("ix_jobs_status_page", "status", "created_at", "id"),
+                      Index("ix_jobs_model_page", "model_id", "created_at", "id"))
     id: Mapped[str] = mapped_column(String(32), primary_key=True)
-    model_id: Mapped[str] = mapped_column(ForeignKey("models.id"), index=True)
-    status: Mapped[str] = mapped_column(String(16), index=True)
+    model_id: Mapped[str] = mapped_column(ForeignKey("models.id"))
+    status: Mapped[str] = mapped_column(String(16))
     phase: Mapped[str | None] = mapped_column(String(16), nullable=True)
     progress: Mapped[float] = mapped_column(Float, default=0.0)
     message: Mapped[str] = mapped_column(Text, default="")
@@ -63,7 +67,7 @@ class JobRow(Base):
     sensitivity_key: Mapped[str] = mapped_column(String(64), index=True)
     sensitivity_id: Mapped[str | None] = mapped_column(String(32), nullable=True)
     sensitivity_cached: Mapped[bool] = mapped_column(Boolean, default=False)
-    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, index=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     started_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     heartbeat_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)

@@ -15,7 +15,7 @@ from typing import Any
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import and_, or_, select, update
+from sqlalchemy import select, tuple_, update
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
@@ -160,7 +160,7 @@ class Store:
             q = q.where(JobRow.model_id == model_id)
         if cursor:
             at, jid = decode_cursor(cursor)
-            q = q.where(or_(JobRow.created_at < at, and_(JobRow.created_at == at, JobRow.id < jid)))
+            q = q.where(tuple_(JobRow.created_at, JobRow.id) < tuple_(at, jid))  # a row value: one index range
         q = q.order_by(JobRow.created_at.desc(), JobRow.id.desc()).limit(limit + 1)
         with self._session() as s:
             rows = list(s.execute(q))
