@@ -831,20 +831,21 @@ def _model_routes(v1: APIRouter, settings: Settings) -> None:
     def list_models(st: Store = Depends(store)):
         return [_model_out(r) for r in st.list_models()]
 
-    @v1.get("/models/{model_id}", response_model=ModelOut, tags=["models"], responses=errors(404))
-    def get_model(model_id: str, st: Store = Depends(store)):
+    def _model_or_404(st: Store, model_id: str):
         _check_id(model_id, "model", "; register it with POST /v1/models")
         row = st.get_model(model_id)
         if row is None:
             raise ApiError(404, "not_found", f"no model {model_id!r}; register it with POST /v1/models")
-        return _model_out(row)
+        return row
+
+    @v1.get("/models/{model_id}", response_model=ModelOut, tags=["models"], responses=errors(404))
+    def get_model(model_id: str, st: Store = Depends(store)):
+        return _model_out(_model_or_404(st, model_id))
 
     @v1.get("/models/{model_id}/policies", response_model=list[PolicySummary], tags=["policies"],
             responses=errors(404))
     def model_policies(model_id: str, st: Store = Depends(store)):
-        _check_id(model_id, "model", "; register it with POST /v1/models")
-        if st.get_model(model_id) is None:
-            raise ApiError(404, "not_found", f"no model {model_id!r}; register it with POST /v1/models")
+        _model_or_404(st, model_id)
         out = []
         for p in st.list_policies(model_id):
             m = p.data.get("measured") or {}
@@ -856,9 +857,7 @@ def _model_routes(v1: APIRouter, settings: Settings) -> None:
     @v1.get("/models/{model_id}/sensitivities", response_model=list[SensitivitySummary], tags=["sensitivities"],
             responses=errors(404))
     def model_tables(model_id: str, st: Store = Depends(store)):
-        _check_id(model_id, "model", "; register it with POST /v1/models")
-        if st.get_model(model_id) is None:
-            raise ApiError(404, "not_found", f"no model {model_id!r}; register it with POST /v1/models")
+        _model_or_404(st, model_id)
         return [SensitivitySummary(id=r.id, key=r.key, model_id=r.model_id, proxy=r.proxy, created_at=r.created_at)
                 for r in st.list_tables(model_id)]
 
