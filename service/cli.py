@@ -12,14 +12,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from search.defaults import DEFAULT_REFINE_EVALS, JUDGE_SAMPLES
+from service.cli_remote import GROUPS_NOT_GIVEN
 
 if TYPE_CHECKING:  # the engine's imports stay lazy so --help and usage errors are instant
     from search.spec import SearchSpec
 
 EXIT_USAGE = 2
-# --group-size not given (the recipe's menu); None itself means per-channel, so it cannot be the
-# "not given" marker. argparse passes a non-string default through untouched.
-GROUPS_NOT_GIVEN = object()
 
 EPILOG = """examples:
   bitplan search --model builtin:minilm-l6 --budget avg_bits=3.3 --bits 2,3,4,8 --group-size 64 --out policy.json
@@ -156,7 +154,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    "safetensors headers, no weights are loaded")
     m.add_argument("--out", type=Path, help="write the imported table (and the solution) as JSON")
     from service.cli_remote import add_commands
-    add_commands(sub, _bits, _group, _kv, GROUPS_NOT_GIVEN)
+    add_commands(sub, _bits, _group, _kv)
     return p
 
 

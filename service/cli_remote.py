@@ -12,7 +12,13 @@ from pathlib import Path
 EXIT_USAGE, EXIT_UNAVAILABLE = 2, 1
 
 
-def add_commands(sub, bits_type, group_type, kv_type, group_default=None) -> None:
+# --group-size not given; None itself means per-channel, so it cannot mark "not given". It lives
+# here, not in service.cli: under `python -m service.cli` that module is __main__, and a sentinel
+# defined there would be a different object from the one `import service.cli` makes.
+GROUPS_NOT_GIVEN = object()
+
+
+def add_commands(sub, bits_type, group_type, kv_type) -> None:
     def common(p):
         p.add_argument("--url", default=os.environ.get("BITPLAN_URL", "http://127.0.0.1:8000"),
                        help="server URL (env BITPLAN_URL; default http://127.0.0.1:8000)")
@@ -33,7 +39,7 @@ def add_commands(sub, bits_type, group_type, kv_type, group_default=None) -> Non
     s.add_argument("--sweep", metavar="METRIC=V1,V2,…",
                    help="extra budget points on one metric (one policy each, one shared sensitivity table)")
     s.add_argument("--bits", type=bits_type, default=None, help="candidate bit-widths (default 2,3,4,8)")
-    s.add_argument("--group-size", type=group_type, default=group_default,
+    s.add_argument("--group-size", type=group_type, default=GROUPS_NOT_GIVEN,
                    help="group size(s), e.g. 64 or 32,64,128, or per-channel")
     s.add_argument("--symmetric", action="store_true")
     s.add_argument("--proxy")
@@ -154,7 +160,6 @@ def _submit(c, args) -> int:
     from pydantic import ValidationError
     try:
         budgets = _budgets(args)
-        from service.cli import GROUPS_NOT_GIVEN
         formats = {} if args.bits is None else {"bits": args.bits}
         if args.group_size is not GROUPS_NOT_GIVEN:
             formats["group_size"] = args.group_size  # None = per-channel

@@ -109,6 +109,11 @@ def test_group_size_per_channel_is_what_the_help_says():
         assert spec.group_size is None, word
     assert spec_from_args(build_parser().parse_args(base + ["--group-size", "64,per-channel"])).group_size == [64, None]
     assert spec_from_args(build_parser().parse_args(base)).group_size == [32, 64, 128]
+    # bitplan submit parses it the same way (None is sent as per-channel; not given sends nothing)
+    from service.cli_remote import GROUPS_NOT_GIVEN
+    sub = ["submit", "--model", "builtin:digits-cnn", "--budget", "avg_bits=4"]
+    assert build_parser().parse_args(sub + ["--group-size", "per-channel"]).group_size is None
+    assert build_parser().parse_args(sub).group_size is GROUPS_NOT_GIVEN
 
 
 def test_a_partial_policy_file_says_what_is_missing(tmp_path):

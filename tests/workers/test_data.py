@@ -2,6 +2,8 @@
 that say what is accepted."""
 from __future__ import annotations
 
+import dataclasses
+
 import json
 
 import numpy as np
@@ -213,7 +215,8 @@ def test_text_hessian_batches_count_what_the_source_has_left(minilm):
     hb, n = hessian_batches(minilm, plan, 64)
     assert n == min(64, len(split_sources("pydoc", "pydoc")[0]) - 8) == sum(len(b["input_ids"]) for b in hb)
     # a source with nothing left beyond the calibration samples gives nothing (the caller falls back)
-    small = plan_for(minilm, "pydoc", "pydoc", n_calib=100_000, n_eval=4, seq_len=16)
+    # the whole source as calibration (past a job's limits, which plan_for enforces)
+    small = dataclasses.replace(plan_for(minilm, "pydoc", "pydoc", n_calib=8, n_eval=4, seq_len=16), n_calib=100_000)
     assert hessian_batches(minilm, small, 8) == ([], 0)
 
 
@@ -250,5 +253,6 @@ def test_text_judge_batches_are_apart_and_count_what_the_source_has_left(minilm)
     text = lambda batches: {tok.decode(ids, skip_special_tokens=True) for b in batches for ids in b["input_ids"]}
     calib, ev, _ = build_batches(minilm, plan)
     assert not text(jb) & text(calib) and not text(jb) & text(ev)
-    small = plan_for(minilm, "pydoc", "pydoc", n_calib=100_000, n_eval=4, seq_len=16)
+    # the whole source as calibration (past a job's limits, which plan_for enforces)
+    small = dataclasses.replace(plan_for(minilm, "pydoc", "pydoc", n_calib=8, n_eval=4, seq_len=16), n_calib=100_000)
     assert judge_batches(minilm, small, 8) == ([], 0)
