@@ -89,7 +89,7 @@ def check_data_limits(kind: str, n_calib: int | None, n_eval: int | None, seq_le
         return
     hi = MAX_SEQ_LEN[kind] if not max_positions else min(MAX_SEQ_LEN[kind], int(max_positions))
     if seq_len is not None and not MIN_SEQ_LEN[kind] <= seq_len <= hi:
-        why = f"the model attends to {max_positions} positions" if max_positions and max_positions < MAX_SEQ_LEN[kind] \
+        why = f"the model attends to {max_positions} positions" if max_positions and max_positions <= MAX_SEQ_LEN[kind] \
             else "longer sequences would not fit a worker's memory"
         raise ValueError(f"seq_len={seq_len} is out of range for this {kind} model: use {MIN_SEQ_LEN[kind]}..{hi} "
                          f"({why})")
