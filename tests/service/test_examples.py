@@ -41,3 +41,38 @@ def test_documented_search_example_is_valid(example, tmp_path):
     r = bitplan(*args, "--check", timeout=600)
     assert r.returncode == 0, f"{example}\n{r.stderr[-2000:]}"
     assert r.stdout.startswith("ok: "), r.stdout
+
+
+def documented_submits() -> list[str]:
+    lines = [l.split("  #")[0].strip() for l in (ROOT / "README.md").read_text().splitlines()]
+    return list(dict.fromkeys(l for l in lines if re.match(r"^bitplan submit --model ", l)))
+
+
+@pytest.mark.parametrize("example", documented_submits())
+def test_documented_submit_example_parses(example):
+    """The README's ``bitplan submit`` lines use options that exist, with values that parse, and
+    budget points that the remote CLI can build."""
+    from service.cli import build_parser
+    from service.cli_remote import _budgets
+    args = build_parser().parse_args(shlex.split(example)[1:])
+    points = _budgets(args)
+    assert points
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("example", [e for e in documented_submits() if "builtin:" in e])
+def test_documented_submit_example_budgets_are_feasible(example):
+    """Each budget point of a README submit line on a builtin model passes the same checks a
+    server makes (``bitplan search --check`` with that model and budget)."""
+    from service.cli import build_parser
+    from service.cli_remote import _budgets
+    args = build_parser().parse_args(shlex.split(example)[1:])
+    points = _budgets(args)
+    for point in points if isinstance(points, list) else [points]:
+        budget = [x for k, v in point.items() for x in ("--budget", f"{k}={v}")]
+        r = bitplan("search", "--model", args.model, *budget, "--check", timeout=600)
+        assert r.returncode == 0, f"{example} at {point}\n{r.stderr[-2000:]}"
+
+
+def test_the_docs_have_submit_examples():
+    assert any("--sweep" in e for e in documented_submits())
