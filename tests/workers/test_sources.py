@@ -119,3 +119,33 @@ def test_cli_latency_budget_end_to_end(tmp_path):
     r = subprocess.run([sys.executable, "-m", "service.cli", "search", "--model", "builtin:digits-cnn",
                         "--budget", "latency_ms=9", "--out", str(out)], cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert r.returncode == 2 and "latency table" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+
+
+def test_weights_sha256_hashes_buffers_of_any_shape_and_dtype():
+    """BatchNorm keeps a 0-dim int64 ``num_batches_tracked``; bool and half buffers occur too.
+    Every one is part of the identity, and the bytes of ordinary tensors hash as before."""
+    import hashlib
+
+    import torch
+    from torch import nn
+
+    from workers.sources import weights_sha256
+
+    def net():
+        torch.manual_seed(0)
+        m = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.Flatten(), nn.LazyLinear(2))
+        m(torch.zeros(1, 3, 8, 8))
+        m.register_buffer("mask", torch.tensor([True, False]))
+        m.register_buffer("scale16", torch.ones(3, dtype=torch.float16))
+        return m.eval()
+
+    a, b = net(), net()
+    assert weights_sha256(a) == weights_sha256(b) and len(weights_sha256(a)) == 64
+    b[1].num_batches_tracked += 1  # a 0-dim buffer changes the identity
+    assert weights_sha256(a) != weights_sha256(b)
+    lin = nn.Linear(3, 2)  # the byte stream of ordinary tensors is unchanged (stored ids stay valid)
+    h = hashlib.sha256()
+    for name, t in sorted(lin.state_dict().items()):
+        h.update(f"{name}|{tuple(t.shape)}|{t.dtype}|".encode())
+        h.update(t.detach().contiguous().view(torch.uint8).numpy().tobytes())
+    assert weights_sha256(lin) == h.hexdigest()
