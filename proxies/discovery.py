@@ -9,15 +9,16 @@ from torch import nn
 
 from search.layers import LayerInfo
 
-_CONV = (nn.Conv1d, nn.Conv2d)
 
 
 def _kind(module: nn.Module) -> str | None:
     name = type(module).__name__
     if isinstance(module, nn.Linear) or name == "Linear":
         return "Linear"
-    if isinstance(module, _CONV) or name in ("Conv1d", "Conv2d"):
-        return name if name in ("Conv1d", "Conv2d") else type(module).__name__
+    if isinstance(module, nn.Conv1d):  # subclasses too (e.g. "same"-padding convs of EfficientNet ports)
+        return "Conv1d"
+    if isinstance(module, nn.Conv2d) or name in ("Conv1d", "Conv2d"):
+        return "Conv2d" if isinstance(module, nn.Conv2d) else name
     if name == "Conv1D" and hasattr(module, "nf"):
         return "Conv1D"  # HF GPT-2 style, weight stored (in, out)
     if isinstance(module, nn.Embedding) or name == "Embedding":

@@ -182,3 +182,26 @@ def test_bert_names_and_no_cross_block_ties():
 def test_unknown_tie_preset_names_the_choices():
     with pytest.raises(ValueError, match="unknown tie preset 'qk'.*gate_up.*qkv"):
         find_tie_groups(llama_layers(1), ["qk"])
+
+
+class SamePadConv(nn.Conv2d):
+    """The shape of EfficientNet ports' Conv2dStaticSamePadding: a Conv2d subclass that pads."""
+
+    def __init__(self, cin: int, cout: int, k: int, stride: int = 1):
+        super().__init__(cin, cout, k, stride=stride, bias=False)
+        self.pad = nn.ZeroPad2d((k - 1) // 2)
+
+    def forward(self, x):
+        return super().forward(self.pad(x))
+
+
+class Dense(nn.Linear):
+    pass
+
+
+def test_subclasses_of_conv_and_linear_are_layers_of_their_base_kind():
+    net = nn.Sequential(SamePadConv(3, 8, 3), nn.BatchNorm2d(8), SamePadConv(8, 8, 3, stride=2), nn.Flatten(),
+                        Dense(8 * 4 * 4, 10))
+    L = by_name(discover_layers(net, lambda m: m(torch.zeros(1, 3, 8, 8))))
+    assert [L[n].kind for n in ("0", "2", "4")] == ["Conv2d", "Conv2d", "Linear"]
+    assert L["0"].macs == L["0"].numel * 64 and L["2"].macs == L["2"].numel * 16  # real output positions
