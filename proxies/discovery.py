@@ -26,9 +26,41 @@ def _kind(module: nn.Module) -> str | None:
     return None
 
 
+_KINDS = ("Linear", "Conv1d", "Conv2d", "Conv1D", "Embedding")
+# graph ops that read a module's own weight, and the layer kind they make it (aten::_convolution
+# is decided by the weight's rank)
+_WEIGHT_OPS = {"aten::linear": "Linear", "aten::conv1d": "Conv1d", "aten::conv2d": "Conv2d",
+               "aten::_convolution": None, "aten::embedding": "Embedding"}
+
+
 def _script_kind(module: nn.Module) -> str | None:
-    """TorchScript modules keep their Python class name in ``original_name``."""
-    return getattr(module, "original_name", None) if isinstance(module, torch.jit.ScriptModule) else None
+    """A TorchScript module's kind: its ``original_name`` when that is a known class, else what
+    its graph does — a linear, conv or embedding op that reads the module's *own* ``weight``
+    (so a ``Conv2d`` subclass with "same" padding is a Conv2d, and a container whose children
+    run convs is not a layer itself)."""
+    if not isinstance(module, torch.jit.ScriptModule):
+        return None
+    name = getattr(module, "original_name", None)
+    if name in _KINDS:
+        return name
+    try:
+        graph = module.inlined_graph
+    except (RuntimeError, AttributeError):  # no forward (e.g. an interface-only module)
+        return None
+    me = next(graph.inputs(), None)
+    for node in graph.nodes():
+        if node.kind() not in _WEIGHT_OPS:
+            continue
+        inputs = list(node.inputs())
+        src = inputs[0 if node.kind() == "aten::embedding" else 1].node() if len(inputs) > 1 else None
+        if src is None or src.kind() != "prim::GetAttr" or src.s("name") != "weight" or next(src.inputs()) is not me:
+            continue
+        kind = _WEIGHT_OPS[node.kind()]
+        if kind is None:
+            w = getattr(module, "weight", None)
+            kind = {3: "Conv1d", 4: "Conv2d"}.get(w.dim() if w is not None else 0)
+        return kind
+    return None
 
 
 def _head_names(model: nn.Module) -> set[str]:
@@ -53,7 +85,7 @@ def discover_layers(model: nn.Module, example: Callable[[nn.Module], object] | N
     found, seen = [], set()
     for name, module in model.named_modules():
         kind = _kind(module) if not isinstance(module, torch.jit.ScriptModule) else _script_kind(module)
-        if kind not in ("Linear", "Conv1d", "Conv2d", "Conv1D", "Embedding"):
+        if kind not in _KINDS:
             continue
         if kind == "Embedding" and not include_embeddings:
             continue

@@ -192,7 +192,7 @@ class SamePadConv(nn.Conv2d):
         self.pad = nn.ZeroPad2d((k - 1) // 2)
 
     def forward(self, x):
-        return super().forward(self.pad(x))
+        return self._conv_forward(self.pad(x), self.weight, self.bias)
 
 
 class Dense(nn.Linear):
@@ -205,3 +205,19 @@ def test_subclasses_of_conv_and_linear_are_layers_of_their_base_kind():
     L = by_name(discover_layers(net, lambda m: m(torch.zeros(1, 3, 8, 8))))
     assert [L[n].kind for n in ("0", "2", "4")] == ["Conv2d", "Conv2d", "Linear"]
     assert L["0"].macs == L["0"].numel * 64 and L["2"].macs == L["2"].numel * 16  # real output positions
+
+
+def test_torchscript_layers_are_found_by_what_their_graph_does():
+    """Scripted, a Conv2d subclass keeps its own class name (``original_name``), which used to
+    hide it; its graph runs aten::conv2d on its own weight, so it is a Conv2d. The Sequential
+    around it runs convs of its children, not its own: not a layer."""
+    import warnings
+    net = nn.Sequential(SamePadConv(3, 8, 3), nn.BatchNorm2d(8), SamePadConv(8, 8, 3, stride=2), nn.Flatten(),
+                        Dense(8 * 4 * 4, 10), nn.Linear(10, 4))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        scripted = torch.jit.script(net.eval())
+    L = by_name(discover_layers(scripted))
+    assert sorted(L) == ["0", "2", "4", "5"]
+    assert [L[n].kind for n in ("0", "2", "4", "5")] == ["Conv2d", "Conv2d", "Linear", "Linear"]
+    assert L["2"].shape == (8, 8, 3, 3) and L["4"].in_features == 128
