@@ -24,17 +24,10 @@ from search.budgets import CostModel
 from search.evolve import EvolveParams, Program, evolve, predict, program_json, rank_corr, sample_policies, scores, split
 from search.params import PROGRAM_NAME, check_proxy_model, evolved_store_dir, stored_program
 
-NAME = PROGRAM_NAME
-
-
-def store_dir() -> Path:
-    return evolved_store_dir()
-
-
 def save_program(name: str, doc: str) -> Path:
-    if not NAME.match(name):
+    if not PROGRAM_NAME.match(name):
         raise ValueError(f"evolved proxy name {name!r}: use letters, digits, '_', '.', '-' (at most 64)")
-    d = store_dir()
+    d = evolved_store_dir()
     d.mkdir(parents=True, exist_ok=True)
     tmp = d / f".{name}.{os.getpid()}.tmp"
     tmp.write_text(doc)

@@ -116,16 +116,19 @@ def check_budgets(costs: CostModel, budgets: dict[str, float], ties: TieGroups |
     Each error names the feasible range for that metric."""
     if not budgets:
         raise BudgetError("no budget given: pass at least one, e.g. --budget avg_bits=3.3")
-    ties = ties or TieGroups()
     for metric, limit in budgets.items():
-        lo = group_min_cost(costs.matrix(metric), ties)
-        hi = costs.float_cost(metric)
+        lo, hi = budget_range(costs, metric, ties)
         rng = feasible_range(lo, hi)
         if limit < lo * (1 - 1e-12):
             raise BudgetError(f"budget {metric}={limit:g} is below the cheapest policy with these formats "
                               f"({metric}={lo:.6g}); {rng}")
         if limit > hi * (1 + 1e-12):
             raise BudgetError(f"budget {metric}={limit:g} is above the float model ({metric}={hi:.6g}); {rng}")
+
+
+def budget_range(costs: CostModel, metric: str, ties: TieGroups | None = None) -> tuple[float, float]:
+    """(cheapest policy, float model) on ``metric`` with these formats and ties."""
+    return group_min_cost(costs.matrix(metric), ties or TieGroups()), costs.float_cost(metric)
 
 
 def feasible_range(lo: float, hi: float) -> str:

@@ -101,20 +101,3 @@ def check_data_limits(kind: str, n_calib: int | None, n_eval: int | None, seq_le
         if n is not None and n * tokens_per > cap:
             raise ValueError(f"{what}: {n} samples × {tokens_per} tokens = {n * tokens_per:,} tokens is more than "
                              f"a job may use ({cap:,}); use at most {cap // tokens_per} samples at seq_len {tokens_per}")
-
-
-def check_uploaded_text(field: str, text: str, kind: str, seq_len: int | None, shared: bool) -> None:
-    """What can be told about uploaded text without the tokenizer: a causal LM needs at least one
-    window of ``seq_len`` tokens, and every byte-level token is at least one byte, so fewer bytes
-    than tokens per window can never make one; text shared by calibration and evaluation needs
-    two paragraphs to split."""
-    if kind == "causal_lm":
-        need = seq_len or DATA_DEFAULTS[kind][2]
-        size = len(text.encode("utf-8"))
-        if size < need:
-            raise ValueError(f"{field}.text is {size} bytes, too short for one window of {need} tokens: upload more "
-                             f"text or lower seq_len")
-    paras = [p for p in text.split("\n\n") if p.strip()] or [text]
-    if shared and len(paras) < 2 and len(text.splitlines()) < 2:
-        raise ValueError(f"{field}.text has one paragraph; calibration and evaluation need at least two to split "
-                         "(separate paragraphs by blank lines) or give evaluation data of its own")

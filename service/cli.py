@@ -127,7 +127,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--save-table", type=Path, help="also write the sensitivity table (JSON)")
     s.add_argument("--check", action="store_true",
                    help="only check the request: load the model, validate every option and budget (printing the "
-                        "feasible range of each budget metric) and stop before any calibration"),
+                        "feasible range of each budget metric) and stop before any calibration")
     e = sub.add_parser("evolve", help="evolve a proxy program on a model (EMQ) and compare it with the built-in proxies")
     e.add_argument("--model", required=True)
     e.add_argument("--name", required=True, help="store the winner as evolved:<name> (letters, digits, _ . -)")
@@ -237,7 +237,7 @@ def cmd_search(args) -> int:
 
 
 def _check_only(spec) -> int:
-    from search.budgets import feasible_range, group_min_cost
+    from search.budgets import budget_range, feasible_range
     from workers.errors import USER_ERRORS
     from workers.pipeline import check_search
     try:
@@ -247,7 +247,7 @@ def _check_only(spec) -> int:
     print(f"ok: {spec.model}: {len(ld.layers)} layers, {len(ld.costs.formats)} formats, data {ld.plan.calib} → "
           f"calibration ({ld.plan.n_calib}), {ld.plan.eval} → evaluation ({ld.plan.n_eval})")
     for metric in sorted(spec.budgets):
-        lo, hi = group_min_cost(ld.costs.matrix(metric), ld.ties), ld.costs.float_cost(metric)
+        lo, hi = budget_range(ld.costs, metric, ld.ties)
         print(f"  budget {metric}={spec.budgets[metric]:g}: {feasible_range(lo, hi)}")
     return 0
 

@@ -16,9 +16,9 @@ from search.budgets import CostModel
 from search.layers import LayerInfo, find_tie_groups, runtime_ties
 from search.params import check_proxy_model
 from search.spec import SearchSpec
-from search.validate import check_data_limits, check_spec_budgets, check_uploaded_text, static_check
+from search.validate import DATA_DEFAULTS, check_data_limits, check_spec_budgets, static_check
 from service.schemas import JobCreate
-from workers.data import BUILTIN_TEXT
+from workers.data import BUILTIN_TEXT, text_paragraphs
 
 TEXT_SOURCE_NAMES = (*BUILTIN_TEXT, "pydoc")
 SPEC_VERSION = 1  # bump when calibration batching changes, so old cached tables are not reused
@@ -47,6 +47,22 @@ def _data_source(kind: str, data, model_kind: str) -> str | None:
     return data.source
 
 
+def check_uploaded_text(field: str, text: str, kind: str, seq_len: int | None, shared: bool) -> None:
+    """What can be told about uploaded text without the tokenizer: a causal LM needs at least one
+    window of ``seq_len`` tokens, and every byte-level token is at least one byte, so fewer bytes
+    than tokens per window can never make one; text shared by calibration and evaluation needs
+    two paragraphs to split."""
+    if kind == "causal_lm":
+        need = seq_len or DATA_DEFAULTS[kind][2]
+        size = len(text.encode("utf-8"))
+        if size < need:
+            raise ValueError(f"{field}.text is {size} bytes, too short for one window of {need} tokens: upload more "
+                             f"text or lower seq_len")
+    if shared and len(text_paragraphs(text)) < 2:
+        raise ValueError(f"{field}.text has one paragraph; calibration and evaluation need at least two to split "
+                         "(separate paragraphs by blank lines) or give evaluation data of its own")
+
+
 def request_hash(req: JobCreate) -> str:
     return hashlib.sha256(json.dumps(req.model_dump(mode="json"), sort_keys=True).encode()).hexdigest()
 
@@ -71,15 +87,14 @@ def plan_job(req: JobCreate, model_ref: str, model_id: str, model_kind: str, lay
                 ties=runtime_ties(req.runtime, req.ties),
                 latency_table=req.latency_table, quantizer=req.quantizer, quantizer_params=req.quantizer_params)
     specs = [SearchSpec(**base, budgets=b) for b in budgets]
-    hessian = (req.quantizer_params or {}).get("n_samples") if req.quantizer == "gptq" else None
+    checked = static_check(specs[0])
+    solver, formats = checked.solver, checked.formats
     check_data_limits(model_kind, specs[0].n_calib, specs[0].n_eval, specs[0].seq_len, max_positions,
-                      req.judge_samples, hessian if isinstance(hessian, int) else None)
+                      req.judge_samples, checked.quantizer_params.get("n_samples"))
     for field, data, other in (("calibration", req.calibration, req.evaluation),
                                ("evaluation", req.evaluation, req.calibration)):
         if data.text is not None:
             check_uploaded_text(field, data.text, model_kind, specs[0].seq_len, shared=other.text == data.text)
-    checked = static_check(specs[0])
-    solver, formats = checked.solver, checked.formats
     if req.quantizer != "rtn" and model_ref.startswith("torchscript:"):
         raise ValueError(f"quantizer {req.quantizer!r} reads calibration activations through forward hooks, which "
                          "TorchScript models do not support; use quantizer 'rtn' for an uploaded model")

@@ -245,8 +245,7 @@ class Store:
                                     sensitivity_id=sensitivity_id, sensitivity_cached=cached, message=message))
             if res.rowcount != 1:
                 return False
-            model_id = s.scalar(select(JobRow.model_id).where(JobRow.id == job_id))
-            phase = s.scalar(select(JobRow.phase).where(JobRow.id == job_id))
+            model_id, phase = s.execute(select(JobRow.model_id, JobRow.phase).where(JobRow.id == job_id)).one()
             for i, p in enumerate(policies):
                 s.add(PolicyRow(id=new_id(), job_id=job_id, model_id=model_id, position=i, data=p, created_at=utcnow()))
             self._event(s, job_id, "succeeded", phase, 1.0, message)
@@ -288,29 +287,23 @@ class Store:
         with self.session() as s:
             stale = list(s.scalars(select(JobRow).where(JobRow.status == "running", JobRow.owner != owner,
                                                         JobRow.heartbeat_at < cutoff)))
-        out = []
-        for job in stale:
-            action = self._put_back(job, [JobRow.heartbeat_at < cutoff, JobRow.owner == job.owner], max_attempts,
-                                    "its server stopped")
-            if action:
-                out.append((job.id, action))
-        return out
+        return self._put_back_all(stale, [JobRow.heartbeat_at < cutoff], max_attempts, "its server stopped")
 
     def release(self, owner: str, max_attempts: int) -> list[tuple[str, str]]:
         """A server shutting down gracefully puts back *its own* running jobs at once (no lease
         wait), so another server or its next start runs them again. Returns (id, action)."""
         with self.session() as s:
             mine = list(s.scalars(select(JobRow).where(JobRow.status == "running", JobRow.owner == owner)))
-        out = []
-        for job in mine:
-            action = self._put_back(job, [JobRow.owner == owner], max_attempts, "its server shut down")
-            if action:
-                out.append((job.id, action))
-        return out
+        return self._put_back_all(mine, [], max_attempts, "its server shut down")
+
+    def _put_back_all(self, jobs: list[JobRow], guard: list, max_attempts: int, why: str) -> list[tuple[str, str]]:
+        """(id, action) of each job ``_put_back`` won."""
+        return [(job.id, action) for job in jobs if (action := self._put_back(job, guard, max_attempts, why))]
 
     def _put_back(self, job: JobRow, guard: list, max_attempts: int, why: str) -> str | None:
         """running → cancelled (cancel was asked), failed (attempts used up) or queued, as one
-        conditional UPDATE on the state read (still running, same owner/lease): None if lost."""
+        conditional UPDATE on the state read (still running, same owner and attempt, plus
+        ``guard``): None if lost."""
         if job.cancel_requested:
             values, action = {"status": "cancelled", "finished_at": utcnow(),
                               "message": f"cancelled ({why})"}, "cancelled"
@@ -322,7 +315,8 @@ class Store:
                               "message": f"re-queued: {why} during attempt {job.attempts}"}, "requeued"
         with self.session() as s:
             res = s.execute(update(JobRow).where(JobRow.id == job.id, JobRow.status == "running",
-                                                 JobRow.attempts == job.attempts, *guard).values(**values))
+                                                 JobRow.owner == job.owner, JobRow.attempts == job.attempts,
+                                                 *guard).values(**values))
             if res.rowcount != 1:
                 return None
             self._event(s, job.id, values["status"], None, 0.0, values["message"])

@@ -84,7 +84,9 @@ def _paragraphs_wikitext(text: str) -> list[str]:
     return out
 
 
-def _paragraphs_blank(text: str) -> list[str]:
+def text_paragraphs(text: str) -> list[str]:
+    """Paragraphs separated by blank lines (lines, when the text has only one): how uploaded
+    and ``file:`` text is split."""
     paras = [p.strip() for p in re.split(r"\n\s*\n", text) if p.strip()]
     return paras if len(paras) > 1 else [l.strip() for l in text.splitlines() if l.strip()]
 
@@ -93,7 +95,7 @@ def paragraphs(source: str) -> list[str]:
     """All paragraphs of a source, in a fixed order."""
     if source in BUILTIN_TEXT:
         text = _builtin_text(builtin_text_path(source))
-        return _paragraphs_wikitext(text) if source.startswith("wikitext") else _paragraphs_blank(text)
+        return _paragraphs_wikitext(text) if source.startswith("wikitext") else text_paragraphs(text)
     if source == "pydoc":
         from pydoc_data.topics import topics
         return [topics[k].strip() for k in sorted(topics) if topics[k].strip()]
@@ -111,7 +113,7 @@ def paragraphs(source: str) -> list[str]:
                     except (ValueError, KeyError, TypeError):
                         raise DataError(f"{path}:{n}: each JSONL line needs a 'text' field") from None
             return out
-        return _paragraphs_blank(text)
+        return text_paragraphs(text)
     raise DataError(f"unknown data source {source!r}: use one of {', '.join(TEXT_SOURCES)}")
 
 
