@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import sysconfig
@@ -25,8 +26,12 @@ pytestmark = pytest.mark.integration
 @pytest.fixture(scope="module")
 def wheel(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("wheel")
+    # an in-tree build (no isolation) reuses ./build/lib, which keeps files a later change deleted:
+    # start from nothing so the wheel is exactly this tree, and leave nothing behind
+    shutil.rmtree(ROOT / "build", ignore_errors=True)
     r = subprocess.run([sys.executable, "-m", "pip", "wheel", ".", "--no-deps", "--no-build-isolation", "-q",
                         "-w", str(out)], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    shutil.rmtree(ROOT / "build", ignore_errors=True)
     assert r.returncode == 0, r.stderr
     (whl,) = out.glob("bitplan-*.whl")
     return whl
