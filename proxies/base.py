@@ -93,10 +93,12 @@ class Proxy(ABC):
 
 
 def require_hooks(ctx: ProxyContext, proxy: str) -> None:
-    """Activation-reading proxies need forward hooks, which TorchScript modules do not support."""
+    """Proxies that run each layer module on its captured inputs (with swapped weights) need
+    eager modules: a TorchScript layer takes no forward hooks and no functional_call."""
     if isinstance(ctx.model, torch.jit.ScriptModule):
-        raise ValueError(f"proxy {proxy!r} reads activations through forward hooks, which TorchScript models do not "
-                         f"support; use measured, hessian_trace or fisher for this model")
+        raise ValueError(f"proxy {proxy!r} runs each layer on its captured inputs, which TorchScript models do not "
+                         f"support; use measured, hessian_trace, fisher or evolved, or give the model as a "
+                         f"torch.export program (export:FILE.pt2)")
 
 
 def quant_error_sq(ctx: ProxyContext) -> np.ndarray:

@@ -7,6 +7,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
+from proxies.capture import capture
 from search.layers import LayerInfo
 
 
@@ -109,16 +110,15 @@ def discover_layers(model: nn.Module, example: Callable[[nn.Module], object] | N
 
 
 def _conv_positions(model: nn.Module, convs: list[nn.Module], example) -> dict[int, int]:
-    """Output positions per conv module from one forward pass (hooks), for MACs."""
-    if not convs or example is None or isinstance(model, torch.jit.ScriptModule):
+    """Output positions per conv module from one forward pass, for MACs: forward hooks, or for
+    a TorchScript model a probe that returns each conv op's output (proxies.capture)."""
+    if not convs or example is None:
         return {}
     sizes: dict[int, int] = {}
-    hooks = [m.register_forward_hook(lambda m, i, o: sizes.__setitem__(id(m), int(o[0].shape[1:].numel())))
-             for m in convs]
-    try:
-        with torch.no_grad():
-            example(model)
-    finally:
-        for h in hooks:
-            h.remove()
+
+    def sink(i, m, x, y, geom):
+        sizes[id(m)] = int(y[0].shape[1:].numel())
+
+    with torch.no_grad(), capture(model, convs, sink, inputs=False, outputs=True) as runner:
+        example(runner)
     return sizes

@@ -1,8 +1,8 @@
 """GPTQ (Frantar et al., 2022): quantize a weight column by column and push each column's
 rounding error onto the columns not yet quantized, weighted by the inverse Hessian of the
 layer's reconstruction loss ‖XWᵀ − XŴᵀ‖² (H = XᵀX over calibration inputs). Pure tensor
-functions: the Hessians come from ``HessianCollector`` (forward hooks over one pass of the
-Hessian batches), the quantization from ``factor`` + ``gptq``.
+functions: the Hessians come from ``HessianCollector`` (forward hooks, or a TorchScript probe,
+over one pass of the Hessian batches), the quantization from ``factor`` + ``gptq``.
 
 Choices, and why:
 - the grid is exactly RTN's (``group_params``: fp16 scales, ``bits``-wide zero points), so a
@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from search.formats import Format
+from proxies.capture import Geometry, capture, module_geometry
 from proxies.quant import group_params, grouped, quantize_on_grid
 
 MAX_DAMP_TRIES = 6
@@ -121,72 +122,66 @@ def gptq(w: torch.Tensor, f: Factor, fmt: Format, block_size: int = 128) -> torc
 # ---------------------------------------------------------------- Hessians from calibration data
 
 
-def _padded(x: torch.Tensor, conv: nn.Module, nd: int) -> tuple[torch.Tensor, tuple]:
-    """Apply the conv's padding to its input explicitly (int, tuple, 'valid' or 'same')."""
-    k, dil = conv.kernel_size, conv.dilation
-    if isinstance(conv.padding, str):
-        if conv.padding == "valid":
-            return x, (0,) * nd
-        pads: list[int] = []
-        for kk, dd in reversed(list(zip(k, dil))):
-            total = dd * (kk - 1)
-            pads += [total // 2, total - total // 2]
-        return F.pad(x, pads), (0,) * nd
-    return x, tuple(conv.padding)
-
-
-def input_rows(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
+def input_rows(module: nn.Module, x: torch.Tensor, geom: Geometry | None = None) -> torch.Tensor:
     """The rows the weight multiplies, as (groups, n, reduction): a Linear's (or HF Conv1D's)
     inputs as they are; a conv's unfolded patches, split by conv group so each group of output
-    channels gets the Hessian of its own input channels."""
-    if isinstance(module, (nn.Conv1d, nn.Conv2d)):
-        is1d = isinstance(module, nn.Conv1d)
-        if is1d:
-            x = x.unsqueeze(-2)
-        x, pad = _padded(x, module, 1 if is1d else 2)
-        k = (1, module.kernel_size[0]) if is1d else module.kernel_size
-        dil = (1, module.dilation[0]) if is1d else module.dilation
-        stride = (1, module.stride[0]) if is1d else module.stride
-        pad = (0, pad[0]) if is1d else pad
-        cols = F.unfold(x.float(), k, dilation=dil, padding=pad, stride=stride)  # (N, C·k, P)
+    channels gets the Hessian of its own input channels. ``geom`` is how the op really slides
+    its kernel (a TorchScript op's constants, or padding inferred from shapes); the module's
+    own attributes otherwise."""
+    if geom is None or geom.stride is None:
+        geom = module_geometry(module)
+    if geom.stride is not None:  # a conv (a TorchScript one is known by its op, not its class)
+        kernel = tuple(module.weight.shape[2:])
+        pads = geom.explicit_pads(kernel)
+        flat = [p for lo_hi in reversed(pads) for p in lo_hi]  # F.pad: last dim first
+        x = F.pad(x.float(), flat) if any(flat) else x.float()
+        if len(kernel) == 1:
+            x, kernel = x.unsqueeze(-2), (1,) + kernel
+            dil, stride = (1,) + geom.dilation, (1,) + geom.stride
+        else:
+            dil, stride = geom.dilation, geom.stride
+        cols = F.unfold(x, kernel, dilation=dil, stride=stride)  # (N, C·k, P)
         n, ck, p = cols.shape
-        gr = module.groups
+        gr = geom.groups
         return cols.reshape(n, gr, ck // gr, p).permute(1, 0, 3, 2).reshape(gr, n * p, ck // gr)
     return x.reshape(1, -1, x.shape[-1]).float()
 
 
 class HessianCollector:
-    """Accumulates H = Σ xxᵀ/n per layer over forward passes (forward hooks). ``mask`` (a
-    boolean per token, e.g. the attention mask) drops padding positions from token-shaped
-    inputs, which would otherwise pull the Hessian towards what pad tokens look like."""
+    """Accumulates H = Σ xxᵀ/n per layer over forward passes. ``mask`` (a boolean per token,
+    e.g. the attention mask) drops padding positions from token-shaped inputs, which would
+    otherwise pull the Hessian towards what pad tokens look like. Inside the block, run the
+    forwards on ``runner``: the model itself (forward hooks), or for a TorchScript ``model``
+    a probe that reads each layer op's input (proxies.capture)."""
 
-    def __init__(self, modules: list[nn.Module]):
+    def __init__(self, modules: list[nn.Module], model: nn.Module | None = None):
         self.modules = modules
+        self.model = model
+        self.runner = model
         self.h: dict[int, torch.Tensor] = {}
         self.n: dict[int, int] = {}
         self.mask: torch.Tensor | None = None
 
-    def _hook(self, i: int):
-        def hook(m, inp, out):
-            x = inp[0].detach()
-            rows = input_rows(m, x)
-            if self.mask is not None and rows.shape[0] == 1 and rows.shape[1] == self.mask.numel():
-                rows = rows[:, self.mask.reshape(-1)]
-            if i in self.h:
-                self.h[i].baddbmm_(rows.transpose(1, 2), rows)
-            else:
-                self.h[i] = rows.transpose(1, 2) @ rows
-            self.n[i] = self.n.get(i, 0) + rows.shape[1]
-        return hook
+    def _add(self, i: int, m: nn.Module, x: torch.Tensor, y, geom: Geometry) -> None:
+        if isinstance(m, nn.Embedding) or x is None or geom is None:
+            return  # geometry None: a TorchScript conv whose stride/padding are not constants
+        rows = input_rows(m, x.detach(), geom)
+        if self.mask is not None and rows.shape[0] == 1 and rows.shape[1] == self.mask.numel():
+            rows = rows[:, self.mask.reshape(-1)]
+        if i in self.h:
+            self.h[i].baddbmm_(rows.transpose(1, 2), rows)
+        else:
+            self.h[i] = rows.transpose(1, 2) @ rows
+        self.n[i] = self.n.get(i, 0) + rows.shape[1]
 
     def __enter__(self) -> "HessianCollector":
-        self.handles = [m.register_forward_hook(self._hook(i)) for i, m in enumerate(self.modules)
-                        if not isinstance(m, nn.Embedding)]
+        self._ctx = capture(self.model if self.model is not None else nn.Module(), self.modules, self._add)
+        self.runner = self._ctx.__enter__()
         return self
 
     def __exit__(self, *exc) -> None:
-        for h in self.handles:
-            h.remove()
+        self._ctx.__exit__(*exc)
+        self.runner = self.model
 
     def hessians(self) -> dict[int, torch.Tensor]:
         """Layer index → (groups, d, d) mean outer product; layers never reached are absent."""

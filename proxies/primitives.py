@@ -9,48 +9,44 @@ import numpy as np
 import torch
 
 from proxies.base import ProxyContext
+from proxies.capture import capture
 from proxies.fisher import gradient_moments
 from proxies.quant import to_2d
 from search.evolve import Primitives
 
 
-def _activation_moments(ctx: ProxyContext) -> list[torch.Tensor] | None:
-    """Mean squared input per input channel of every layer (None for TorchScript: no hooks)."""
-    if isinstance(ctx.model, torch.jit.ScriptModule):
-        return None
+def _activation_moments(ctx: ProxyContext) -> list[torch.Tensor | None]:
+    """Mean squared input per input channel of every layer, from one pass over the calibration
+    batches (forward hooks, or a TorchScript probe: proxies.capture)."""
     acc: list[torch.Tensor | None] = [None] * len(ctx.modules)
     count = [0] * len(ctx.modules)
 
-    def hook(i, kind):
-        def fn(m, inp, out):
-            x = inp[0].detach().float()
-            if kind in ("Conv1d", "Conv2d"):
-                s, c = (x ** 2).transpose(0, 1).reshape(x.shape[1], -1).mean(1), 1
-            else:
-                s, c = (x.reshape(-1, x.shape[-1]) ** 2).mean(0), 1
-            acc[i] = s if acc[i] is None else acc[i] + s
-            count[i] += c
-        return fn
+    def sink(i, m, x, y, geom):
+        if x is None or ctx.layers[i].kind == "Embedding":
+            return
+        x = x.detach().float()
+        if ctx.layers[i].kind in ("Conv1d", "Conv2d"):
+            s = (x ** 2).transpose(0, 1).reshape(x.shape[1], -1).mean(1)
+        else:
+            s = (x.reshape(-1, x.shape[-1]) ** 2).mean(0)
+        acc[i] = s if acc[i] is None else acc[i] + s
+        count[i] += 1
 
-    handles = [m.register_forward_hook(hook(i, l.kind)) for i, (m, l) in enumerate(zip(ctx.modules, ctx.layers))]
-    try:
-        with torch.no_grad():
-            for b in ctx.batches:
-                ctx.task.features(ctx.model, b)
-    finally:
-        for h in handles:
-            h.remove()
+    with torch.no_grad(), capture(ctx.model, ctx.modules, sink) as runner:
+        for b in ctx.batches:
+            ctx.task.features(runner, b)
     return [a / max(c, 1) if a is not None else None for a, c in zip(acc, count)]
 
 
-def _column_channels(module: torch.nn.Module, kind: str, rows: int, cols: int) -> torch.Tensor:
+def _column_channels(module: torch.nn.Module, kind: str, rows: int, cols: int, in_channels: int = 0) -> torch.Tensor:
     """For each (row, column) of the 2-D weight layout, the input channel it reads."""
     r = torch.arange(rows)[:, None]
     c = torch.arange(cols)[None, :]
     if kind in ("Conv1d", "Conv2d"):
-        groups = module.groups
-        k = int(np.prod(module.weight.shape[2:]))
+        # groups from the channels the op saw (a TorchScript conv need not have ``groups``)
         cin_pg = module.weight.shape[1]
+        groups = max(in_channels // cin_pg, 1) if in_channels else getattr(module, "groups", 1)
+        k = int(np.prod(module.weight.shape[2:]))
         return (r // (rows // groups)) * cin_pg + c // k
     return c.expand(rows, cols)
 
@@ -71,8 +67,8 @@ def compute_primitives(ctx: ProxyContext, samples: int = 512, max_grad_samples: 
             W[i] = w2.flatten()[idx].numpy()
             G[i] = to_2d(m, g1[i]).flatten()[idx].numpy()
             F[i] = to_2d(m, g2[i]).flatten()[idx].numpy()
-            if acts is not None and acts[i] is not None:
-                ch = _column_channels(m, layer.kind, rows, cols).flatten()[idx]
+            if acts[i] is not None:
+                ch = _column_channels(m, layer.kind, rows, cols, acts[i].numel()).flatten()[idx]
                 A[i] = acts[i][ch.clamp_max(acts[i].numel() - 1)].numpy()
             else:
                 A[i] = 1.0
@@ -82,4 +78,4 @@ def compute_primitives(ctx: ProxyContext, samples: int = 512, max_grad_samples: 
             ctx.report(0.4 + 0.6 * (i + 1) / L, f"primitives of {layer.name}")
     return Primitives(W, G, F, A, dW, np.array([l.numel for l in ctx.layers], float),
                       np.array([f.is_float for f in ctx.formats]),
-                      {"samples": samples, "gradient_samples": n_grad, "activations": acts is not None})
+                      {"samples": samples, "gradient_samples": n_grad, "activations": any(a is not None for a in acts)})

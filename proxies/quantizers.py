@@ -86,13 +86,10 @@ class GPTQQuantizer(WeightQuantizer):
                          disjoint: bool = True, **params) -> "GPTQQuantizer":
         """Hessians from ``batches`` (prepared for the task). ``disjoint`` says whether they are
         apart from the batches the results are measured on, which the policy records."""
-        if isinstance(model, torch.jit.ScriptModule):
-            raise ValueError("quantizer 'gptq' reads calibration activations through forward hooks, which TorchScript "
-                             "models do not support; use quantizer 'rtn'")
-        with HessianCollector(modules) as col:
+        with HessianCollector(modules, model) as col:  # TorchScript: a graph probe instead of hooks
             for b in batches:
                 col.mask = b["attention_mask"].bool() if "attention_mask" in b else None
-                task.features(model, b)
+                task.features(col.runner, b)
         samples = sum(task.size(b) for b in batches)
         return cls(modules, col.hessians(), names=names, samples=samples, disjoint=disjoint, **params)
 

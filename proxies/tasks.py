@@ -4,7 +4,12 @@ Every proxy and the evaluation talk to a model only through its task, so one pro
 a causal LM, a sentence encoder and a classifier alike. Lifecycle: ``prepare`` attaches the
 float model's references to batches once (before any weight is touched); ``loss`` is the
 differentiable task loss used by Hessian, measured and refine; ``sample_losses`` gives one loss
-per sample whose gradients are Fisher samples; ``evaluate`` is the held-out metric."""
+per sample whose gradients are Fisher samples; ``evaluate`` is the held-out metric.
+
+A task whose ``sample_losses`` is ``target_losses(model, batch, fisher_targets(batch, gen))``
+and whose per-sample loss reads only that sample sets ``per_sample = True``: the Fisher proxy
+then takes per-sample gradients with ``torch.func.vmap`` (the random targets are drawn outside
+the vmap, once per batch, from the same seeded generator either way)."""
 from __future__ import annotations
 
 import math
@@ -20,6 +25,16 @@ Batch = dict[str, torch.Tensor]
 class Task(ABC):
     metric: str = ""
     higher_is_better: bool = False
+    per_sample: bool = False  # sample_losses == target_losses(fisher_targets(...)), row by row
+
+    def fisher_targets(self, batch: Batch, gen: torch.Generator) -> Batch:
+        """The random draws ``sample_losses`` uses, one row per sample (none by default)."""
+        return {}
+
+    def target_losses(self, model, batch: Batch, targets: Batch) -> torch.Tensor:
+        """One loss per sample given ``fisher_targets``' draws; ``model`` may be any callable
+        with the module's signature (the Fisher passes a functional call)."""
+        raise NotImplementedError
 
     def prepare(self, model: nn.Module, batches: list[Batch]) -> list[Batch]:
         return batches
@@ -58,7 +73,12 @@ class CausalLMTask(Task):
         logits = self._logits(model, batch)
         return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), batch["input_ids"][:, 1:].reshape(-1))
 
+    per_sample = True
+
     def sample_losses(self, model, batch, gen):
+        return self.target_losses(model, batch, self.fisher_targets(batch, gen))
+
+    def target_losses(self, model, batch, targets):
         logits = self._logits(model, batch)
         tgt = batch["input_ids"][:, 1:]
         nll = F.cross_entropy(logits.transpose(1, 2), tgt, reduction="none")
@@ -94,13 +114,20 @@ class EmbeddingTask(Task):
     def loss(self, model, batch):
         return (1 - (self.embed(model, batch) * batch["ref"]).sum(-1)).mean()
 
+    per_sample = True
+
     def sample_losses(self, model, batch, gen):
+        return self.target_losses(model, batch, self.fisher_targets(batch, gen))
+
+    def fisher_targets(self, batch, gen):
         # For unit vectors 1 − cos(u, r) = ½‖u − r‖², whose Hessian at the float model is JᵀJ.
         # Sampling targets r + ε with ε ~ N(0, I) makes E[ggᵀ] = JᵀJ: the true Fisher, nonzero
         # even though the float model's own gradient is exactly zero.
+        return {"eps": torch.randn(batch["ref"].shape, generator=gen)}
+
+    def target_losses(self, model, batch, targets):
         u = self.embed(model, batch)
-        eps = torch.randn(u.shape, generator=gen)
-        return 0.5 * ((u - batch["ref"] - eps) ** 2).sum(-1)
+        return 0.5 * ((u - batch["ref"] - targets["eps"]) ** 2).sum(-1)
 
     def evaluate(self, model, batches):
         with torch.no_grad():
@@ -108,34 +135,124 @@ class EmbeddingTask(Task):
         return {self.metric: float(1 - cos.mean()), "min_cosine": float(cos.min())}
 
 
-class ClassifierTask(Task):
-    """Image/feature classifier: cross-entropy on labels; accuracy and KL to the float model.
-    Batches: ``x``, ``y`` (+ ``ref_logits`` after ``prepare``)."""
+def first_tensor(out) -> torch.Tensor:
+    """A model's logits: the output itself, an HF ModelOutput's ``.logits``, a dict's ``logits``
+    (else its first tensor) or a tuple/list's first tensor."""
+    if isinstance(out, torch.Tensor):
+        return out
+    logits = getattr(out, "logits", None)
+    if isinstance(logits, torch.Tensor):
+        return logits
+    if isinstance(out, dict):
+        if isinstance(out.get("logits"), torch.Tensor):
+            return out["logits"]
+        out = list(out.values())
+    if isinstance(out, (list, tuple)):
+        for v in out:
+            if isinstance(v, torch.Tensor):
+                return v
+            if isinstance(v, (list, tuple, dict)) or hasattr(v, "logits"):
+                return first_tensor(v)
+    raise TypeError(f"the model returned {type(out).__name__}, not a tensor of logits")
 
-    metric = "accuracy"
-    higher_is_better = True
+
+class ClassifierTask(Task):
+    """A classifier (images, tensors or text → class logits), compared with the float model:
+    loss = mean KL(p_float ‖ p_quant) of the output distributions, so no labels are needed.
+    Fisher samples: cross-entropy against labels drawn from the float model's distribution (the
+    true Fisher; seeded). Held-out metric ``kl_to_float`` (lower is better) with
+    ``top1_agreement`` beside it, and ``accuracy`` and ``cross_entropy`` when labels exist.
+
+    ``inputs`` says how logits are obtained: ``"x"`` — ``model(x)``; ``"pixel_values"`` — an
+    HF image classifier, ``model(pixel_values=x)``; ``"text"`` — an HF sequence classifier,
+    ``model(input_ids=, attention_mask=)``. Batches: ``x`` (or ``input_ids``/``attention_mask``),
+    optional ``y`` (+ ``ref_logits``, the float model's log-probabilities, after ``prepare``)."""
+
+    metric = "kl_to_float"
+    higher_is_better = False
+    per_sample = True
+    INPUTS = ("x", "pixel_values", "text")
+
+    def __init__(self, inputs: str = "x") -> None:
+        if inputs not in self.INPUTS:
+            raise ValueError(f"unknown classifier inputs {inputs!r}: use one of {', '.join(self.INPUTS)}")
+        self.inputs = inputs
+
+    def logits(self, model, batch: Batch) -> torch.Tensor:
+        if self.inputs == "text":
+            out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+        elif self.inputs == "pixel_values":
+            out = model(pixel_values=batch["x"])
+        else:
+            out = model(batch["x"])
+        z = first_tensor(out).float()
+        return z.reshape(z.shape[0], -1) if z.dim() != 2 else z
+
+    def log_probs(self, model, batch: Batch) -> torch.Tensor:
+        return F.log_softmax(self.logits(model, batch), -1)
 
     def prepare(self, model, batches):
-        with torch.no_grad():
-            return [{**b, "ref_logits": model(b["x"]).float()} for b in batches]
-
-    def loss(self, model, batch):
-        return F.cross_entropy(model(batch["x"]).float(), batch["y"])
-
-    def sample_losses(self, model, batch, gen):
-        return F.cross_entropy(model(batch["x"]).float(), batch["y"], reduction="none")
-
-    def evaluate(self, model, batches):
-        correct, n, kl, ce = 0, 0, 0.0, 0.0
+        out = []
         with torch.no_grad():
             for b in batches:
-                logits = model(b["x"]).float()
-                correct += int((logits.argmax(-1) == b["y"]).sum())
-                n += len(b["y"])
-                ref = F.log_softmax(b["ref_logits"], -1)
-                kl += float(F.kl_div(F.log_softmax(logits, -1), ref, log_target=True, reduction="sum"))
-                ce += float(F.cross_entropy(logits, b["y"], reduction="sum"))
-        return {self.metric: correct / n, "kl_to_float": kl / n, "cross_entropy": ce / n}
+                ref = self.log_probs(model, b)
+                if "y" in b and len(b["y"]) and int(b["y"].max()) >= ref.shape[-1]:
+                    raise ValueError(f"a label is {int(b['y'].max())} but the model has {ref.shape[-1]} outputs: the "
+                                     "data's labels do not match the model's classes (check the class folders or the "
+                                     "label column, or drop the labels)")
+                out.append({**b, "ref_logits": ref})
+        return out
+
+    @staticmethod
+    def _kl(logp: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
+        """Per-sample KL(p_ref ‖ p) from log-probabilities."""
+        return (ref.exp() * (ref - logp)).sum(-1)
+
+    @staticmethod
+    def _ref(batch: Batch) -> torch.Tensor | None:
+        if "ref_logits" in batch:
+            return batch["ref_logits"]
+        if "y" not in batch:
+            raise KeyError("classifier batches need the float model's outputs: run task.prepare(model, batches) first")
+        return None  # unprepared labeled batches (outside the pipeline): cross-entropy on the labels
+
+    def loss(self, model, batch):
+        ref = self._ref(batch)
+        logp = self.log_probs(model, batch)
+        return F.nll_loss(logp, batch["y"]) if ref is None else self._kl(logp, ref).mean()
+
+    def features(self, model, batch):
+        with torch.no_grad():
+            self.logits(model, batch)
+
+    def fisher_targets(self, batch, gen):
+        ref = self._ref(batch)
+        return {"t": batch["y"] if ref is None else torch.multinomial(ref.exp(), 1, generator=gen)[:, 0]}
+
+    def sample_losses(self, model, batch, gen):
+        return self.target_losses(model, batch, self.fisher_targets(batch, gen))
+
+    def target_losses(self, model, batch, targets):
+        return F.cross_entropy(self.logits(model, batch), targets["t"], reduction="none")
+
+    def evaluate(self, model, batches):
+        n, kl, agree, correct, ce, labeled = 0, 0.0, 0, 0, 0.0, 0
+        with torch.no_grad():
+            for b in batches:
+                logp = self.log_probs(model, b)
+                ref = b["ref_logits"]
+                n += len(logp)
+                kl += float(self._kl(logp, ref).sum())
+                agree += int((logp.argmax(-1) == ref.argmax(-1)).sum())
+                if "y" in b:
+                    labeled += len(b["y"])
+                    correct += int((logp.argmax(-1) == b["y"]).sum())
+                    ce += float(F.nll_loss(logp, b["y"], reduction="sum"))
+        out = {self.metric: kl / max(n, 1), "top1_agreement": agree / max(n, 1), "samples": float(n)}
+        if labeled:
+            out.update(accuracy=correct / labeled, cross_entropy=ce / labeled)
+        return out
 
 
-TASKS: dict[str, type[Task]] = {"causal_lm": CausalLMTask, "embedding": EmbeddingTask, "classifier": ClassifierTask}
+TASKS: dict[str, type[Task]] = {"causal_lm": CausalLMTask, "embedding": EmbeddingTask, "classifier": ClassifierTask,
+                                 "text_classifier": ClassifierTask}

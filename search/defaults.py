@@ -4,4 +4,6 @@
 DEFAULT_REFINE_EVALS = 300   # refine's candidate policies, judged by measured loss on samples held
                              # apart from the table's (a racing judge: most candidates cost one batch).
 # samples of the calibration source that refine's judge reads by default, per task kind
-JUDGE_SAMPLES = {"embedding": 256, "causal_lm": 16, "classifier": 256}
+JUDGE_SAMPLES = {"embedding": 256, "causal_lm": 16, "classifier": 256, "text_classifier": 128}
+# samples of the calibration source that GPTQ's Hessians read by default, per task kind
+HESSIAN_SAMPLES = {"embedding": 256, "causal_lm": 32, "classifier": 512, "text_classifier": 256}

@@ -85,6 +85,16 @@ class Measured(_Strict):
     extra: dict[str, float] = Field(default_factory=dict)
 
 
+class Preprocess(_Strict):
+    """What was done to the model and its inputs before quantization, so an exported model
+    matches what was measured: BatchNorms folded into the layer before them (the folded weight
+    is the one quantized), and how images were turned into tensors."""
+
+    batchnorm_folded: list[dict[str, str]] = Field(default_factory=list)
+    image: dict | None = None
+    data: dict | None = None  # calibration/evaluation sources and sample counts
+
+
 class SolverInfo(BaseModel):
     model_config = ConfigDict(extra="allow")
     name: str
@@ -112,6 +122,7 @@ class Policy(_Strict):
     # sparse storage format the costs assume
     sparsity: dict[str, float] = Field(default_factory=dict)
     sparse_format: str | None = None
+    preprocess: Preprocess | None = None
 
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
 

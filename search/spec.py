@@ -50,6 +50,20 @@ class SearchSpec(BaseModel):
     # the weight quantizer every proxy, evaluation and refine use: rtn (DESIGN §3) or gptq
     quantizer: str = "rtn"
     quantizer_params: dict = Field(default_factory=dict)
+    # image preprocessing (torchvision's convention: pixels in [0, 1], then (x − mean) / std):
+    # resize the shorter side to ``resize`` (default image_size / 0.875), center-crop
+    # ``image_size``; unset values come from the HF processor config or the model's declared input
+    image_size: int | None = None
+    resize: int | None = None
+    image_mean: list[float] | None = None
+    image_std: list[float] | None = None
+    # a Hugging Face dataset saved to disk (``dataset:DIR``): the input column and the optional
+    # label column (unset: the usual names, e.g. image/img/text and label/labels)
+    data_column: str | None = None
+    label_column: str | None = None
+    # fold each BatchNorm into the conv before it, so the quantized weight is the one a deployed
+    # (folded) model runs; the folds are recorded in the policy
+    fold_batchnorm: bool = False
 
     @field_validator("budgets")
     @classmethod
@@ -89,6 +103,16 @@ class SearchSpec(BaseModel):
             raise ValueError("refine_evals must be >= 1")
         if self.judge_samples is not None and self.judge_samples < 0:
             raise ValueError("judge_samples must be >= 0 (0 judges refine on the calibration batches)")
+        if self.image_size is not None and not 8 <= self.image_size <= 4096:
+            raise ValueError(f"image_size {self.image_size} must be between 8 and 4096 pixels")
+        if self.resize is not None and not (self.image_size or 8) <= self.resize <= 8192:
+            raise ValueError(f"resize {self.resize} must be at least image_size and at most 8192 pixels")
+        for name in ("image_mean", "image_std"):
+            v = getattr(self, name)
+            if v is not None and len(v) not in (1, 3):
+                raise ValueError(f"{name} needs 1 or 3 values (one per channel), got {len(v)}")
+        if self.image_std is not None and any(not x > 0 for x in self.image_std):
+            raise ValueError("image_std values must be positive")
         if "latency_ms" in self.budgets and not self.latency_table:
             raise ValueError("a latency_ms budget needs a per-layer latency table")
         return self

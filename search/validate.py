@@ -63,12 +63,16 @@ def check_spec_budgets(spec: SearchSpec, costs: CostModel, ties, solver):
 # Data sizes a job may ask for, per task kind. They bound a worker's memory whatever the request
 # says: the measured proxy caches every block's input for every calibration token, a causal LM's
 # logits are batch × seq_len × vocabulary, and GPTQ/refine read their own samples besides.
-MAX_SEQ_LEN = {"causal_lm": 2048, "embedding": 512, "classifier": 0}
-MIN_SEQ_LEN = {"causal_lm": 8, "embedding": 1, "classifier": 0}
+MAX_SEQ_LEN = {"causal_lm": 2048, "embedding": 512, "classifier": 0, "text_classifier": 512}
+MIN_SEQ_LEN = {"causal_lm": 8, "embedding": 1, "classifier": 0, "text_classifier": 1}
 MAX_TOKENS = {"calibration": 32_768, "evaluation": 131_072, "judge": 65_536, "hessian": 65_536}
-MAX_SAMPLES = {"causal_lm": 4096, "embedding": 16_384, "classifier": 16_384}
-# the defaults of workers/batches.py (n_calib, n_eval, seq_len), mirrored here without torch
-DATA_DEFAULTS = {"embedding": (32, 256, 64), "causal_lm": (8, 16, 256), "classifier": (256, 10_000, 0)}
+MAX_SAMPLES = {"causal_lm": 4096, "embedding": 16_384, "classifier": 16_384, "text_classifier": 16_384}
+# the defaults of workers/batches.py (n_calib, n_eval, seq_len), mirrored here without torch. A
+# classifier calibrates on 64 samples (an ImageNet-size CNN's default recipe fits 30 minutes on 2
+# cores) and evaluates on up to 256 (fewer, with a note, when the source holds fewer; the
+# builtin 'digits' keeps its fixed 256/597 split).
+DATA_DEFAULTS = {"embedding": (32, 256, 64), "causal_lm": (8, 16, 256), "classifier": (64, 256, 0),
+                 "text_classifier": (64, 256, 128)}
 
 
 def check_data_limits(kind: str, n_calib: int | None, n_eval: int | None, seq_len: int | None,

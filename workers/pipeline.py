@@ -19,14 +19,14 @@ from proxies.registry import get_proxy
 from search.budgets import CostModel
 from search.formats import Format
 from search.layers import find_tie_groups
-from search.policy import Measured, Policy, Predicted, Quantizer, SolverInfo, build_policy
+from search.policy import Measured, Policy, Predicted, Preprocess, Quantizer, SolverInfo, build_policy
 from search.problem import Problem, Solution
 from search.refine import refine
 from search.spec import REFERENCE_GROUP, SearchSpec
 from search.validate import JOINT, check_spec_budgets, static_check
 from search.table import SensitivityTable
-from workers.batches import hessian_batches, judge_batches, plan_for, prepared_batches
-from workers.sources import LoadedModel, load_model
+from workers.batches import hessian_batches, judge_batches, plan_from_spec, prepared_batches
+from workers.sources import LoadedModel, load_model, weights_sha256
 
 PHASES = ("load", "calibrate", "sensitivity", "solve", "evaluate", "refine")
 Progress = Callable[[str, float, str], None]
@@ -63,14 +63,68 @@ class Loaded:
     ties: object
     costs: CostModel
     space: object
+    folds: list = field(default_factory=list)
+
+    @property
+    def table_sha256(self) -> str:
+        """The weights the sensitivity table is measured on: the model's identity, or the
+        folded weights' hash when BatchNorms were folded (a table of the unfolded model must
+        never serve a folded one)."""
+        return self.lm.info.get("folded_sha256", self.lm.sha256) if self.folds else self.lm.sha256
+
+    def preprocess(self) -> Preprocess:
+        """What the policy records about the model and data before quantization."""
+        p = self.plan
+        data = {"calibration": p.calib, "evaluation": p.eval, "n_calib": p.n_calib, "n_eval": p.n_eval}
+        if getattr(p, "notes", None):
+            data["notes"] = list(p.notes)
+        prep = getattr(p, "prep", None)
+        return Preprocess(batchnorm_folded=self.folds, image=prep.to_dict() if prep is not None else None, data=data)
+
+
+def _needs_data(lm: LoadedModel, spec: SearchSpec) -> None:
+    if lm.default_calib is None and spec.calib is None:
+        raise ValueError(f"model {spec.model!r} has no default data: give calibration data, e.g. --calib images:DIR "
+                         "(a folder of images, optionally class/ subfolders), tensors:FILE (.safetensors/.npz) or "
+                         "dataset:DIR (an HF dataset saved to disk)")
+
+
+def example_input(lm: LoadedModel, plan) -> torch.Tensor | None:
+    """A one-sample zero input at the shape the data will have (else the model's declared
+    shape): for conv MACs from real output sizes, the shape-fit check and BatchNorm folding."""
+    if lm.kind != "classifier":
+        return None
+    shape = getattr(plan, "input_shape", None) or lm.input_shape
+    return torch.zeros(1, *shape) if shape else None
+
+
+def check_input_fits(lm: LoadedModel, x: torch.Tensor | None) -> None:
+    """Run one forward at the data's input shape, so a model that cannot take it fails here,
+    with the shape named, instead of deep inside the sensitivity phase."""
+    if x is None:
+        return
+    try:
+        with torch.no_grad():
+            lm.task.logits(lm.model, {"x": x})
+    except ValueError as e:  # GraphError and our own messages already say what to fix
+        raise ValueError(f"model {lm.ref!r}: {e}") from None
+    except Exception as e:  # noqa: BLE001 - any torch error here means the input does not fit
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
+        raise ValueError(f"model {lm.ref!r} does not accept inputs of shape {tuple(x.shape[1:])} ({first}); "
+                         "give the input size the model expects (--image-size, or tensors of that shape)") from None
 
 
 def load_and_check(spec: SearchSpec, proxy, solver, formats, loaded: LoadedModel | None = None) -> Loaded:
-    """Load the model and refuse what needs it to be refused (data plan and limits, no
-    quantizable layers, proxy vs model size, budgets against the feasible range)."""
+    """Load the model and refuse what needs it to be refused (data plan and limits, input
+    shape, no quantizable layers, proxy vs model size, budgets against the feasible range);
+    fold BatchNorms when the spec asks."""
     lm = loaded or load_model(spec.model)
-    plan = plan_for(lm, spec.calib, spec.eval, spec.n_calib, spec.n_eval, spec.seq_len, spec.seed)
-    pairs = task_layers(lm, spec.include_embeddings, spec.include_head)
+    _needs_data(lm, spec)
+    plan = plan_from_spec(lm, spec)
+    x = example_input(lm, plan)
+    check_input_fits(lm, x)
+    folds = fold_model(lm, x) if spec.fold_batchnorm else []
+    pairs = task_layers(lm, spec.include_embeddings, spec.include_head, x)
     if not pairs:
         raise ValueError(f"model {spec.model!r} has no quantizable layers (Linear, Conv1d/2d, HF Conv1D)")
     layers, modules = [p[0] for p in pairs], [p[1] for p in pairs]
@@ -79,7 +133,19 @@ def load_and_check(spec: SearchSpec, proxy, solver, formats, loaded: LoadedModel
     ties = find_tie_groups(layers, spec.ties)
     costs = CostModel(layers, formats, spec.a_bits, spec.latency_table)
     space = check_spec_budgets(spec, costs, ties, solver)
-    return Loaded(lm, plan, layers, modules, ties, costs, space)
+    return Loaded(lm, plan, layers, modules, ties, costs, space, folds)
+
+
+def fold_model(lm: LoadedModel, x: torch.Tensor | None) -> list[dict]:
+    """Fold BatchNorms into the layers before them (in place, idempotent: a folded BN is the
+    identity plus a shift, and folding it again changes nothing); the folded weights get their
+    own hash for the table cache."""
+    from workers.graphs import fold_batchnorm
+    if x is None:
+        raise ValueError("fold_batchnorm needs a model with image or tensor inputs (a classifier); this model has none")
+    folds = fold_batchnorm(lm.model, x)
+    lm.info["folded_sha256"] = weights_sha256(lm.model)
+    return folds
 
 
 def check_search(spec: SearchSpec) -> Loaded:
@@ -104,7 +170,8 @@ def run_search(spec: SearchSpec, progress: Progress = _noop, loaded: LoadedModel
     ld = load_and_check(spec, proxy, solver, formats, loaded)
     lm, plan, layers, modules, ties, costs, space = ld.lm, ld.plan, ld.layers, ld.modules, ld.ties, ld.costs, ld.space
     timings["load"] = time.perf_counter() - t
-    progress("load", 1.0, f"{len(layers)} layers, {sum(l.numel for l in layers):,} weights")
+    folded = f", {len(ld.folds)} BatchNorms folded" if ld.folds else ""
+    progress("load", 1.0, f"{len(layers)} layers, {sum(l.numel for l in layers):,} weights{folded}")
 
     t = time.perf_counter()
     progress("calibrate", 0.0, f"{plan.calib} → calibration, {plan.eval} → evaluation")
@@ -116,11 +183,11 @@ def run_search(spec: SearchSpec, progress: Progress = _noop, loaded: LoadedModel
     progress("calibrate", 1.0, f"{calib_info['samples']} calibration samples")
 
     if spec.solver_name == JOINT:
-        return _run_joint(spec, lm, layers, modules, formats, space, solver, calib, evals, timings, progress)
+        return _run_joint(spec, ld, formats, solver, calib, evals, timings, progress)
 
     t = time.perf_counter()
     ctx = ProxyContext(lm.model, layers, modules, lm.task, calib, formats, spec.seed,
-                       lambda f, m: progress("sensitivity", f, m), lm.sha256, calib_info, quantizer=quantizer)
+                       lambda f, m: progress("sensitivity", f, m), ld.table_sha256, calib_info, quantizer=quantizer)
     if table is None:
         table = compute_table(proxy, ctx) if compute_table else proxy.compute(ctx)
     timings["sensitivity"] = time.perf_counter() - t
@@ -166,15 +233,16 @@ def run_search(spec: SearchSpec, progress: Progress = _noop, loaded: LoadedModel
                           uniform_avg_bits=baselines["uniform_cost"],
                           extra={k: v for k, v in solved.items() if k != metric}),
         solver=SolverInfo(**{k: v for k, v in solution.to_dict().items() if k not in ("front",)}),
-        refine=refine_info)
+        refine=refine_info, preprocess=ld.preprocess())
     return SearchResult(policy, table, solution, baselines, timings, unrefined)
 
 
-def _run_joint(spec, lm, layers, modules, formats, space, params, calib, evals, timings, progress) -> SearchResult:
+def _run_joint(spec, ld: Loaded, formats, params, calib, evals, timings, progress) -> SearchResult:
     """The joint (APQ) path: no sensitivity table; the search measures policies itself."""
     from proxies.base import batch_mean_loss, swapped
     from workers.joint import JointWeights, run_joint
     _, search, pred = params
+    lm, layers, modules, space = ld.lm, ld.layers, ld.modules, ld.space
     progress("sensitivity", 1.0, "joint search: no sensitivity table (it measures sampled policies)")
     t = time.perf_counter()
     float_loss = batch_mean_loss(lm.task, lm.model, calib)
@@ -182,7 +250,7 @@ def _run_joint(spec, lm, layers, modules, formats, space, params, calib, evals, 
     if pred.prior == "fisher":
         from proxies.fisher import FisherProxy
         from workers.joint import fisher_prior
-        ctx = ProxyContext(lm.model, layers, modules, lm.task, calib, formats, spec.seed, None, lm.sha256, {})
+        ctx = ProxyContext(lm.model, layers, modules, lm.task, calib, formats, spec.seed, None, ld.table_sha256, {})
         prior = fisher_prior(space, modules, FisherProxy().diagonal(ctx)[0])
         progress("solve", 0.02, "Fisher prior for the predictor")
     res = run_joint(space, modules, lambda: batch_mean_loss(lm.task, lm.model, calib), spec.budgets, search, pred,
@@ -211,7 +279,8 @@ def _run_joint(spec, lm, layers, modules, formats, space, params, calib, evals, 
                           candidates=res.candidates, predictor=res.predictor, samples_measured=res.samples_measured),
         sparsity=ratios,
         sparse_format=("structured: the pruned output channels are removed; kept channels stored dense" if space.structured
-                       else "bitmask: 1 bit per weight + kept values at the layer's bits + dense scales"))
+                       else "bitmask: 1 bit per weight + kept values at the layer's bits + dense scales"),
+        preprocess=ld.preprocess())
     return SearchResult(policy, None, None, baselines, timings, None)
 
 
@@ -266,14 +335,12 @@ def _baselines(ev: Evaluator, formats: list[Format], costs: CostModel, evals, pr
     return out
 
 
-def task_layers(lm: LoadedModel, include_embeddings: bool = False, include_head: bool = False) -> list:
-    """Quantizable layers that the task's output depends on, in model order."""
-    pairs = discover_layers(lm.model, _example(lm), include_embeddings, include_head)
+def task_layers(lm: LoadedModel, include_embeddings: bool = False, include_head: bool = False,
+                x: torch.Tensor | None = None) -> list:
+    """Quantizable layers that the task's output depends on, in model order. ``x`` (one sample
+    at the data's input shape) gives conv MACs their real output sizes."""
+    if x is None and lm.kind == "classifier" and lm.input_shape:
+        x = torch.zeros(1, *lm.input_shape)
+    example = None if x is None else (lambda model: lm.task.logits(model, {"x": x}))
+    pairs = discover_layers(lm.model, example, include_embeddings, include_head)
     return [p for p in pairs if not p[0].name.startswith(lm.unused)]
-
-
-def _example(lm: LoadedModel):
-    """One-sample forward for conv MACs (only convolutional models need it)."""
-    if lm.kind != "classifier":
-        return None
-    return lambda model: model(torch.zeros(1, 1, 8, 8))

@@ -66,7 +66,8 @@ def _materialise(spec: dict, texts: dict[str, str]) -> dict:
 # quantizer and its Hessians) depends on. Budgets, proxy, solver and refine settings only change
 # what is done with it. A field added to SearchSpec that changes the value must be added here.
 PREPARED_FIELDS = ("model", "calib", "eval", "n_calib", "n_eval", "seq_len", "seed", "include_embeddings",
-                   "include_head", "quantizer", "quantizer_params", "bits", "group_size", "symmetric")
+                   "include_head", "quantizer", "quantizer_params", "bits", "group_size", "symmetric",
+                   "image_size", "resize", "image_mean", "image_std", "data_column", "label_column", "fold_batchnorm")
 
 
 def prepared_key(spec) -> str:
@@ -80,23 +81,25 @@ def _prepared(spec_d: dict) -> dict:
     loaded model by its reference, the rest by ``prepared_key``."""
 
     from search.spec import SearchSpec
-    from workers.batches import plan_for, prepared_batches
-    from workers.pipeline import job_quantizer, task_layers, validate_static
+    from workers.batches import prepared_batches
+    from workers.pipeline import job_quantizer, load_and_check, validate_static
     from workers.sources import load_model
 
     spec = SearchSpec(**spec_d)
     key = prepared_key(spec)
     if _CACHE.get("key") == key:
         return _CACHE["value"]
-    lm = _CACHE["value"]["lm"] if _CACHE.get("ref") == spec.model else load_model(spec.model)
-    _, _, formats = validate_static(spec)
-    plan = plan_for(lm, spec.calib, spec.eval, spec.n_calib, spec.n_eval, spec.seq_len, spec.seed)
-    pairs = task_layers(lm, spec.include_embeddings, spec.include_head)
-    calib, _, info = prepared_batches(lm, plan, with_evals=False)
-    quantizer = job_quantizer(spec.quantizer, spec.quantizer_params, lm, plan, [q[0] for q in pairs],
-                              [q[1] for q in pairs], calib)
-    value = {"lm": lm, "pairs": pairs, "calib": calib, "info": info, "formats": formats, "quantizer": quantizer}
-    _CACHE.update(key=key, ref=spec.model, value=value)
+    # a model whose BatchNorms were folded is another model: reuse the loaded one only as it was
+    model_key = (spec.model, spec.fold_batchnorm)
+    lm = _CACHE["value"]["lm"] if _CACHE.get("ref") == model_key else load_model(spec.model)
+    proxy, solver, formats = validate_static(spec)
+    ld = load_and_check(spec, proxy, solver, formats, lm)
+    pairs = list(zip(ld.layers, ld.modules))
+    calib, _, info = prepared_batches(lm, ld.plan, with_evals=False)
+    quantizer = job_quantizer(spec.quantizer, spec.quantizer_params, lm, ld.plan, ld.layers, ld.modules, calib)
+    value = {"lm": lm, "pairs": pairs, "calib": calib, "info": info, "formats": formats, "quantizer": quantizer,
+             "sha256": ld.table_sha256}
+    _CACHE.update(key=key, ref=model_key, value=value)
     return value
 
 
@@ -138,7 +141,7 @@ def measure_chunk(spec_d: dict, texts: dict[str, str], rows: list[int], chunk: i
                        "chunk": chunk, "of": n_chunks}, block=False)
 
     ctx = ProxyContext(p["lm"].model, [q[0] for q in pairs], [q[1] for q in pairs], p["lm"].task, p["calib"],
-                       p["formats"], spec_d.get("seed", 0), report, p["lm"].sha256, p["info"], quantizer=p["quantizer"])
+                       p["formats"], spec_d.get("seed", 0), report, p["sha256"], p["info"], quantizer=p["quantizer"])
     table = get_proxy(spec_d.get("proxy") or "measured", **params).compute(ctx)
     return table.values[rows].tolist()
 

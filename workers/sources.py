@@ -1,8 +1,11 @@
 """Model sources by reference (DESIGN §7), each saying which task (and so which metric) fits:
 ``builtin:minilm-l6`` (embedding cosine loss), ``builtin:smollm2-135m`` (perplexity),
-``builtin:digits-cnn`` (accuracy), ``hf:<dir>`` (causal LM → perplexity, otherwise encoder →
-embedding cosine loss), ``torchscript:<file>`` (a classifier over digits-shaped input).
-Nothing is downloaded: weights come from installed packages or local files."""
+``builtin:digits-cnn`` (KL to the float model), ``hf:<dir>`` of any task (the AutoModel class
+from the config: causal LM → perplexity, sequence or image classification → KL to the float
+model's outputs, otherwise an encoder → embedding cosine loss), ``export:<file.pt2>`` (a
+torch.export program) and ``torchscript:<file>`` (both judged by KL of their outputs to the
+float model's), or a bare path whose kind is recognised (``search.refs``). Nothing is
+downloaded: weights come from installed packages or local files."""
 from __future__ import annotations
 
 import hashlib
@@ -18,6 +21,7 @@ import torch
 from torch import nn
 
 from proxies.tasks import CausalLMTask, ClassifierTask, EmbeddingTask, Task
+from search.refs import RefError, resolve_bare
 from workers import digits
 
 
@@ -32,13 +36,16 @@ class LoadedModel:
     ref: str
     model: nn.Module
     task: Task
-    kind: str  # causal_lm | embedding | classifier
+    kind: str  # causal_lm | embedding | classifier | text_classifier
     tokenizer: Any = None
-    default_calib: str = "wikitext2-valid"
-    default_eval: str = "wikitext2-test"
+    # None: the model has no natural default data (a user's vision model): the job must name it
+    default_calib: str | None = "wikitext2-valid"
+    default_eval: str | None = "wikitext2-test"
     sha256: str = ""
     unused: tuple[str, ...] = ()  # name prefixes of modules the task's output never depends on
     info: dict = field(default_factory=dict)
+    input_shape: tuple[int, ...] | None = None  # declared per-sample input shape (export programs, HF vision)
+    image_prep: dict | None = None  # size/resize/mean/std from an HF image processor config
 
 
 def weights_sha256(model: nn.Module) -> str:
@@ -49,8 +56,19 @@ def weights_sha256(model: nn.Module) -> str:
         h.update(f"{name}|{tuple(t.shape)}|{t.dtype}|".encode())
         # reshape(-1) first: a 0-dim tensor (BatchNorm's num_batches_tracked) cannot be viewed as
         # bytes directly; for every other tensor the bytes are the same as before (ids unchanged)
-        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+        h.update(_raw_bytes(t) if t.numel() else b"")
     return h.hexdigest()
+
+
+def _raw_bytes(t: torch.Tensor) -> bytes:
+    """The tensor's bytes whatever its dtype (bool and complex tensors cannot be viewed as
+    uint8 directly; their storage bytes are the same identity)."""
+    flat = t.reshape(-1)
+    if flat.dtype == torch.bool:
+        flat = flat.to(torch.uint8)
+    elif flat.is_complex():
+        flat = torch.view_as_real(flat).reshape(-1)
+    return flat.view(torch.uint8).numpy().tobytes()
 
 
 class ModelSource(ABC):
@@ -63,17 +81,81 @@ class ModelSource(ABC):
         ...
 
 
-def _hf_dir_model(path: Path, ref: str) -> LoadedModel:
-    from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoTokenizer
-    cfg = AutoConfig.from_pretrained(path, local_files_only=True)
+_TEXT_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "vocab.json", "spiece.model",
+               "tokenizer.model", "sentencepiece.bpe.model")
+_WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
+
+
+def _hf_kind(cfg) -> str:
+    """The task an HF config declares through its architectures (``*ForCausalLM`` …); a bare
+    encoder (``BertModel``) or a config without architectures is an embedding model."""
     archs = cfg.architectures or []
-    tok = AutoTokenizer.from_pretrained(path, local_files_only=True)
-    if any(a.endswith("ForCausalLM") or a.endswith("LMHeadModel") for a in archs):
-        model = AutoModelForCausalLM.from_pretrained(path, local_files_only=True, dtype=torch.float32,
-                                                 attn_implementation="eager")  # SDPA has no double backward (HVPs)
-        return LoadedModel(ref, model.eval(), CausalLMTask(), "causal_lm", tok)
-    model = AutoModel.from_pretrained(path, local_files_only=True, dtype=torch.float32,
-                                                 attn_implementation="eager")  # SDPA has no double backward (HVPs)
+    if any(a.endswith(("ForCausalLM", "LMHeadModel")) for a in archs):
+        return "causal_lm"
+    if any(a.endswith("ForSequenceClassification") for a in archs):
+        return "text_classifier"
+    if any(a.endswith("ForImageClassification") for a in archs):
+        return "classifier"
+    bad = [a for a in archs if a.endswith(("ForMaskedLM", "ForTokenClassification", "ForQuestionAnswering",
+                                            "ForConditionalGeneration", "ForObjectDetection",
+                                            "ForSemanticSegmentation", "ForMultipleChoice"))]
+    if bad:
+        raise SourceError(f"the HF model's architecture {bad[0]} is not supported yet: bitplan takes causal LMs, "
+                          "encoders (embeddings), sequence classification and image classification models")
+    return "embedding"
+
+
+def _tokenizer(path: Path, ref: str):
+    from transformers import AutoTokenizer
+    if not any((path / f).is_file() for f in _TEXT_FILES):
+        raise SourceError(f"{ref!r} has no tokenizer files ({', '.join(_TEXT_FILES[:3])}, …): a text model needs its "
+                          "tokenizer beside the weights (tokenizer.save_pretrained(DIR))")
+    try:
+        return AutoTokenizer.from_pretrained(path, local_files_only=True)
+    except (OSError, ValueError) as e:
+        raise SourceError(f"{ref!r}: the tokenizer does not load ({str(e).splitlines()[0][:200]})") from None
+
+
+def _image_prep(path: Path) -> dict | None:
+    """Size, resize and mean/std from an HF image processor config (``preprocessor_config.json``),
+    read as JSON so no image-processing backend is needed. None when the directory has none."""
+    import json
+    from workers.samples import hf_image_prep
+    f = path / "preprocessor_config.json"
+    return hf_image_prep(json.loads(f.read_text())) if f.is_file() else None
+
+
+def _hf_dir_model(path: Path, ref: str) -> LoadedModel:
+    from transformers import (AutoConfig, AutoModel, AutoModelForCausalLM, AutoModelForImageClassification,
+                              AutoModelForSequenceClassification)
+    try:
+        cfg = AutoConfig.from_pretrained(path, local_files_only=True)
+    except (OSError, ValueError) as e:
+        raise SourceError(f"{ref!r}: config.json does not load ({str(e).splitlines()[0][:200]})") from None
+    if not any((path / f).is_file() for f in _WEIGHT_FILES):
+        raise SourceError(f"{ref!r} has no weights (model.safetensors or pytorch_model.bin): save them with "
+                          "model.save_pretrained(DIR)")
+    kind = _hf_kind(cfg)
+    auto = {"causal_lm": AutoModelForCausalLM, "text_classifier": AutoModelForSequenceClassification,
+            "classifier": AutoModelForImageClassification, "embedding": AutoModel}[kind]
+    tok = _tokenizer(path, ref) if kind != "classifier" else None
+    kwargs = {"attn_implementation": "eager"} if kind != "classifier" else {}  # SDPA has no double backward (HVPs)
+    try:
+        model = auto.from_pretrained(path, local_files_only=True, dtype=torch.float32, **kwargs)
+    except (OSError, ValueError, KeyError) as e:
+        raise SourceError(f"{ref!r}: the {kind.replace('_', ' ')} model does not load "
+                          f"({str(e).splitlines()[0][:200]})") from None
+    if kind == "causal_lm":
+        return LoadedModel(ref, model.eval(), CausalLMTask(), kind, tok)
+    if kind == "text_classifier":
+        return LoadedModel(ref, model.eval(), ClassifierTask(inputs="text"), kind, tok)
+    if kind == "classifier":
+        prep = _image_prep(path)
+        size = getattr(cfg, "image_size", None)
+        size = size[0] if isinstance(size, (list, tuple)) else size
+        shape = (int(getattr(cfg, "num_channels", 3)), int(size), int(size)) if size else None
+        return LoadedModel(ref, model.eval(), ClassifierTask(inputs="pixel_values"), kind, None, None, None,
+                           input_shape=shape, image_prep=prep)
     # mean-pooled sentence embeddings never read the BERT pooler: quantizing it would "save"
     # bits for free and flatter every mixed policy, so it is not a layer of this task
     return LoadedModel(ref, model.eval(), EmbeddingTask(), "embedding", tok, unused=("pooler.",))
@@ -128,7 +210,8 @@ class DigitsCNNSource(ModelSource):
     prefix = "builtin:digits-cnn"
 
     def load(self, ref):
-        return LoadedModel(ref, digits.load(), ClassifierTask(), "classifier", None, "digits", "digits")
+        return LoadedModel(ref, digits.load(), ClassifierTask(), "classifier", None, "digits", "digits",
+                           input_shape=(1, 8, 8))
 
 
 def _allowed(path: Path) -> Path:
@@ -154,28 +237,57 @@ class HFDirSource(ModelSource):
         return _hf_dir_model(path, ref)
 
 
+def _model_file(ref: str, prefix: str) -> Path:
+    path = _allowed(Path(ref[len(prefix):]))
+    if not path.is_file():
+        raise SourceError(f"{ref!r}: no such file {str(path)!r}")
+    return path
+
+
+class ExportSource(ModelSource):
+    """A ``torch.export.save`` program (``.pt2``): the primary format for arbitrary PyTorch
+    models. Judged by the KL divergence of its outputs to the float model's; the declared input
+    shape sizes the images and the MACs."""
+
+    prefix = "export:"
+
+    def load(self, ref):
+        from workers.graphs import GraphError, load_export
+        path = _model_file(ref, self.prefix)
+        try:
+            model, shape = load_export(path)
+        except GraphError as e:
+            raise SourceError(f"{ref!r}: {e}") from None
+        return LoadedModel(ref, model.eval(), ClassifierTask(), "classifier", None, None, None, input_shape=shape)
+
+
 class TorchScriptSource(ModelSource):
-    """A ``torch.jit.save`` archive (never a pickle), evaluated as a classifier on digits."""
+    """A ``torch.jit.save`` archive (never a pickle), judged like an export program. TorchScript
+    is deprecated in the torch we pin: ``export:`` is the format to prefer."""
 
     prefix = "torchscript:"
 
     def load(self, ref):
-        path = _allowed(Path(ref[len(self.prefix):]))
-        if not path.is_file():
-            raise SourceError(f"{ref!r}: no such file {str(path)!r}")
+        path = _model_file(ref, self.prefix)
         try:
             model = torch.jit.load(str(path), map_location="cpu")
         except Exception as e:  # torch raises several types for a non-archive
             raise SourceError(f"{ref!r} is not a TorchScript archive (torch.jit.save): {str(e).splitlines()[0]}") from None
-        return LoadedModel(ref, model.eval(), ClassifierTask(), "classifier", None, "digits", "digits")
+        return LoadedModel(ref, model.eval(), ClassifierTask(), "classifier", None, None, None)
 
 
-SOURCES: list[ModelSource] = [MiniLMSource(), SmolLM2Source(), DigitsCNNSource(), HFDirSource(), TorchScriptSource()]
+SOURCES: list[ModelSource] = [MiniLMSource(), SmolLM2Source(), DigitsCNNSource(), HFDirSource(), ExportSource(),
+                               TorchScriptSource()]
 BUILTINS = [s.prefix for s in SOURCES if s.prefix.startswith("builtin:")]
 
 
 def load_model(ref: str) -> LoadedModel:
-    """Load a model by reference and stamp it with the sha256 of its weights."""
+    """Load a model by reference (a bare path by what it holds) and stamp it with the sha256 of
+    its weights."""
+    try:
+        ref = resolve_bare(ref)
+    except RefError as e:
+        raise SourceError(str(e)) from None
     for src in SOURCES:
         if ref == src.prefix or (src.prefix.endswith(":") and ref.startswith(src.prefix) and len(ref) > len(src.prefix)):
             lm = src.load(ref)
@@ -186,4 +298,5 @@ def load_model(ref: str) -> LoadedModel:
             if getattr(config, "max_position_embeddings", None):
                 lm.info.setdefault("max_positions", int(config.max_position_embeddings))
             return lm
-    raise SourceError(f"unknown model {ref!r}: use one of {', '.join(BUILTINS)}, hf:<dir> or torchscript:<file>")
+    raise SourceError(f"unknown model {ref!r}: use one of {', '.join(BUILTINS)}, export:<file.pt2>, hf:<dir>, "
+                      "torchscript:<file> or a path to one of them")

@@ -221,3 +221,19 @@ def test_torchscript_layers_are_found_by_what_their_graph_does():
     assert sorted(L) == ["0", "2", "4", "5"]
     assert [L[n].kind for n in ("0", "2", "4", "5")] == ["Conv2d", "Conv2d", "Linear", "Linear"]
     assert L["2"].shape == (8, 8, 3, 3) and L["4"].in_features == 128
+
+
+def test_torchscript_conv_macs_use_real_output_positions():
+    """Scripted or traced, conv MACs come from the output of each conv op (a graph probe), as
+    for the eager model, so ``bops`` budgets are right; convs once counted one position."""
+    import warnings
+    net = nn.Sequential(SamePadConv(3, 8, 3), nn.BatchNorm2d(8), SamePadConv(8, 8, 3, stride=2), nn.Flatten(),
+                        Dense(8 * 4 * 4, 10)).eval()
+    run = lambda m: m(torch.zeros(1, 3, 8, 8))  # noqa: E731
+    want = {i.name: i.macs for i, _ in discover_layers(net, run)}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for scripted in (torch.jit.script(net), torch.jit.trace(net, torch.zeros(1, 3, 8, 8))):
+            got = {i.name: i.macs for i, _ in discover_layers(scripted, run)}
+            assert got == want
+    assert want["0"] == 8 * 27 * 64 and want["2"] == 8 * 72 * 16

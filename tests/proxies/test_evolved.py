@@ -44,7 +44,7 @@ def test_evolve_on_digits_store_and_reuse_on_another_model(store, tmp_path):
 
     other = _scripted(tmp_path, 2)
     reuse = run_search(SearchSpec(model=other, budgets={"avg_bits": 4.0}, bits=[2, 4, 8], group_size=32,
-                                  proxy="evolved:digits-test", solver="ilp", n_calib=64, n_eval=128))
+                                  proxy="evolved:digits-test", solver="ilp", n_calib=64, n_eval=128, calib="digits"))
     assert reuse.table.proxy == "evolved" and reuse.table.diagnostics["formula"] == doc["program"]["formula"]
     assert reuse.table.diagnostics["evolved_on"] == doc["model_sha256"]
     assert reuse.policy.cost["avg_bits"] <= 4.0 + 1e-9
@@ -60,8 +60,8 @@ def test_bad_parameters_fail_before_any_work(tmp_path):
         get_proxy("evolved:nope")
     one = _scripted(tmp_path, 1)
     with pytest.raises(ValueError, match="at least 2"):
-        run_search(SearchSpec(model=one, budgets={"avg_bits": 4.0}, proxy="evolved", solver="ilp"))
+        run_search(SearchSpec(model=one, budgets={"avg_bits": 4.0}, proxy="evolved", solver="ilp", calib="digits"))
     two = _scripted(tmp_path, 2)
     with pytest.raises(ValueError, match="distinct"):
         run_search(SearchSpec(model=two, budgets={"avg_bits": 4.0}, bits=[2, 4], group_size=64, proxy="evolved",
-                              proxy_params={"n_policies": 10}, solver="ilp"))
+                              proxy_params={"n_policies": 10}, solver="ilp", calib="digits"))

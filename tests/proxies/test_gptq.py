@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from proxies.gptq import HessianCollector, factor, gptq, input_rows
@@ -216,3 +217,83 @@ def test_group_params_match_rtn():
     w = torch.randn(3, 16)
     s, z, lo, hi = group_params(w.reshape(3, 2, 8), Format(4, 8))
     assert s.shape == (3, 2, 1) and lo == 0 and hi == 15
+
+
+# ---------------------------------------------------------------- capture: hooks and the TorchScript probe
+
+
+class SamePad(nn.Conv2d):
+    """A Conv2d subclass that pads TF-style inside forward: its ``padding`` attribute is 0."""
+
+    def forward(self, x):
+        return self._conv_forward(F.pad(x, [0, 1, 0, 1]), self.weight, self.bias)
+
+
+class Small(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.stem = SamePad(3, 6, 2, stride=2)
+        self.same = nn.Conv2d(6, 6, 3, padding="same", groups=3)
+        self.c1d = nn.Conv1d(6, 4, 3, padding=1)
+        self.fc = nn.Linear(4 * 16, 5)
+
+    def forward(self, x):
+        h = torch.relu(self.same(torch.relu(self.stem(x))))  # (n, 6, 4, 4)
+        return self.fc(torch.relu(self.c1d(h.flatten(2))).flatten(1))
+
+
+def _script(m):
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return torch.jit.script(m)
+
+
+def test_eager_subclass_that_pads_in_forward_gets_rows_from_the_real_padding():
+    # the hook sees the unpadded input; the padding is inferred from the output's size
+    m = Small().eval()
+    x = torch.randn(2, 3, 7, 7)
+    with HessianCollector([m.stem], m) as col:
+        y = col.runner(x)
+    padded = F.unfold(F.pad(x, [0, 1, 0, 1]), 2, stride=2).permute(0, 2, 1).reshape(-1, 12)
+    assert torch.allclose(col.hessians()[0][0], padded.t() @ padded / padded.shape[0], atol=1e-5)
+    assert y.shape == (2, 5)
+
+
+def test_torchscript_hessians_equal_eager_ones_for_every_layer_kind():
+    from proxies.discovery import discover_layers
+    torch.manual_seed(0)
+    m = Small().eval()
+    sm = _script(m)
+    x = torch.randn(3, 3, 7, 7)
+    hs = []
+    for model in (m, sm):
+        mods = [mm for _, mm in discover_layers(model)]
+        assert len(mods) == 4
+        with HessianCollector(mods, model) as col:
+            out = col.runner(x)
+        assert torch.allclose(out, m(x), atol=1e-5)  # the probe returns the model's own output
+        hs.append(col.hessians())
+    assert sorted(hs[1]) == [0, 1, 2, 3]
+    for i in range(4):
+        assert hs[0][i].shape == hs[1][i].shape and torch.allclose(hs[0][i], hs[1][i], atol=1e-5)
+
+
+def test_activation_moments_of_torchscript_models():
+    from proxies.base import ProxyContext
+    from proxies.discovery import discover_layers
+    from proxies.primitives import _activation_moments
+    torch.manual_seed(0)
+    m = Small().eval()
+    batches = [{"x": torch.randn(4, 3, 7, 7), "y": torch.zeros(4, dtype=torch.long)}]
+    got = []
+    for model in (m, _script(m)):
+        pairs = discover_layers(model)
+        ctx = ProxyContext(model, [p[0] for p in pairs], [p[1] for p in pairs], ClassifierTask(), batches,
+                           [Format(4, None)])
+        got.append(_activation_moments(ctx))
+    # the stem's op input is padded in the script (the probe reads the conv's own input) and
+    # not in the eager hook; every other layer sees the same inputs
+    for a, b in zip(got[0][1:], got[1][1:]):
+        assert torch.allclose(a, b, atol=1e-5)
+    assert got[1][0].shape == got[0][0].shape == (3,)

@@ -12,7 +12,7 @@ import torch
 
 from workers import digits
 from workers.batches import build_batches, plan_for, prepared_batches
-from workers.data import CALIB_FRACTION, TEXT_SOURCES, DataError, paragraphs, split_sources
+from workers.data import CALIB_FRACTION, TEXT_SOURCES, DataError, labeled_paragraphs, paragraphs, split_sources
 
 
 # ---------------------------------------------------------------- sources and splits
@@ -82,8 +82,40 @@ def test_jsonl_line_without_text_names_the_line(tmp_path, bad):
 
 
 def test_missing_file_is_named(tmp_path):
-    with pytest.raises(DataError, match="does not exist"):
-        paragraphs(f"file:{tmp_path / 'missing.txt'}")
+    for prefix in ("file:", "text:", "jsonl:"):
+        with pytest.raises(DataError, match="does not exist"):
+            paragraphs(f"{prefix}{tmp_path / 'missing.txt'}")
+
+
+def test_text_and_jsonl_prefixes_alias_file(tmp_path):
+    t = tmp_path / "notes.md"  # text: splits paragraphs whatever the suffix
+    t.write_text("one\n\ntwo\n\nthree\n", encoding="utf-8")
+    assert paragraphs(f"text:{t}") == ["one", "two", "three"]
+    j = tmp_path / "records.json"  # jsonl: reads the text field whatever the suffix
+    j.write_text('{"text": "a", "label": 1}\n{"text": "b", "label": 0}\n', encoding="utf-8")
+    assert paragraphs(f"jsonl:{j}") == ["a", "b"]
+    assert labeled_paragraphs(f"jsonl:{j}") == (["a", "b"], [1, 0])
+    assert labeled_paragraphs(f"jsonl:{j}", "text", "label") == (["a", "b"], [1, 0])
+    assert split_sources(f"text:{t}", f"jsonl:{j}") == (["one", "two", "three"], ["a", "b"])
+    with pytest.raises(DataError, match=r"records\.json:1: .*'sentence'"):
+        paragraphs(f"jsonl:{j}", "sentence")
+    with pytest.raises(DataError, match="give a path"):
+        paragraphs("text:")
+
+
+def test_jsonl_labels_must_be_all_or_none(tmp_path):
+    j = tmp_path / "c.jsonl"
+    j.write_text('{"text": "a", "label": 1}\n{"text": "b"}\n', encoding="utf-8")
+    with pytest.raises(DataError, match="1 of 2 records have no label"):
+        labeled_paragraphs(f"jsonl:{j}")
+    j.write_text('{"text": "a"}\n{"text": "b"}\n', encoding="utf-8")
+    assert labeled_paragraphs(f"jsonl:{j}") == (["a", "b"], None)
+
+
+def test_image_and_tensor_sources_are_not_text(tmp_path):
+    for src in (f"images:{tmp_path}", f"tensors:{tmp_path}/x.npz", "digits"):
+        with pytest.raises(DataError, match="is not text"):
+            paragraphs(src)
 
 
 def test_single_paragraph_cannot_be_split(tmp_path):
@@ -147,9 +179,9 @@ def test_prepared_batches_carry_the_float_targets(digits_lm):
     calib, ev, info = prepared_batches(digits_lm, plan)
     raw_c, raw_e, raw_info = build_batches(digits_lm, plan)
     assert info == raw_info and [len(b["y"]) for b in calib] == [64] and [len(b["y"]) for b in ev] == [32]
-    with torch.no_grad():
-        assert torch.equal(calib[0]["ref_logits"], digits_lm.model(raw_c[0]["x"]).float())
-        assert torch.equal(ev[0]["ref_logits"], digits_lm.model(raw_e[0]["x"]).float())
+    with torch.no_grad():  # the float model's log-probabilities
+        assert torch.equal(calib[0]["ref_logits"], torch.log_softmax(digits_lm.model(raw_c[0]["x"]).float(), -1))
+        assert torch.equal(ev[0]["ref_logits"], torch.log_softmax(digits_lm.model(raw_e[0]["x"]).float(), -1))
     # a worker that never evaluates gets the same calibration and no held-out batches
     calib_only, none, _ = prepared_batches(digits_lm, plan, with_evals=False)
     assert none == [] and torch.equal(calib_only[0]["ref_logits"], calib[0]["ref_logits"])

@@ -86,7 +86,7 @@ def test_joint_on_digits_returns_a_sparse_feasible_policy():
     assert p.cost["avg_bits"] <= 3.0 + 1e-9 and p.cost["bops"] <= 2e7 * (1 + 1e-9)
     assert p.solver.name == "joint" and p.sparse_format.startswith("bitmask")
     assert all(0 < r < 1 for r in p.sparsity.values())
-    assert res.table is None and p.measured.metric == "accuracy"
+    assert res.table is None and p.measured.metric == "kl_to_float"
 
 
 def test_channel_pruning_removes_the_weakest_output_channels():

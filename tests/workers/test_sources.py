@@ -51,14 +51,21 @@ def test_torchscript_source_discovers_layers_and_runs(scripted):
     names = [l.name for l, _ in task_layers(lm)]
     assert names == ["conv1", "conv2", "dw", "pw", "fc1", "fc2"]
     assert lm.sha256 == weights_sha256(digits.load())  # same weights, same identity
+    # a user's model has no default data: the job must name it
+    with pytest.raises(ValueError, match="has no default data: give calibration data"):
+        run_search(SearchSpec(model=f"torchscript:{scripted}", budgets={"avg_bits": 4.0}), loaded=lm)
     res = run_search(SearchSpec(model=f"torchscript:{scripted}", budgets={"avg_bits": 4.0}, proxy="measured",
-                                solver="ilp", group_size=64), loaded=lm)
+                                solver="ilp", group_size=64, calib="digits"), loaded=lm)
     assert res.policy.cost["avg_bits"] <= 4.0
-    assert 0.9 < res.policy.measured.float <= 1.0
-    # activation proxies need hooks, which TorchScript lacks: a clear refusal, not a crash
-    with pytest.raises(ValueError, match="TorchScript models do not support"):
+    assert res.policy.measured.float == 0.0 and res.policy.measured.extra["accuracy"] > 0.9
+    # conv MACs come from real output sizes (the probe), the same as the eager model's
+    eager = {l.name: l.macs for l, _ in task_layers(load_model("builtin:digits-cnn"))}
+    x = torch.zeros(1, 1, 8, 8)  # the pipeline passes one sample at the data's shape
+    assert {l.name: l.macs for l, _ in task_layers(lm, x=x)} == eager
+    # output_error reads layer outputs through hooks, which TorchScript lacks: a clear refusal
+    with pytest.raises(ValueError, match="TorchScript"):
         run_search(SearchSpec(model=f"torchscript:{scripted}", budgets={"avg_bits": 4.0}, proxy="output_error",
-                              solver="ilp", group_size=64), loaded=lm)
+                              solver="ilp", group_size=64, calib="digits"), loaded=lm)
 
 
 def test_torchscript_source_refuses_a_pickle(tmp_path):
@@ -66,6 +73,8 @@ def test_torchscript_source_refuses_a_pickle(tmp_path):
     torch.save(digits.load().state_dict(), str(bad))  # a pickle archive, not TorchScript
     with pytest.raises(SourceError, match="not a TorchScript archive"):
         load_model(f"torchscript:{bad}")
+    with pytest.raises(SourceError, match="torch.save pickle .* never loads"):
+        load_model(str(bad))  # a bare path is recognised by its content, and a pickle refused
     with pytest.raises(SourceError, match="no such file"):
         load_model(f"torchscript:{tmp_path / 'missing.pt'}")
 
@@ -73,6 +82,8 @@ def test_torchscript_source_refuses_a_pickle(tmp_path):
 def test_hf_source_refuses_a_non_hf_dir_and_paths_outside_the_root(tmp_path, monkeypatch):
     with pytest.raises(SourceError, match="not an HF transformers directory"):
         load_model(f"hf:{tmp_path}")
+    with pytest.raises(SourceError, match="without config.json"):
+        load_model(str(tmp_path))
     monkeypatch.setenv("BITPLAN_MODEL_ROOT", str(tmp_path / "allowed"))
     with pytest.raises(SourceError, match="outside the allowed model root"):
         load_model(f"hf:{tmp_path / 'elsewhere'}")
