@@ -44,8 +44,8 @@ from starlette.formparsers import MultiPartException
 
 from service.config import Settings, _int
 from service.dispatcher import Dispatcher
-from service.schemas import (TERMINAL, ErrorBody, HealthOut, JobCreate, JobEvent, JobOut, JobPage, ModelCreate,
-                             ModelOut, PolicySummary, ReadyOut, SensitivitySummary)
+from service.schemas import (TERMINAL, DataOut, ErrorBody, HealthOut, JobCreate, JobEvent, JobOut, JobPage,
+                             ModelCreate, ModelOut, PolicySummary, ReadyOut, SensitivitySummary)
 from service.store import BadCursor, Conflict, Store, decode_cursor, migrate
 
 log = logging.getLogger("bitplan.api")
@@ -64,8 +64,9 @@ UPLOAD_THREADS = 2  # file copies get their own threads: a 512 MiB upload never 
 GC_THRESHOLDS = (5000, 10, 10)  # young collections every 5000 net allocations (CPython's default: 700)
 _ID = re.compile(r"[A-Za-z0-9_-]{1,128}")  # every stored id (uuid hex, sha256 hex) has this shape
 BUILTIN_REFS = ("builtin:minilm-l6", "builtin:smollm2-135m", "builtin:digits-cnn")
-REF_HELP = ("use builtin:minilm-l6, builtin:smollm2-135m, builtin:digits-cnn, hf:<dir> or torchscript:<file> "
-            "under the server's model root, or upload a TorchScript file")
+REF_HELP = ("use builtin:minilm-l6, builtin:smollm2-135m, builtin:digits-cnn, hf:<dir>, export:<file.pt2> or "
+            "torchscript:<file> under the server's model root, or upload a torch.export (.pt2) or TorchScript file")
+SERVER_REF_KINDS = ("hf:", "export:", "torchscript:")
 _HEALTH = orjson.dumps({"status": "ok"})
 
 
@@ -83,6 +84,7 @@ def _error(status: int, code: str, message: str, detail: Any = None, headers: di
 _ERROR_DOCS = {
     401: "missing or wrong API token (`Authorization: Bearer <token>`; the scheme is case-insensitive)",
     403: "a server-side path outside the server's model root, or no model root configured",
+    507: "the server has no disk space left for the upload",
     404: "no such resource (ids never matched are reported the same way)",
     409: "a conflict with the stored state (Idempotency-Key reused with another body, job already finished)",
     413: "the request body is over the server's limit (BITPLAN_MAX_BODY_BYTES, uploads BITPLAN_MAX_UPLOAD_BYTES)",
@@ -322,7 +324,7 @@ class BodyLimit:
         self.app, self.settings = app, settings
 
     def _limit(self, scope) -> int:
-        upload = scope["path"].rstrip("/") == "/v1/models"
+        upload = scope["path"].rstrip("/") in ("/v1/models", "/v1/data")
         return self.settings.max_upload_bytes if upload else self.settings.max_body_bytes
 
     @staticmethod
@@ -460,9 +462,9 @@ def _upload_name(filename: str | None) -> str:
     return name or "the upload"
 
 
-def _copy_upload(src: BinaryIO, dst: Path, limit: int) -> str:
-    """Copy an uploaded file to ``dst`` (thread pool), checking size and zip magic; sha256 hex.
-    Removes ``dst`` when it refuses."""
+def _copy_upload(src: BinaryIO, dst: Path, limit: int, model: bool = True) -> str:
+    """Copy an uploaded file to ``dst`` (thread pool), checking its size (and for a model the zip
+    magic); sha256 hex. Removes ``dst`` when it refuses."""
     h, size = hashlib.sha256(), 0
     try:
         with open(dst, "wb") as out:
@@ -470,17 +472,34 @@ def _copy_upload(src: BinaryIO, dst: Path, limit: int) -> str:
                 size += len(chunk)
                 if size > limit:
                     raise ApiError(413, "upload_too_large", f"the upload exceeds {limit} bytes (BITPLAN_MAX_UPLOAD_BYTES)")
-                if size == len(chunk) and chunk[:4] != b"PK\x03\x04":  # TorchScript archives are zip files
-                    raise ApiError(422, "invalid_model", "the upload is not a TorchScript archive (torch.jit.save "
-                                   "writes a zip file); pickled models are never accepted")
+                if model and size == len(chunk) and chunk[:4] != b"PK\x03\x04":  # .pt2 and TorchScript are zips
+                    raise ApiError(422, "invalid_model", "the upload is not a TorchScript archive nor a torch.export "
+                                   "program (torch.export.save and torch.jit.save write zip files); pickled models "
+                                   "are never accepted")
                 h.update(chunk)
                 out.write(chunk)
         if size == 0:
-            raise ApiError(422, "invalid_model", "the uploaded file is empty; upload a torch.jit.save archive")
+            what = "a torch.export (.pt2) or torch.jit.save archive" if model else \
+                "an image archive, a tensor file or a text file"
+            raise ApiError(422, "invalid_model" if model else "invalid_data", f"the uploaded file is empty; upload {what}")
     except BaseException:
         dst.unlink(missing_ok=True)
         raise
     return h.hexdigest()
+
+
+def _model_format(path: Path, name: str) -> str:
+    """'export' for a torch.export program (its zip holds ``archive_format``; or a ``.pt2`` name),
+    else 'torchscript'."""
+    import zipfile
+    if name.lower().endswith(".pt2"):
+        return "export"
+    try:
+        with zipfile.ZipFile(path) as zf:
+            names = zf.namelist()
+    except (zipfile.BadZipFile, OSError, ValueError):
+        return "torchscript"  # the loader says what is wrong with it
+    return "export" if any(n.rsplit("/", 1)[-1] == "archive_format" for n in names) else "torchscript"
 
 
 def _sweep_incoming(upload_dir: Path, older_than: float = 3600) -> None:
@@ -609,6 +628,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         settings.var_dir.mkdir(parents=True, exist_ok=True)
         settings.upload_dir.mkdir(parents=True, exist_ok=True)
         _sweep_incoming(settings.upload_dir)
+        from service.uploads import sweep_staging
+        sweep_staging(settings.upload_dir)
         os.environ.setdefault("BITPLAN_UPLOAD_DIR", str(settings.upload_dir))
         os.environ["BITPLAN_EVOLVED_DIR"] = str(settings.evolved_dir)
         migrate(settings.database_url)
@@ -727,7 +748,8 @@ def _v1_router(settings: Settings) -> APIRouter:
     v1 = APIRouter(prefix="/v1", dependencies=[Depends(auth)] if token else [],
                    responses=errors(401) if token else {})
     _model_routes(v1, settings)
-    _job_routes(v1)
+    _data_routes(v1, settings)
+    _job_routes(v1, settings)
     _policy_routes(v1)
     return v1
 
@@ -741,6 +763,82 @@ def _check_id(value: str, what: str, hint: str = "") -> None:
     strings such as NUL bytes must not reach PostgreSQL)."""
     if not _ID.fullmatch(value):
         raise ApiError(404, "not_found", f"no {what} {value[:80]!r}{hint}")
+
+
+async def _receive_upload(request: Request, settings: Settings, what: str,
+                          model: bool = True) -> tuple[Path, str, str, dict[str, str]]:
+    """(temporary file in the upload folder, sha256 of its bytes, the client's file name, the
+    form's text fields)."""
+    if not request.headers.get("content-type", "").startswith("multipart/form-data"):
+        raise ApiError(422, "invalid_request", f"send multipart/form-data with one field 'file' holding {what}")
+    try:
+        form = await request.form(max_files=1, max_fields=4)
+    except (MultiPartException, StarletteHTTPException) as e:
+        detail = getattr(e, "message", None) or getattr(e, "detail", "unreadable")
+        raise ApiError(422, "invalid_request", f"the multipart body could not be read ({detail}); send one "
+                       f"field 'file' holding {what}") from None
+    try:
+        f = form.get("file")
+        if f is None or isinstance(f, str):
+            raise ApiError(422, "invalid_request", f"file: missing; the multipart upload needs a 'file' field "
+                           f"holding {what}")
+        fields = {k: v for k, v in form.multi_items() if isinstance(v, str)}
+        settings.upload_dir.mkdir(parents=True, exist_ok=True)
+        tmp = settings.upload_dir / f".incoming-{uuid.uuid4().hex}"
+        limiter = getattr(request.app.state, "upload_limiter", None)
+        sha = await anyio.to_thread.run_sync(_copy_upload, f.file, tmp, settings.max_upload_bytes, model,
+                                             limiter=limiter)
+        return tmp, sha, _upload_name(f.filename), fields
+    finally:
+        await form.close()
+
+
+_DATA_WHAT = "a .zip/.tar(.gz) of images, a .safetensors/.npz tensor file, or a .txt/.jsonl text file"
+
+
+def _data_routes(v1: APIRouter, settings: Settings) -> None:
+    from service import uploads
+
+    def _store(tmp: Path, sha: str, name: str, kind: str | None) -> tuple[dict, bool]:
+        size = tmp.stat().st_size
+        limits = uploads.Limits(settings.max_upload_files, settings.max_extracted_bytes)
+        try:
+            return uploads.store_data(tmp, sha, size, name, settings.upload_dir, limits, kind)
+        except uploads.UploadRefused as e:
+            raise ApiError(e.status, e.code, _scrub(e.message, {str(tmp): name, str(settings.upload_dir):
+                                                               "the upload folder"})) from None
+
+    @v1.post("/data", response_model=DataOut, status_code=201, tags=["data"],
+             responses={200: {"model": DataOut, "description": "these bytes were already uploaded: the existing "
+                                                                "record"}, **errors(413, 422, 507)},
+             openapi_extra={"requestBody": {"required": True, "content": {
+                 "multipart/form-data": {"schema": {"type": "object", "required": ["file"], "properties": {
+                     "file": {"type": "string", "format": "binary", "description": _DATA_WHAT},
+                     "kind": {"type": "string", "enum": list(uploads.DATA_KINDS),
+                              "description": "override the kind told from the file's name and bytes"}}}}}}})
+    async def upload_data(request: Request):
+        """Upload calibration/evaluation data (multipart field ``file``): a ``.zip``/``.tar(.gz)``
+        of a folder of images (``class/`` subfolders = labels), a ``.safetensors``/``.npz`` file
+        with ``inputs`` (optional integer ``labels``, one per sample), or a ``.txt`` (paragraphs)
+        / ``.jsonl`` (``{"text": …}`` per line) file. Validated before it is kept, stored by the
+        sha256 of its bytes; jobs name it as ``{"source": "upload:<id>"}``. Same bytes → the same
+        record (200 instead of 201)."""
+        tmp, sha, name, fields = await _receive_upload(request, settings, _DATA_WHAT, model=False)
+        try:
+            kind = (fields.get("kind") or "").strip() or None
+            limiter = getattr(request.app.state, "upload_limiter", None)
+            record, created = await anyio.to_thread.run_sync(_store, tmp, sha, name, kind, limiter=limiter)
+        finally:
+            await run_in_threadpool(tmp.unlink, True)
+        return JSONResponse(DataOut.model_validate(uploads.public(record)).model_dump(mode="json"),
+                            status_code=201 if created else 200, headers={"Location": f"/v1/data/{sha}"})
+
+    @v1.get("/data/{data_id}", response_model=DataOut, tags=["data"], responses=errors(404))
+    def get_data(data_id: str):
+        record = uploads.load_record(settings.upload_dir, data_id.strip().lower())
+        if record is None:
+            raise ApiError(404, "not_found", f"no uploaded data {data_id[:80]!r}; upload it with POST /v1/data")
+        return DataOut.model_validate(uploads.public(record))
 
 
 def _model_routes(v1: APIRouter, settings: Settings) -> None:
@@ -761,7 +859,7 @@ def _model_routes(v1: APIRouter, settings: Settings) -> None:
         except ValidationError as e:
             raise ApiError(422, "invalid_request", _validation_message(e.errors(), ModelCreate)) from None
         ref = body.ref.strip()
-        if ref.startswith(("hf:", "torchscript:")):
+        if ref.startswith(SERVER_REF_KINDS):
             resolved = await run_in_threadpool(resolve_server_ref, ref)
             hide = {resolved: ref, resolved.partition(":")[2]: ref.partition(":")[2], **_root_hide()}
             return await _inspect(resolved, hide)
@@ -769,36 +867,22 @@ def _model_routes(v1: APIRouter, settings: Settings) -> None:
             return await _inspect(ref, {})
         raise ApiError(422, "invalid_model", f"unknown model reference {ref[:200]!r}: {REF_HELP}")
 
-    async def _receive_upload(request: Request) -> tuple[Path, str, str]:
-        """(temporary file in the upload folder, sha256 of its bytes, the client's file name)."""
-        try:
-            form = await request.form(max_files=1, max_fields=4)
-        except (MultiPartException, StarletteHTTPException) as e:
-            detail = getattr(e, "message", None) or getattr(e, "detail", "unreadable")
-            raise ApiError(422, "invalid_request", f"the multipart body could not be read ({detail}); send one "
-                           "field 'file' holding a torch.jit.save archive") from None
-        try:
-            f = form.get("file")
-            if f is None or isinstance(f, str):
-                raise ApiError(422, "invalid_request", "file: missing; the multipart upload needs a 'file' field "
-                               "holding a TorchScript archive")
-            tmp = settings.upload_dir / f".incoming-{uuid.uuid4().hex}"
-            sha = await anyio.to_thread.run_sync(_copy_upload, f.file, tmp, settings.max_upload_bytes,
-                                                 limiter=request.app.state.upload_limiter)
-            return tmp, sha, _upload_name(f.filename)
-        finally:
-            await form.close()
-
     async def _by_upload(request: Request, st: Store) -> tuple[dict, Path | None]:
         """Validate the upload under its temporary name; only an accepted model is renamed to
-        ``<sha256>.pt``. Returns (inspection, the stored file)."""
-        tmp, sha, name = await _receive_upload(request)
+        ``<sha256>.pt2`` (torch.export) or ``<sha256>.pt`` (TorchScript). Returns (inspection,
+        the stored file)."""
+        tmp, sha, name, _ = await _receive_upload(request, settings, "a torch.export (.pt2) or torch.jit.save archive")
         try:
-            hide = {f"torchscript:{tmp}": name, str(tmp): name, str(settings.upload_dir): "the upload folder"}
-            info = await _inspect(f"torchscript:{tmp}", hide)
-            final = settings.upload_dir / f"{sha}.pt"
+            fmt = await run_in_threadpool(_model_format, tmp, name)
+            if fmt == "export":  # the loader may look at the suffix
+                moved = tmp.with_name(tmp.name + ".pt2")
+                await run_in_threadpool(os.replace, tmp, moved)
+                tmp = moved
+            hide = {f"{fmt}:{tmp}": name, str(tmp): name, str(settings.upload_dir): "the upload folder"}
+            info = await _inspect(f"{fmt}:{tmp}", hide)
+            final = settings.upload_dir / f"{sha}.{'pt2' if fmt == 'export' else 'pt'}"
             await run_in_threadpool(os.replace, tmp, final)
-            info["ref"] = f"torchscript:{final}"
+            info["ref"] = f"{fmt}:{final}"
             return info, final
         finally:
             await run_in_threadpool(tmp.unlink, True)  # refused, timed out or failed: nothing stays
@@ -810,11 +894,13 @@ def _model_routes(v1: APIRouter, settings: Settings) -> None:
              openapi_extra={"requestBody": {"required": True, "content": {
                  "application/json": {"schema": ModelCreate.model_json_schema()},
                  "multipart/form-data": {"schema": {"type": "object", "required": ["file"], "properties": {
-                     "file": {"type": "string", "format": "binary", "description": "a torch.jit.save archive"}}}}}}})
+                     "file": {"type": "string", "format": "binary",
+                              "description": "a torch.export.save program (.pt2) or a torch.jit.save archive"}}}}}}})
     async def register_model(request: Request):
-        """Register by reference (JSON ``{"ref": …}``; ``hf:``/``torchscript:`` paths are relative
-        to the server's BITPLAN_MODEL_ROOT) or upload a TorchScript archive (multipart field
-        ``file``). Same weights → same record (200 instead of 201)."""
+        """Register by reference (JSON ``{"ref": …}``; ``hf:``/``export:``/``torchscript:`` paths
+        are relative to the server's BITPLAN_MODEL_ROOT) or upload a torch.export program (.pt2)
+        or a TorchScript archive (multipart field ``file``). Same weights → same record (200
+        instead of 201)."""
         st: Store = request.app.state.store
         stored: Path | None = None
         if request.headers.get("content-type", "").startswith("multipart/form-data"):
@@ -862,7 +948,7 @@ def _model_routes(v1: APIRouter, settings: Settings) -> None:
                 for r in st.list_tables(model_id)]
 
 
-def _job_routes(v1: APIRouter) -> None:
+def _job_routes(v1: APIRouter, settings: Settings) -> None:
     def _job(st: Store, job_id: str):
         _check_id(job_id, "job")
         row = st.get_job(job_id)
@@ -872,10 +958,11 @@ def _job_routes(v1: APIRouter) -> None:
 
     @v1.post("/jobs", response_model=JobOut, status_code=201, tags=["jobs"],
              responses={200: {"model": JobOut, "description": "replay of an earlier request with this Idempotency-Key"},
-                        **errors(404, 409, 413, 422)})
+                        **errors(403, 404, 409, 413, 422)})
     def submit_job(body: JobCreate, request: Request,
                    idempotency_key: str | None = Header(default=None, max_length=255)):
         from service.jobspec import plan_job
+        from service.uploads import PathNotAllowed
 
         st: Store = request.app.state.store
         hint = "; register it first with POST /v1/models and use the id it returns"
@@ -883,9 +970,12 @@ def _job_routes(v1: APIRouter) -> None:
         if model is None:
             raise ApiError(404, "unknown_model", f"no model {body.model_id[:80]!r}{hint}")
         try:
-            plan = plan_job(body, model.ref, model.id, model.kind, model.info["layers"], model.info.get("max_positions"))
+            plan = plan_job(body, model.ref, model.id, model.kind, model.info["layers"], model.info.get("max_positions"),
+                            upload_dir=settings.upload_dir)
         except ValidationError as e:
             raise ApiError(422, "invalid_request", _validation_message(e.errors())) from None
+        except PathNotAllowed as e:
+            raise ApiError(403, "path_not_allowed", _scrub(str(e).splitlines()[0], _root_hide())) from None
         except ValueError as e:
             raise ApiError(422, "invalid_request", str(e).splitlines()[0]) from None
         try:

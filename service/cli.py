@@ -25,6 +25,10 @@ EPILOG = """examples:
   bitplan search --model builtin:smollm2-135m --budget avg_bits=4.3125 --tie qkv,gate_up --n-eval 8
   bitplan search --model builtin:minilm-l6 --budget avg_bits=3.3 --quantizer gptq --quantizer-param damp=0.01
 
+your own model (torch.export.save → net.pt2) and a folder of your images (class/ subfolders optional):
+  # bitplan search --model ./net.pt2 --calib images:./photos --image-size 224 \\
+  #     --image-mean 0.485,0.456,0.406 --image-std 0.229,0.224,0.225 --fold-batchnorm --budget avg_bits=4
+
 default recipe (no --proxy/--solver): measured sensitivities → exact ILP → refine judged by
 measured loss on calibration-source samples held apart from the table's.
 budgets: avg_bits (bits/weight incl. scales), size_bytes, bops (Σ macs·w_bits·a_bits),
@@ -65,6 +69,76 @@ def _group(text: str) -> int | None | list[int | None]:
     return groups[0] if len(groups) == 1 else groups
 
 
+def _channels(text: str) -> list[float]:
+    """``0.485,0.456,0.406`` → one number per channel (1 or 3)."""
+    try:
+        vals = [float(t) for t in text.split(",") if t.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: give 1 or 3 comma-separated numbers (one per channel, [0, 1] "
+                                         "pixel units), e.g. 0.485,0.456,0.406") from None
+    if len(vals) not in (1, 3):
+        raise argparse.ArgumentTypeError(f"{text!r}: give 1 or 3 values (one per channel), got {len(vals)}; e.g. "
+                                         "0.485,0.456,0.406")
+    if any(v != v or v in (float("inf"), float("-inf")) for v in vals):
+        raise argparse.ArgumentTypeError(f"{text!r}: give finite numbers")
+    return vals
+
+
+def _positive_channels(text: str) -> list[float]:
+    vals = _channels(text)
+    if any(v <= 0 for v in vals):
+        raise argparse.ArgumentTypeError(f"{text!r}: standard deviations must be positive, e.g. 0.229,0.224,0.225")
+    return vals
+
+
+def _pixels(text: str) -> int:
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: give a whole number of pixels, e.g. 224") from None
+    if not 8 <= n <= 8192:
+        raise argparse.ArgumentTypeError(f"{text!r}: give 8..8192 pixels")
+    return n
+
+
+MODEL_HELP = ("export:<file.pt2> (torch.export.save; preferred for your own PyTorch model) | hf:<dir> (a Hugging "
+              "Face folder of any task) | torchscript:<file> | a bare path (.pt2 → export, TorchScript zip → "
+              "torchscript, folder with config.json → hf) | builtin:minilm-l6 | builtin:smollm2-135m | "
+              "builtin:digits-cnn")
+DATA_HELP = ("builtin text wikitext2-valid | wikitext2-test | tinyshakespeare | pydoc; digits (builtin images); "
+             "images:DIR (a folder of images, class/ subfolders = labels) | tensors:FILE (.safetensors/.npz with "
+             "'inputs', optional 'labels') | text:FILE (paragraphs) | jsonl:FILE ('text' per line) | dataset:DIR "
+             "(datasets.save_to_disk; see --data-column) | file:PATH")
+
+
+def add_data_args(s, remote: bool = False) -> None:
+    """Image preprocessing, dataset columns and BatchNorm folding: the same flags for ``search``
+    and ``submit``."""
+    s.add_argument("--image-size", type=_pixels, metavar="PX",
+                   help="image models: center-crop size (default: the HF processor config or the model's declared input)")
+    s.add_argument("--resize", type=_pixels, metavar="PX",
+                   help="image models: resize the shorter side to this before the crop (default image size / 0.875)")
+    s.add_argument("--image-mean", type=_channels, metavar="M[,M,M]",
+                   help="image models: per-channel mean in [0, 1] pixel units, e.g. 0.485,0.456,0.406 (torchvision's)")
+    s.add_argument("--image-std", type=_positive_channels, metavar="S[,S,S]",
+                   help="image models: per-channel std in [0, 1] pixel units, e.g. 0.229,0.224,0.225")
+    s.add_argument("--data-column", metavar="NAME", help="dataset:DIR sources: the input column (default image/img/"
+                                                          "pixel_values/text)")
+    s.add_argument("--label-column", metavar="NAME", help="dataset:DIR sources: the label column (default label/labels; "
+                                                           "labels are optional)")
+    s.add_argument("--fold-batchnorm", action="store_true", default=None if remote else False,
+                   help="fold each BatchNorm into the conv before it before quantizing (recorded in the policy)")
+
+
+def data_kwargs(args) -> dict:
+    """The preprocessing fields given on the command line (unset ones left out)."""
+    out = {k: getattr(args, k) for k in ("image_size", "resize", "image_mean", "image_std", "data_column",
+                                          "label_column") if getattr(args, k) is not None}
+    if args.fold_batchnorm:
+        out["fold_batchnorm"] = True
+    return out
+
+
 def _kv(text: str) -> tuple[str, object]:
     k, sep, v = text.partition("=")
     if not sep:
@@ -80,7 +154,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
     s = sub.add_parser("search", help="find a policy for a model and budget (runs locally)", epilog=EPILOG,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
-    s.add_argument("--model", required=True, help="builtin:minilm-l6 | builtin:smollm2-135m | builtin:digits-cnn | hf:<dir> | torchscript:<file>")
+    s.add_argument("--model", required=True, help=MODEL_HELP)
     s.add_argument("--budget", action="append", required=True, metavar="METRIC=VALUE",
                    help="avg_bits=3.3, size_bytes=…, bops=…, latency_ms=…; repeat for several (all must hold)")
     s.add_argument("--bits", type=_bits, default=[2, 3, 4, 8], help="candidate bit-widths, 2..8, 16 = keep float (default 2,3,4,8)")
@@ -109,11 +183,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="calibration-source samples, apart from the calibration ones, that judge refine's moves "
                         "(default by model kind: " + ", ".join(f"{k} {v}" for k, v in JUDGE_SAMPLES.items())
                         + "; 0 = the calibration samples)")
-    s.add_argument("--calib", help="calibration data: wikitext2-valid | wikitext2-test | tinyshakespeare | pydoc | file:PATH (.txt/.jsonl)")
-    s.add_argument("--eval", help="held-out evaluation data (same choices); never overlaps calibration")
+    s.add_argument("--calib", help="calibration data (default: the model's): " + DATA_HELP)
+    s.add_argument("--eval", help="held-out evaluation data (same choices; default: samples of --calib apart from the "
+                                  "calibration ones); never overlaps calibration")
     s.add_argument("--n-calib", type=int, help="calibration samples (sentences, token windows or images)")
     s.add_argument("--n-eval", type=int, help="evaluation samples")
     s.add_argument("--seq-len", type=int, help="tokens per sample")
+    add_data_args(s)
     s.add_argument("--tie", default="", help="tie fused layers to one format: qkv, gate_up, experts (all experts of one MoE block)")
     s.add_argument("--runtime", choices=["vllm", "sglang", "none"],
                    help="the runtime the policy is for; vllm/sglang tie q/k/v, gate/up and the experts of each MoE "
@@ -154,7 +230,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    "safetensors headers, no weights are loaded")
     m.add_argument("--out", type=Path, help="write the imported table (and the solution) as JSON")
     from service.cli_remote import add_commands
-    add_commands(sub, _bits, _group, _kv)
+    add_commands(sub, _bits, _group, _kv, add_data_args)
     return p
 
 
@@ -183,7 +259,7 @@ def spec_from_args(args) -> "SearchSpec":
                       ties=runtime_ties(args.runtime, [t for t in args.tie.split(",") if t]),
                       include_embeddings=args.include_embeddings,
                       include_head=args.include_head, latency_table=latency,
-                      quantizer=args.quantizer, quantizer_params=dict(args.quantizer_param))
+                      quantizer=args.quantizer, quantizer_params=dict(args.quantizer_param), **data_kwargs(args))
 
 
 def validation_line(e: dict) -> str:

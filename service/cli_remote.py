@@ -1,4 +1,5 @@
-"""CLI commands that talk to a bitplan server: ``serve``, ``submit``, ``status``, ``policy``.
+"""CLI commands that talk to a bitplan server: ``serve``, ``submit``, ``status``, ``policy``,
+``cancel`` and ``data upload``/``data show``.
 
 They use the SDK (``service.client``), so they need no torch locally except ``serve``. Bad
 arguments and 4xx answers print one line and exit 2; an unreachable server exits 1."""
@@ -18,7 +19,16 @@ EXIT_USAGE, EXIT_UNAVAILABLE = 2, 1
 GROUPS_NOT_GIVEN = object()
 
 
-def add_commands(sub, bits_type, group_type, kv_type) -> None:
+REMOTE_DATA_HELP = ("a builtin name (wikitext2-valid, wikitext2-test, tinyshakespeare, pydoc, digits), upload:<id> "
+                    "(from `bitplan data upload`), a server-side path under its model root (images:DIR, tensors:FILE, "
+                    "text:FILE, jsonl:FILE, dataset:DIR), a local folder of images or a local .zip/.tar.gz/"
+                    ".safetensors/.npz/.txt/.jsonl file (uploaded first), or @FILE to send a text file inline")
+BUILTIN_DATA = ("wikitext2-valid", "wikitext2-test", "tinyshakespeare", "pydoc", "digits")
+SERVER_PREFIXES = ("upload:", "images:", "tensors:", "text:", "jsonl:", "dataset:", "file:")
+MODEL_REFS = ("builtin:", "hf:", "export:", "torchscript:")
+
+
+def add_commands(sub, bits_type, group_type, kv_type, data_args=None) -> None:
     def common(p):
         p.add_argument("--url", default=os.environ.get("BITPLAN_URL", "http://127.0.0.1:8000"),
                        help="server URL (env BITPLAN_URL; default http://127.0.0.1:8000)")
@@ -32,8 +42,8 @@ def add_commands(sub, bits_type, group_type, kv_type) -> None:
     s = sub.add_parser("submit", help="submit a job to a server (registers the model first if needed)")
     common(s)
     s.add_argument("--model", required=True,
-                   help="a registered model id, a reference (builtin:minilm-l6, hf:<dir> on the server) or a local "
-                        "TorchScript file to upload")
+                   help="a registered model id, a reference (builtin:minilm-l6; hf:<dir>, export:<file.pt2>, "
+                        "torchscript:<file> on the server) or a local torch.export (.pt2) or TorchScript file to upload")
     s.add_argument("--budget", action="append", required=True, metavar="METRIC=VALUE",
                    help="avg_bits=3.3, size_bytes=…, bops=…; repeat for several constraints (all must hold)")
     s.add_argument("--sweep", metavar="METRIC=V1,V2,…",
@@ -55,11 +65,13 @@ def add_commands(sub, bits_type, group_type, kv_type) -> None:
     s.add_argument("--refine-evals", type=int, help="candidate policies refine may judge (server default when not given)")
     s.add_argument("--judge-samples", type=int, metavar="N",
                    help="calibration-source samples apart from the calibration ones that judge refine (0 = the calibration samples)")
-    s.add_argument("--calib", help="builtin corpus name, or @FILE to upload a text file")
-    s.add_argument("--eval", help="builtin corpus name, or @FILE to upload a text file")
+    s.add_argument("--calib", help="calibration data: " + REMOTE_DATA_HELP)
+    s.add_argument("--eval", help="held-out evaluation data (same choices)")
     s.add_argument("--n-calib", type=int)
     s.add_argument("--n-eval", type=int)
     s.add_argument("--seq-len", type=int)
+    if data_args is not None:
+        data_args(s, remote=True)
     s.add_argument("--tie", default="")
     s.add_argument("--runtime", choices=["vllm", "sglang", "none"], help="vllm/sglang tie q/k/v, gate/up and MoE experts")
     s.add_argument("--seed", type=int, default=0)
@@ -83,21 +95,53 @@ def add_commands(sub, bits_type, group_type, kv_type) -> None:
     common(s)
     s.add_argument("job")
 
+    d = sub.add_parser("data", help="upload calibration/evaluation data to a server, or show an upload")
+    dsub = d.add_subparsers(dest="data_command", required=True)
+    s = dsub.add_parser("upload", help="upload a folder of images (class/ subfolders = labels), a .zip/.tar.gz of one, "
+                                       "a .safetensors/.npz tensor file or a .txt/.jsonl text file")
+    common(s)
+    s.add_argument("path", type=Path)
+    s.add_argument("--kind", choices=["images", "tensors", "text", "jsonl"],
+                   help="what the file holds (default: told from its name and bytes)")
+    s = dsub.add_parser("show", help="show an upload's record")
+    common(s)
+    s.add_argument("id", help="the id (or upload:<id>) that `bitplan data upload` printed")
+
 
 def _fail(message: str, code: int = EXIT_USAGE) -> int:
     print(f"bitplan: error: {message}", file=sys.stderr)
     return code
 
 
-def _data(value: str | None) -> dict:
+def _data(c, value: str | None, flag: str) -> dict:
+    """A --calib/--eval value as the request's data: inline text (@FILE), a source the server
+    knows (builtin name, upload:<id>, server-side path), or a local path uploaded first."""
     if value is None:
         return {}
     if value.startswith("@"):
         path = Path(value[1:])
         if not path.is_file():
-            raise ValueError(f"{value}: no such file")
+            raise ValueError(f"{flag} {value}: no such file")
         return {"text": path.read_text(encoding="utf-8", errors="replace")}
-    return {"source": value}
+    if value in BUILTIN_DATA or value.startswith(SERVER_PREFIXES) or not Path(value).exists():
+        return {"source": value}
+    rec = c.upload_data(value)
+    print(f"uploaded {value} as {rec.source} ({_describe_data(rec)})", flush=True)
+    return {"source": rec.source}
+
+
+def _describe_data(rec) -> str:
+    classes = f", {len(rec.classes)} classes ({', '.join(rec.classes[:8])}{', …' if len(rec.classes) > 8 else ''})" \
+        if rec.classes else ""
+    return f"{rec.kind}, {rec.samples} samples{classes}, {rec.bytes} bytes"
+
+
+def _data_fields(args) -> dict:
+    out = {k: getattr(args, k, None) for k in ("image_size", "resize", "image_mean", "image_std", "data_column",
+                                               "label_column") if getattr(args, k, None) is not None}
+    if getattr(args, "fold_batchnorm", None):
+        out["fold_batchnorm"] = True
+    return out
 
 
 def _budgets(args) -> dict | list[dict]:
@@ -123,7 +167,8 @@ def run(args) -> int:
         if args.command == "serve":
             return _serve(args)
         with Client(args.url, args.token) as c:
-            return {"submit": _submit, "status": _status, "policy": _policy, "cancel": _cancel}[args.command](c, args)
+            return {"submit": _submit, "status": _status, "policy": _policy, "cancel": _cancel,
+                    "data": _data_command}[args.command](c, args)
     except httpx.TransportError as e:
         return _fail(f"cannot reach the bitplan server at {args.url} ({type(e).__name__}); start one with "
                      "`bitplan serve` or pass --url", EXIT_UNAVAILABLE)
@@ -149,11 +194,26 @@ def _serve(args) -> int:
 
 
 def _resolve_model(c, ref: str) -> str:
-    if ref.startswith(("builtin:", "hf:", "torchscript:")):
+    if ref.startswith(MODEL_REFS):
         return c.register_model(ref).id
     if Path(ref).is_file():
+        if ref.lower().endswith(".pt2"):
+            return c.register_model(export=ref).id
         return c.register_model(torchscript=ref).id
     return ref
+
+
+def _data_command(c, args) -> int:
+    if args.data_command == "show":
+        rec = c.data(args.id)
+        print(f"{rec.source}: {_describe_data(rec)} ({rec.name or 'unnamed'})")
+        return 0
+    if not args.path.exists():
+        return _fail(f"{args.path}: no such file or folder")
+    rec = c.upload_data(args.path, kind=args.kind)
+    print(f"{rec.source}")
+    print(f"  {_describe_data(rec)}; use it as --calib {rec.source} (or calibration={{\"source\": \"{rec.source}\"}})")
+    return 0
 
 
 def _submit(c, args) -> int:
@@ -165,16 +225,17 @@ def _submit(c, args) -> int:
             formats["group_size"] = args.group_size  # None = per-channel
         if args.symmetric:
             formats["symmetric"] = True
-        calib, evaluation = _data(args.calib), _data(args.eval)
+        extra = _data_fields(args)
     except (ValueError, ValidationError) as e:
         return _fail(str(e).splitlines()[0])
+    model_id = _resolve_model(c, args.model)
+    calib, evaluation = _data(c, args.calib, "--calib"), _data(c, args.eval, "--eval")
     if args.n_calib:
         calib["n_samples"] = args.n_calib
     if args.n_eval:
         evaluation["n_samples"] = args.n_eval
     if args.seq_len:
         calib["seq_len"] = args.seq_len
-    model_id = _resolve_model(c, args.model)
     try:
         job = c.submit(model_id, budgets, idempotency_key=args.idempotency_key, formats=formats or None,
                        proxy=args.proxy, proxy_params=dict(args.proxy_param) or None, solver=args.solver,
@@ -182,7 +243,7 @@ def _submit(c, args) -> int:
                        quantizer=args.quantizer, quantizer_params=dict(args.quantizer_param) or None,
                        refine=args.refine, refine_evals=args.refine_evals, judge_samples=args.judge_samples,
                        calibration=calib or None, evaluation=evaluation or None, seed=args.seed,
-                       ties=[t for t in args.tie.split(",") if t] or None)
+                       ties=[t for t in args.tie.split(",") if t] or None, **extra)
     except ValidationError as e:
         err = e.errors()[0]
         return _fail(f"{'.'.join(str(x) for x in err['loc'])}: {err['msg']}")

@@ -10,20 +10,28 @@ message::
         job = c.submit(model.id, budgets={"avg_bits": 3.3}, formats={"bits": [2, 3, 4, 8]})
         job = c.wait(job.id, timeout=600, on_progress=lambda j: print(j.phase, j.progress))
         policy = c.policy(job.policy_ids[0])
+
+Your own model and data: ``c.register_model(export="net.pt2")`` (a torch.export program) and
+``data = c.upload_data("photos/")`` (a folder of images, zipped on the fly; or a .zip/.tar.gz,
+.safetensors/.npz, .txt/.jsonl file), then ``c.submit(model.id, {"avg_bits": 4},
+calibration={"source": data.source}, image_size=224, image_mean=[0.485, 0.456, 0.406],
+image_std=[0.229, 0.224, 0.225])``.
 """
 from __future__ import annotations
 
 import asyncio
 import os
+import tempfile
 import time
 import uuid
+import zipfile
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
 
-from service.schemas import TERMINAL, JobCreate, JobEvent, JobOut, JobPage, ModelOut, PolicySummary
+from service.schemas import TERMINAL, DataOut, JobCreate, JobEvent, JobOut, JobPage, ModelOut, PolicySummary
 
 DEFAULT_URL = "http://127.0.0.1:8000"
 
@@ -101,9 +109,45 @@ def _list_params(status, model_id, cursor, limit) -> dict:
             if v is not None}
 
 
-def _check_model_args(ref, torchscript) -> None:
-    if (ref is None) == (torchscript is None):
-        raise ValueError("give either a model reference or torchscript=<file>")
+def _model_file(ref, torchscript, export) -> Path | None:
+    """The local file to upload (or None to register ``ref``); exactly one of the three."""
+    if sum(x is not None for x in (ref, torchscript, export)) != 1:
+        raise ValueError("give one of: a model reference, export=<file.pt2> or torchscript=<file>")
+    path = export if export is not None else torchscript
+    if path is None:
+        return None
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"{path}: no such file")
+    return path
+
+
+def _data_file(path: str | Path):
+    """(file name, open binary file) to upload for ``upload_data``: a file as it is; a folder
+    zipped (stored, not compressed: images are compressed already) into a temporary file, with
+    paths relative to the folder and fixed timestamps (the same files give the same upload id);
+    hidden files and links are left out."""
+    path = Path(path)
+    if path.is_file():
+        return path.name, open(path, "rb")
+    if not path.is_dir():
+        raise ValueError(f"{path}: no such file or folder")
+    tmp = tempfile.TemporaryFile()
+    with zipfile.ZipFile(tmp, "w", zipfile.ZIP_STORED) as zf:
+        for f in sorted(path.rglob("*")):
+            rel = f.relative_to(path)
+            if f.is_file() and not f.is_symlink() and not any(p.startswith(".") for p in rel.parts):
+                info = zipfile.ZipInfo(rel.as_posix(), date_time=(1980, 1, 1, 0, 0, 0))  # same files, same id
+                info.external_attr = 0o644 << 16
+                with open(f, "rb") as src, zf.open(info, "w") as dst:
+                    while chunk := src.read(1 << 20):
+                        dst.write(chunk)
+    tmp.seek(0)
+    return f"{path.resolve().name or 'data'}.zip", tmp
+
+
+def _data_form(kind: str | None) -> dict:
+    return {"kind": kind} if kind else {}
 
 
 def _headers(token: str | None) -> dict:
@@ -152,17 +196,33 @@ class Client:
     def health(self) -> dict:
         return self._req("GET", "/readyz").json()
 
-    def register_model(self, ref: str | None = None, *, torchscript: str | Path | None = None) -> ModelOut:
-        """By reference (``builtin:minilm-l6``, ``hf:<dir>`` on the server) or by uploading a
-        local TorchScript archive."""
-        _check_model_args(ref, torchscript)
-        if torchscript is not None:
-            with open(torchscript, "rb") as fh:
-                r = self._req("POST", "/v1/models", files={"file": (Path(torchscript).name, fh, "application/zip")},
-                              timeout=None)
+    def register_model(self, ref: str | None = None, *, export: str | Path | None = None,
+                       torchscript: str | Path | None = None) -> ModelOut:
+        """By reference (``builtin:minilm-l6``; ``hf:<dir>``, ``export:<file.pt2>``,
+        ``torchscript:<file>`` on the server) or by uploading a local torch.export program
+        (``export=``, a ``torch.export.save`` .pt2 file) or TorchScript archive (``torchscript=``)."""
+        path = _model_file(ref, torchscript, export)
+        if path is not None:
+            with open(path, "rb") as fh:
+                r = self._req("POST", "/v1/models", files={"file": (path.name, fh, "application/zip")}, timeout=None)
         else:
             r = self._req("POST", "/v1/models", json={"ref": ref}, timeout=None)
         return ModelOut.model_validate(r.json())
+
+    def upload_data(self, path: str | Path, *, kind: str | None = None) -> DataOut:
+        """Upload calibration/evaluation data: a folder of images (optionally in ``class/``
+        subfolders; zipped on the fly), a .zip/.tar(.gz) of one, a .safetensors/.npz file
+        (``inputs``, optional ``labels``) or a .txt/.jsonl file. Jobs name it by the returned
+        ``source`` (``upload:<id>``); the same bytes give the same record."""
+        name, fh = _data_file(path)
+        with fh:
+            r = self._req("POST", "/v1/data", files={"file": (name, fh, "application/octet-stream")},
+                          data=_data_form(kind), timeout=None)
+        return DataOut.model_validate(r.json())
+
+    def data(self, data_id: str) -> DataOut:
+        """An upload's record (``upload:`` prefixes are accepted)."""
+        return DataOut.model_validate(self._req("GET", f"/v1/data/{data_id.removeprefix('upload:')}").json())
 
     def submit(self, model_id: str, budgets: dict | list[dict], *, idempotency_key: str | None = None, **kw) -> JobOut:
         """Submit a job; retries with the same ``idempotency_key`` never create a second job
@@ -245,15 +305,29 @@ class AsyncClient:
         _raise_for(r)
         return r
 
-    async def register_model(self, ref: str | None = None, *, torchscript: str | Path | None = None) -> ModelOut:
-        _check_model_args(ref, torchscript)
-        if torchscript is not None:
-            data = Path(torchscript).read_bytes()
-            r = await self._req("POST", "/v1/models", files={"file": (Path(torchscript).name, data, "application/zip")},
-                                timeout=None)
+    async def register_model(self, ref: str | None = None, *, export: str | Path | None = None,
+                             torchscript: str | Path | None = None) -> ModelOut:
+        path = _model_file(ref, torchscript, export)
+        if path is not None:
+            data = await asyncio.to_thread(path.read_bytes)
+            r = await self._req("POST", "/v1/models", files={"file": (path.name, data, "application/zip")}, timeout=None)
         else:
             r = await self._req("POST", "/v1/models", json={"ref": ref}, timeout=None)
         return ModelOut.model_validate(r.json())
+
+    async def upload_data(self, path: str | Path, *, kind: str | None = None) -> DataOut:
+        """See ``Client.upload_data``."""
+        def read() -> tuple[str, bytes]:
+            name, fh = _data_file(path)
+            with fh:
+                return name, fh.read()
+        name, data = await asyncio.to_thread(read)
+        r = await self._req("POST", "/v1/data", files={"file": (name, data, "application/octet-stream")},
+                            data=_data_form(kind), timeout=None)
+        return DataOut.model_validate(r.json())
+
+    async def data(self, data_id: str) -> DataOut:
+        return DataOut.model_validate((await self._req("GET", f"/v1/data/{data_id.removeprefix('upload:')}")).json())
 
     async def submit(self, model_id: str, budgets: dict | list[dict], *, idempotency_key: str | None = None,
                      **kw) -> JobOut:

@@ -34,6 +34,10 @@ class Settings:
     cors_origins: tuple[str, ...] = field(default_factory=lambda: tuple(
         o.strip() for o in os.environ.get("BITPLAN_CORS_ORIGINS", "").split(",") if o.strip()))
     max_upload_bytes: int = field(default_factory=lambda: _int("BITPLAN_MAX_UPLOAD_BYTES", 512 << 20))
+    # data uploads (POST /v1/data): images kept from one archive, and the bytes an archive may
+    # extract to (0: four times the upload limit)
+    max_upload_files: int = field(default_factory=lambda: _int("BITPLAN_MAX_UPLOAD_FILES", 100_000))
+    max_extracted_bytes: int = field(default_factory=lambda: _int("BITPLAN_MAX_EXTRACTED_BYTES", 0))
     max_body_bytes: int = field(default_factory=lambda: _int("BITPLAN_MAX_BODY_BYTES", 8 << 20))
     lease_seconds: float = field(default_factory=lambda: _float("BITPLAN_LEASE_SECONDS", 20.0))
     max_attempts: int = field(default_factory=lambda: _int("BITPLAN_MAX_ATTEMPTS", 3))
@@ -45,6 +49,8 @@ class Settings:
         if not self.database_url:
             url = os.environ.get("BITPLAN_DATABASE_URL") or f"sqlite:///{self.var_dir / 'bitplan.db'}"
             object.__setattr__(self, "database_url", url)
+        if self.max_extracted_bytes <= 0:
+            object.__setattr__(self, "max_extracted_bytes", 4 * self.max_upload_bytes)
 
     @property
     def upload_dir(self) -> Path:

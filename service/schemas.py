@@ -7,7 +7,7 @@ these requests into a ``search.spec.SearchSpec``."""
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -32,8 +32,9 @@ class ErrorBody(BaseModel):
 
 class ModelCreate(_Strict):
     """Register by reference: ``builtin:minilm-l6``, ``builtin:smollm2-135m``,
-    ``builtin:digits-cnn`` or ``hf:<dir>`` under the server's BITPLAN_MODEL_ROOT. TorchScript
-    archives are uploaded as multipart ``file`` to the same endpoint."""
+    ``builtin:digits-cnn``, or ``hf:<dir>``, ``export:<file.pt2>``, ``torchscript:<file>`` under
+    the server's BITPLAN_MODEL_ROOT. torch.export programs (``.pt2``) and TorchScript archives
+    are uploaded as multipart ``file`` to the same endpoint."""
     ref: str = Field(min_length=1, max_length=1024)
 
 
@@ -55,10 +56,12 @@ class Formats(_Strict):
 
 class Data(_Strict):
     """Calibration or evaluation data: a builtin corpus name (``wikitext2-valid``,
-    ``wikitext2-test``, ``tinyshakespeare``, ``pydoc``, ``digits``) or uploaded ``text``
-    (paragraphs separated by blank lines). ``n_samples``/``seq_len`` override the model's
-    defaults."""
-    source: str | None = Field(default=None, max_length=64)
+    ``wikitext2-test``, ``tinyshakespeare``, ``pydoc``, ``digits``), uploaded data
+    (``upload:<id>`` from POST /v1/data: images, tensors, text or JSONL), a server-side path under
+    BITPLAN_MODEL_ROOT (``images:<dir>``, ``tensors:<file>``, ``text:<file>``, ``jsonl:<file>``,
+    ``dataset:<dir>``), or inline ``text`` (paragraphs separated by blank lines).
+    ``n_samples``/``seq_len`` override the model's defaults."""
+    source: str | None = Field(default=None, max_length=1024)
     text: str | None = Field(default=None, max_length=4_000_000)
     n_samples: int | None = Field(default=None, ge=1, le=4096)
     seq_len: int | None = Field(default=None, ge=1, le=32_768)
@@ -88,6 +91,35 @@ class JobCreate(_Strict):
     quantizer: Literal["rtn", "gptq"] = Field(default="rtn", description="the weight quantizer every measurement "
                                                "uses: rtn (round to nearest) or gptq (error-compensating)")
     quantizer_params: dict[str, Any] = Field(default_factory=dict, description="gptq: damp, act_order, block_size, n_samples (Hessian samples, apart from the calibration samples)")
+    image_size: int | None = Field(default=None, ge=8, le=4096, description=(
+        "image models: the square input size images are center-cropped to (null: from the HF processor config "
+        "or the model's declared input)"))
+    resize: int | None = Field(default=None, ge=8, le=8192, description=(
+        "image models: resize the shorter side to this before the crop (null: round(image_size / 0.875))"))
+    image_mean: list[float] | None = Field(default=None, min_length=1, max_length=3, description=(
+        "image models: per-channel mean in [0, 1] pixel units (torchvision's convention), 1 or 3 values, "
+        "e.g. [0.485, 0.456, 0.406]"))
+    image_std: list[Annotated[float, Field(gt=0)]] | None = Field(default=None, min_length=1, max_length=3, description=(
+        "image models: per-channel standard deviation in [0, 1] pixel units, 1 or 3 positive values, "
+        "e.g. [0.229, 0.224, 0.225]"))
+    data_column: str | None = Field(default=None, min_length=1, max_length=128, description=(
+        "dataset:<dir> sources: the input column (null: image/img/pixel_values/text)"))
+    label_column: str | None = Field(default=None, min_length=1, max_length=128, description=(
+        "dataset:<dir> sources: the label column (null: label/labels; labels are optional)"))
+    fold_batchnorm: bool = Field(default=False, description=(
+        "fold each BatchNorm into the conv before it before quantizing (recorded in the policy)"))
+
+
+class DataOut(BaseModel):
+    """Uploaded calibration/evaluation data (POST /v1/data). Jobs name it by ``source``."""
+    id: str = Field(description="sha256 of the uploaded bytes")
+    kind: Literal["images", "tensors", "text", "jsonl"]
+    samples: int = Field(description="images, tensor samples, text paragraphs or JSONL lines")
+    classes: list[str] | None = Field(description="images in class/ subfolders: the class names (sorted); else null")
+    bytes: int
+    source: str = Field(description="what a job's calibration/evaluation source names: upload:<id>")
+    name: str | None = Field(default=None, description="the uploaded file's name")
+    created_at: datetime | None = None
 
 
 class JobEvent(BaseModel):

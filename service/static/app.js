@@ -421,8 +421,9 @@ function fieldFor(err) {
   const loc = (err.body && Array.isArray(err.body.detail) && err.body.detail[0] && err.body.detail[0].loc) || [];
   const key = loc.filter((x) => x !== "body")[0] || msg.split(/[:.\s]/)[0];
   const map = { budgets: "budgets", budget: "budgets", formats: "bits", bits: "bits", group_size: "groups", proxy: "proxy",
-    solver: "solver", calibration: "calib", evaluation: "calib", model_id: "model", seed: "seed", unknown: "proxy",
-    quantizer: "quantizer", quantizer_params: "quantizer" };
+    solver: "solver", calibration: "calib", evaluation: "eval", model_id: "model", seed: "seed", unknown: "proxy",
+    quantizer: "quantizer", quantizer_params: "quantizer", image_size: "imgsize", resize: "imgsize",
+    image_mean: "imgmean", image_std: "imgstd" };
   if (map[key]) return map[key];
   if (/budget|feasible|cheapest/.test(msg)) return "budgets";
   if (/bit-width|bits/.test(msg)) return "bits";
@@ -455,6 +456,13 @@ function parseBudgets(text) {
   if (!points.length) throw new ApiError(422, { message: "budgets: give at least one budget, e.g. avg_bits=3.3" });
   return points.length === 1 ? points[0] : points;
 }
+function parseChannels(text, name) {
+  const parts = text.split(",").map((t) => t.trim()).filter(Boolean);
+  if (!parts.length) return null;
+  if (![1, 3].includes(parts.length) || parts.some((t) => Number.isNaN(Number(t))))
+    throw new ApiError(422, { message: `${name}: give 1 or 3 comma-separated numbers (one per channel, [0, 1] pixel units), e.g. 0.485,0.456,0.406` });
+  return parts.map(Number);
+}
 function parseInts(text, name, allowPc = false) {
   return text.split(",").map((t) => t.trim()).filter(Boolean).map((t) => {
     if (allowPc && /^(pc|per-channel|none)$/i.test(t)) return null;
@@ -472,11 +480,17 @@ async function submitView(view) {
       <form id="model-form" class="row">
         ${field("builtin", "builtin model", `<select name="builtin"><option>builtin:digits-cnn</option><option>builtin:minilm-l6</option><option>builtin:smollm2-135m</option></select>`)}
         <div class="field"><label>&nbsp;</label><button type="submit" id="register">Register</button></div>
-        ${field("upload", "…or upload a TorchScript file (torch.jit.save)", `<input type="file" name="file" accept=".pt,.pth,.zip">`)}
+        ${field("upload", "…or upload a torch.export program (.pt2) or a TorchScript file", `<input type="file" name="file" accept=".pt2,.pt,.pth,.zip">`)}
         <div class="field"><label>&nbsp;</label><button type="button" class="secondary" id="upload">Upload</button></div>
         <div class="field" data-field="form"><div class="error"></div><div class="ok" id="model-ok"></div></div>
       </form></div>
-    <div class="card"><h2>2 · Submit a job</h2>
+    <div class="card"><h2>2 · Your data (optional)</h2>
+      <form id="data-form" class="row">
+        ${field("datafile", "upload images (.zip/.tar.gz of a folder; class/ subfolders = labels), tensors (.safetensors/.npz) or text (.txt/.jsonl)", `<input type="file" name="datafile" accept=".zip,.tar,.tgz,.gz,.safetensors,.npz,.txt,.jsonl">`)}
+        <div class="field"><label>&nbsp;</label><button type="submit" class="secondary" id="upload-data">Upload data</button></div>
+        <div class="field" data-field="form"><div class="error"></div><div class="ok" id="data-ok"></div></div>
+      </form></div>
+    <div class="card"><h2>3 · Submit a job</h2>
       <form id="job-form">
         <div class="row">
           ${field("model", "model", `<select name="model" id="job-model">${models.map((m) => `<option value="${esc(m.id)}">${esc(m.ref)} (${short(m.id)}, ${m.n_layers} layers)</option>`).join("") || "<option value=''>register a model first</option>"}</select>`)}
@@ -489,9 +503,19 @@ async function submitView(view) {
           ${field("proxy", "proxy", `<select name="proxy"><option value="">recipe (measured + refine)</option><option>measured</option><option>hessian_trace</option><option>fisher</option><option>orthogonality</option><option>output_error</option></select>`)}
           ${field("solver", "solver", `<select name="solver"><option value="">recipe (ilp)</option><option>ilp</option><option>lp</option><option>convex</option><option>pareto</option></select>`)}
           ${field("quantizer", "quantizer", `<select name="quantizer"><option value="rtn">rtn (round to nearest)</option><option value="gptq">gptq (error-compensating)</option></select>`)}
-          ${field("calib", "calibration data", `<select name="calib"><option value="">model default</option><option>wikitext2-valid</option><option>tinyshakespeare</option><option>pydoc</option><option>digits</option></select>`)}
-          ${field("ncalib", "calibration samples", `<input name="ncalib" type="number" min="1" placeholder="default">`)}
           ${field("seed", "seed", `<input name="seed" type="number" value="0" min="0">`)}
+        </div>
+        <div class="row">
+          ${field("calib", "calibration data", `<input name="calib" list="data-sources" placeholder="model default">`)}
+          ${field("ncalib", "calibration samples", `<input name="ncalib" type="number" min="1" placeholder="default">`)}
+          ${field("eval", "evaluation data", `<input name="eval" list="data-sources" placeholder="held-out calibration samples">`)}
+          <datalist id="data-sources"><option value="wikitext2-valid"><option value="wikitext2-test"><option value="tinyshakespeare"><option value="pydoc"><option value="digits"></datalist>
+        </div>
+        <div class="row">
+          ${field("imgsize", "image size (px)", `<input name="imgsize" type="number" min="8" max="4096" placeholder="model's">`)}
+          ${field("imgmean", "image mean (0–1 units)", `<input name="imgmean" placeholder="e.g. 0.485,0.456,0.406">`)}
+          ${field("imgstd", "image std (0–1 units)", `<input name="imgstd" placeholder="e.g. 0.229,0.224,0.225">`)}
+          ${field("foldbn", "fold BatchNorm", `<input type="checkbox" name="foldbn">`)}
         </div>
         <button type="submit" id="submit-job">Submit job</button>
         <div class="field" data-field="form"><div class="error"></div></div>
@@ -518,6 +542,26 @@ async function submitView(view) {
     registered(api("/v1/models", { method: "POST", body: fd }));
   };
 
+  const dform = $("#data-form");
+  dform.onsubmit = async (ev) => {
+    ev.preventDefault();
+    clearErrors(dform);
+    if (!dform.datafile.files.length) { showError(dform, "datafile", "choose a file first"); return; }
+    const fd = new FormData(); fd.append("file", dform.datafile.files[0]);
+    $("#data-ok").textContent = "uploading and checking …";
+    try {
+      const { body } = await api("/v1/data", { method: "POST", body: fd });
+      const classes = body.classes ? `, ${body.classes.length} classes (${body.classes.slice(0, 6).join(", ")}${body.classes.length > 6 ? ", …" : ""})` : "";
+      $("#data-ok").textContent = `uploaded ${body.name || "data"}: ${body.kind}, ${body.samples} samples${classes} → calibration source ${body.source.slice(0, 15)}…`;
+      $("#data-ok").dataset.source = body.source;
+      $("#job-form").calib.value = body.source;
+    } catch (e) {
+      $("#data-ok").textContent = "";
+      if (!(e instanceof ApiError)) throw e;
+      showError(dform, "datafile", e.body?.message || e.message);
+    }
+  };
+
   const jform = $("#job-form");
   jform.onsubmit = async (ev) => {
     ev.preventDefault();
@@ -534,11 +578,18 @@ async function submitView(view) {
       if (jform.proxy.value) body.proxy = jform.proxy.value;
       if (jform.solver.value) body.solver = jform.solver.value;
       if (jform.quantizer.value !== "rtn") body.quantizer = jform.quantizer.value;
-      if (jform.calib.value || jform.ncalib.value) {
+      const calib = jform.calib.value.trim(), evalSrc = jform.eval.value.trim();
+      if (calib || jform.ncalib.value) {
         body.calibration = {};
-        if (jform.calib.value) body.calibration.source = jform.calib.value;
+        if (calib) body.calibration.source = calib;
         if (jform.ncalib.value) body.calibration.n_samples = Number(jform.ncalib.value);
       }
+      if (evalSrc) body.evaluation = { source: evalSrc };
+      if (jform.imgsize.value) body.image_size = Number(jform.imgsize.value);
+      const mean = parseChannels(jform.imgmean.value, "image_mean"), std = parseChannels(jform.imgstd.value, "image_std");
+      if (mean) body.image_mean = mean;
+      if (std) body.image_std = std;
+      if (jform.foldbn.checked) body.fold_batchnorm = true;
       btn.disabled = true;
       const key = (crypto.randomUUID ? crypto.randomUUID() : String(Math.random()).slice(2));
       const { body: job } = await api("/v1/jobs", { method: "POST", headers: { "Content-Type": "application/json", "Idempotency-Key": key }, body: JSON.stringify(body) });

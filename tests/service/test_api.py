@@ -147,7 +147,7 @@ def test_job_runs_to_policies_and_the_table_is_reused(server, digits_id):
         for pid, budget in zip(job.policy_ids, (3.3, 4.3)):
             pol = c.policy(pid)
             assert pol["schema"] == "bitplan.policy/v1" and pol["cost"]["avg_bits"] <= budget + 1e-9
-            assert pol["measured"]["metric"] == "accuracy" and "3" in pol["measured"]["uniform"]
+            assert pol["measured"]["metric"] == "kl_to_float" and "3" in pol["measured"]["uniform"]
         table = c.sensitivity(job.sensitivity_id)
         assert table["proxy"] == "measured" and len(table["values"]) == 6
         events = c.events(job.id)

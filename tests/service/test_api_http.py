@@ -82,7 +82,9 @@ def test_error_statuses_per_operation_are_error_bodies(spec):
         ("get", "/v1/models/{model_id}"): {"200", "401", "404"},
         ("get", "/v1/models/{model_id}/policies"): {"200", "401", "404"},
         ("get", "/v1/models/{model_id}/sensitivities"): {"200", "401", "404"},
-        ("post", "/v1/jobs"): {"200", "201", "401", "404", "409", "413", "422"},
+        ("post", "/v1/jobs"): {"200", "201", "401", "403", "404", "409", "413", "422"},
+        ("post", "/v1/data"): {"200", "201", "401", "413", "422", "507"},
+        ("get", "/v1/data/{data_id}"): {"200", "401", "404"},
         ("get", "/v1/jobs"): {"200", "401", "422"},
         ("get", "/v1/jobs/{job_id}"): {"200", "401", "404"},
         ("post", "/v1/jobs/{job_id}/cancel"): {"200", "401", "404", "409", "413"},
@@ -96,7 +98,7 @@ def test_error_statuses_per_operation_are_error_bodies(spec):
     for (method, path), statuses in expected.items():
         assert _responses(spec, method, path) == statuses, (method, path)
         for status in statuses:
-            if status.startswith("4") or status == "504":
+            if status.startswith("4") or status in ("504", "507"):
                 schema = spec["paths"][path][method]["responses"][status]["content"]["application/json"]["schema"]
                 assert schema == {"$ref": "#/components/schemas/ErrorBody"}, (method, path, status)
     assert {"HTTPValidationError", "ValidationError"}.isdisjoint(spec["components"]["schemas"])

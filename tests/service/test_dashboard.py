@@ -101,7 +101,10 @@ def test_submit_watch_and_inspect_a_policy(page, dash):
                         ".map(d => ({label: d.label, n: d.data.length}))")
     by = {d["label"].split(" (")[0]: d["n"] for d in trade}
     assert by["this job's policies"] == 3 and by["uniform"] == 4 and by["predicted loss increase"] == 3
-    assert any(d["label"].startswith("float") for d in trade)
+    # the float model: a line, or (a loss such as kl_to_float, which is 0 for the float model, on a
+    # log axis) a subtitle that states its value
+    sub = pg.evaluate("() => Chart.getChart(document.querySelector('#tradeoff-chart')).options.plugins.subtitle")
+    assert any(d["label"].startswith("float") for d in trade) or (sub["display"] and "float model" in sub["text"])
     with pg.expect_download() as dl:
         pg.click("#dl-policy")
     assert dl.value.suggested_filename.startswith("policy-")
@@ -135,6 +138,63 @@ def test_cancel_a_running_job(page, dash):
     pg.wait_for_selector(".badge.cancelled", timeout=60_000)
     assert pg.query_selector("#cancel") is None
     shot(pg, "07-job-cancelled")
+
+
+def _photos_zip(path: Path) -> Path:
+    import io
+    import zipfile
+
+    from PIL import Image
+    with zipfile.ZipFile(path, "w") as z:
+        for cls in ("zero", "one"):
+            for i in range(3):
+                buf = io.BytesIO()
+                Image.new("RGB", (8, 8), (60 * i, 20, 200)).save(buf, "PNG")
+                z.writestr(f"photos/{cls}/{i}.png", buf.getvalue())
+    return path
+
+
+def test_upload_data_fills_the_calibration_source_and_a_job_uses_it(page, dash, tmp_path):
+    with dash.client() as c:
+        digits = c.register_model("builtin:digits-cnn")
+    pg = page
+    pg.goto(dash.url + "/#/submit")
+    pg.wait_for_selector("#job-model option", state="attached")
+    pg.select_option("#job-model", digits.id)
+    # a refused upload: the message sits next to the file input, nothing is filled in
+    bad = tmp_path / "notes.txt"
+    bad.write_bytes(b"caf\xe9")
+    pg.set_input_files("input[name=datafile]", str(bad))
+    pg.click("#upload-data")
+    pg.wait_for_selector("#err-datafile:has-text('not UTF-8')", timeout=30_000)
+    assert pg.input_value("input[name=calib]") == ""
+    pg.set_input_files("input[name=datafile]", str(_photos_zip(tmp_path / "photos.zip")))
+    pg.click("#upload-data")
+    pg.wait_for_selector("#data-ok:has-text('uploaded photos.zip')", timeout=30_000)
+    assert "images, 6 samples, 2 classes (one, zero)" in pg.inner_text("#data-ok")
+    assert pg.inner_text("#err-datafile") == ""
+    source = pg.input_value("input[name=calib]")
+    assert source.startswith("upload:") and len(source) == 7 + 64
+    pg.fill("input[name=imgmean]", "0.5,0.5")  # two values: refused in the page, next to the field
+    pg.click("#submit-job")
+    pg.wait_for_selector("#err-imgmean:has-text('1 or 3')", timeout=10_000)
+    pg.fill("input[name=imgsize]", "8")
+    pg.fill("input[name=imgmean]", "0.5")
+    pg.fill("input[name=imgstd]", "0.25")
+    pg.check("input[name=foldbn]")
+    pg.fill("textarea[name=budgets]", "avg_bits=4")
+    shot(pg, "06b-submit-with-data")
+    pg.click("#submit-job")
+    pg.wait_for_url("**/#/jobs/*", timeout=30_000)
+    job_id = pg.url.rsplit("/", 1)[-1]
+    with dash.client() as c:
+        req = c.get(job_id).request
+        assert req.calibration.source == source and req.image_size == 8 and req.fold_batchnorm
+        assert (req.image_mean, req.image_std) == ([0.5], [0.25])
+        try:
+            c.cancel(job_id)  # this test is about the form, not the work
+        except Exception:
+            pass
 
 
 def test_five_hundred_jobs_page_through_and_banner_when_server_stops(page, dash, browser):

@@ -136,7 +136,8 @@ def test_export_hooks_fire_and_weight_swaps_change_the_output(pt2):
         y = model(x)
     for h in hs:
         h.remove()
-    assert seen.count("Conv2d") == 9 and seen.count("Linear") == 3  # batch 3 in chunks of 1
+    # exported at batch 1, but nothing in it depends on the batch: it runs batch 3 at once
+    assert model.batch is None and seen.count("Conv2d") == 3 and seen.count("Linear") == 1
     conv = pairs[0][1]
     with torch.no_grad(), swapped([conv], [torch.zeros_like(conv.weight)]):
         assert not torch.allclose(model(x), y)
@@ -213,7 +214,8 @@ def test_reused_weights_become_one_module_and_outputs_keep_their_structure(tmp_p
     p = tmp_path / "shared.pt2"
     torch.export.save(torch.export.export(eager, (torch.randn(2, 6),)), p)
     model, shape = load_export(p)
-    assert shape == (6,) and model.batch == 2
+    assert shape == (6,) and model.batch is None  # nothing depends on the batch: freed
+    model.batch = 2  # run it as a program with its batch baked in would be: in chunks of 2
     L = by_name(discover_layers(model))
     assert list(L) == ["fc", "out"]
     calls = []
@@ -345,3 +347,27 @@ def test_embedding_conv1d_and_string_padding_are_rewritten(tmp_path):
     ids = torch.randint(0, 20, (3, 6))
     with torch.no_grad():
         assert torch.allclose(model(ids), eager(ids), atol=1e-6)
+
+
+class _BakedBatch(nn.Module):
+    """A program that hard-codes its export batch size (``view(1, -1)``)."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv, self.fc = nn.Conv2d(3, 4, 3), nn.Linear(4 * 6 * 6, 5)
+
+    def forward(self, x):
+        return self.fc(self.conv(x).view(1, -1))
+
+
+def test_a_program_with_its_batch_baked_in_runs_in_chunks(tmp_path):
+    torch.manual_seed(0)
+    m = _BakedBatch().eval()
+    path = tmp_path / "baked.pt2"
+    torch.export.save(torch.export.export(m, (torch.randn(1, 3, 8, 8),)), str(path))
+    model, shape = load_export(path)
+    assert shape == (3, 8, 8) and model.batch == 1  # the free-batch check failed: chunks of 1
+    x = torch.randn(5, 3, 8, 8)
+    with torch.no_grad():
+        want = torch.cat([m(x[i:i + 1]) for i in range(5)])
+        assert torch.allclose(model(x), want, atol=1e-5)
