@@ -62,33 +62,41 @@ def gradient_moments(ctx: ProxyContext, max_samples: int, report: bool = False, 
     return _loop_moments(ctx, max_samples, report)
 
 
-def _finish(g1, g2, n):
-    d = max(n, 1)
-    return [a / d for a in g1], [b / d for b in g2], n
+class _Moments:
+    """Running sums of per-sample gradients and their squares, one pair per layer weight."""
+
+    def __init__(self, params: list[torch.Tensor]):
+        self.g1 = [torch.zeros_like(p, dtype=torch.float32) for p in params]
+        self.g2 = [torch.zeros_like(p, dtype=torch.float32) for p in params]
+        self.n = 0
+
+    def add(self, grads) -> None:
+        for a, b, g in zip(self.g1, self.g2, grads):
+            if g is not None:  # a layer the loss never reads has zero Fisher
+                a.add_(g.float())
+                b.add_(g.float() ** 2)
+        self.n += 1
+
+    def finish(self):
+        d = max(self.n, 1)
+        return [a / d for a in self.g1], [b / d for b in self.g2], self.n
 
 
 def _loop_moments(ctx: ProxyContext, max_samples: int, report: bool):
     params = [m.weight for m in ctx.modules]
-    g1 = [torch.zeros_like(p, dtype=torch.float32) for p in params]
-    g2 = [torch.zeros_like(p, dtype=torch.float32) for p in params]
+    acc = _Moments(params)
     gen = torch.Generator().manual_seed(ctx.seed)
-    n = 0
     with requiring_grad(params):
         for batch in ctx.batches:
             losses = ctx.task.sample_losses(ctx.model, batch, gen)
-            for i in range(min(len(losses), max_samples - n)):
-                grads = torch.autograd.grad(losses[i], params, retain_graph=i + 1 < len(losses), allow_unused=True)
-                for a, b, g in zip(g1, g2, grads):
-                    if g is not None:  # a layer the loss never reads has zero Fisher
-                        a.add_(g.float())
-                        b.add_(g.float() ** 2)
-                n += 1
+            for i in range(min(len(losses), max_samples - acc.n)):
+                acc.add(torch.autograd.grad(losses[i], params, retain_graph=i + 1 < len(losses), allow_unused=True))
                 if report:
-                    ctx.report(n / max_samples, f"per-sample gradient {n}")
+                    ctx.report(acc.n / max_samples, f"per-sample gradient {acc.n}")
             del losses
-            if n >= max_samples:
+            if acc.n >= max_samples:
                 break
-    return _finish(g1, g2, n)
+    return acc.finish()
 
 
 def _single_moments(ctx: ProxyContext, max_samples: int, report: bool):
@@ -96,29 +104,22 @@ def _single_moments(ctx: ProxyContext, max_samples: int, report: bool):
     loop's numbers at a fraction of its cost (the loop back-propagates the whole batch for every
     sample)."""
     params = [m.weight for m in ctx.modules]
-    g1 = [torch.zeros_like(p, dtype=torch.float32) for p in params]
-    g2 = [torch.zeros_like(p, dtype=torch.float32) for p in params]
+    acc = _Moments(params)
     gen = torch.Generator().manual_seed(ctx.seed)
-    n = 0
     with requiring_grad(params):
         for batch in ctx.batches:
-            if n >= max_samples:
+            if acc.n >= max_samples:
                 break
             size = int(next(iter(batch.values())).shape[0])
             targets = ctx.task.fisher_targets(batch, gen)
-            for i in range(min(size, max_samples - n)):
+            for i in range(min(size, max_samples - acc.n)):
                 one = {k: v[i:i + 1] if isinstance(v, torch.Tensor) and v.dim() and v.shape[0] == size else v
                        for k, v in batch.items()}
                 loss = ctx.task.target_losses(ctx.model, one, {k: v[i:i + 1] for k, v in targets.items()})[0]
-                grads = torch.autograd.grad(loss, params, allow_unused=True)
-                for a, b, g in zip(g1, g2, grads):
-                    if g is not None:
-                        a.add_(g.float())
-                        b.add_(g.float() ** 2)
-                n += 1
+                acc.add(torch.autograd.grad(loss, params, allow_unused=True))
                 if report:
-                    ctx.report(n / max_samples, f"per-sample gradient {n}")
-    return _finish(g1, g2, n)
+                    ctx.report(acc.n / max_samples, f"per-sample gradient {acc.n}")
+    return acc.finish()
 
 
 def _weight_names(model: torch.nn.Module, modules: list) -> list[str]:
@@ -179,7 +180,8 @@ def _vmap_moments(ctx: ProxyContext, max_samples: int, report: bool):
             n += hi - lo
             if report:
                 ctx.report(n / max_samples, f"per-sample gradient {n} (vmap, {hi - lo} at a time)")
-    return _finish([s1[k] for k in keys], [s2[k] for k in keys], n)
+    d = max(n, 1)
+    return [s1[k] / d for k in keys], [s2[k] / d for k in keys], n
 
 
 def fisher_term(f_ii: torch.Tensor, w_new: torch.Tensor, w: torch.Tensor) -> float:

@@ -171,6 +171,8 @@ def run_search(spec: SearchSpec, progress: Progress = _noop, loaded: LoadedModel
     lm, plan, layers, modules, ties, costs, space = ld.lm, ld.plan, ld.layers, ld.modules, ld.ties, ld.costs, ld.space
     timings["load"] = time.perf_counter() - t
     folded = f", {len(ld.folds)} BatchNorms folded" if ld.folds else ""
+    for note in getattr(plan, "notes", []):  # what was chosen for the user (hold-out size, labels, ...)
+        progress("load", 0.9, note)
     progress("load", 1.0, f"{len(layers)} layers, {sum(l.numel for l in layers):,} weights{folded}")
 
     t = time.perf_counter()
@@ -225,7 +227,7 @@ def run_search(spec: SearchSpec, progress: Progress = _noop, loaded: LoadedModel
 
     metric = lm.task.metric
     policy = build_policy(
-        spec.model, lm.sha256, layers, formats, choice, spec.budgets, costs.cost(choice), ties.names(layers),
+        lm.ref, lm.sha256, layers, formats, choice, spec.budgets, costs.cost(choice), ties.names(layers),
         quantizer=Quantizer(**quantizer.record()),
         predicted=Predicted(proxy=table.proxy, loss_increase=problem.objective(choice)),
         measured=Measured(metric=metric, value=solved[metric], float=baselines["float"][metric],
@@ -268,7 +270,7 @@ def _run_joint(spec, ld: Loaded, formats, params, calib, evals, timings, progres
     chosen_formats = [space.format_of(int(j)) for j in res.choice]
     ratios = {l.name: space.ratio_of(int(j)) for l, j in zip(layers, res.choice) if space.ratio_of(int(j)) > 0}
     policy = build_policy(
-        spec.model, lm.sha256, layers, chosen_formats, np.arange(len(layers)), spec.budgets, space.cost(res.choice),
+        lm.ref, lm.sha256, layers, chosen_formats, np.arange(len(layers)), spec.budgets, space.cost(res.choice),
         predicted=Predicted(proxy="joint-predictor", loss_increase=res.predicted_loss - float_loss),
         measured=Measured(metric=metric, value=solved[metric], float=baselines["float"][metric],
                           uniform={k: v[metric] for k, v in baselines["uniform"].items()},
