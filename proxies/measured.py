@@ -1,6 +1,7 @@
 """The most faithful additive proxy: quantize one layer at a time with each format and measure
 the real increase of the task loss on the calibration data (L×K forward passes over it; the
-blocks before the perturbed layer replay cached outputs, see ``blockcache``).
+blocks before the perturbed layer replay cached outputs, or for an exported program only the
+graph suffix from the layer's first call runs again, see ``blockcache``).
 
 ``context`` (a format label such as ``w3g64a``) measures each layer's change *at an operating
 point*: every other layer sits in the context format instead of float, so the table sees the
@@ -14,7 +15,7 @@ import numpy as np
 import torch
 
 from proxies.base import Proxy, ProxyContext, swapped
-from proxies.blockcache import PrefixCache
+from proxies.blockcache import prefix_cache
 
 
 class MeasuredProxy(Proxy):
@@ -47,7 +48,7 @@ class MeasuredProxy(Proxy):
     def _measure(self, ctx, rows, q, base_fmt):
         L, K = len(ctx.layers), len(ctx.formats)
         sizes = [ctx.task.size(b) for b in ctx.batches]
-        cache = PrefixCache(ctx.model, lambda bi: ctx.task.loss(ctx.model, ctx.batches[bi]), len(ctx.batches))
+        cache = prefix_cache(ctx.model, lambda bi: ctx.task.loss(ctx.model, ctx.batches[bi]), len(ctx.batches))
 
         def loss() -> float:
             total = 0.0
@@ -61,7 +62,8 @@ class MeasuredProxy(Proxy):
         values = np.zeros((L, K))
         todo = [k for k, f in enumerate(ctx.formats) if f != base_fmt and not (base_fmt is None and f.is_float)]
         done, total = 0, len(rows) * len(todo)
-        for i in rows:
+        # in the cache's order (trunk block or graph position), so its prefix only moves forward
+        for i in sorted(rows, key=lambda i: cache.block_of(ctx.layers[i].name)):
             m = ctx.modules[i]
             with cache.skip_until(cache.block_of(ctx.layers[i].name)):
                 for k in todo:
