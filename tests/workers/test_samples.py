@@ -146,8 +146,19 @@ def test_numbered_folders_and_flat_folders(tmp_path):
     assert len(s) == 3 and s.labels is None and s.modality == "image"
 
 
-def test_only_the_picked_images_are_decoded(folder):
+def test_a_file_that_is_not_an_image_is_named_before_any_decoding(folder):
     (folder / "dog" / "05.png").write_bytes(b"not an image")
+    with pytest.raises(DataError, match=r"05\.png is not an image that Pillow can read"):
+        ImageFolder(f"images:{folder}", folder)
+
+
+def test_only_the_picked_images_are_decoded(folder):
+    # a header that opens but pixel data that does not: caught when (and only when) it is picked
+    from PIL import Image
+    pixels = np.random.default_rng(0).integers(0, 255, (32, 32, 3), dtype=np.uint8)
+    Image.fromarray(pixels).save(folder / "dog" / "05.png", "JPEG")  # a JPEG under a .png name: fine
+    good = (folder / "dog" / "05.png").read_bytes()
+    (folder / "dog" / "05.png").write_bytes(good[: len(good) * 6 // 10])  # truncated: the header still reads
     s = ImageFolder(f"images:{folder}", folder)
     prep = ImagePrep((8, 8), 8, (0.0,) * 3, (1.0,) * 3)
     x = s.inputs(np.array([0, 1, 29]), prep)
