@@ -489,17 +489,10 @@ def _copy_upload(src: BinaryIO, dst: Path, limit: int, model: bool = True) -> st
 
 
 def _model_format(path: Path, name: str) -> str:
-    """'export' for a torch.export program (its zip holds ``archive_format``; or a ``.pt2`` name),
-    else 'torchscript'."""
-    import zipfile
-    if name.lower().endswith(".pt2"):
-        return "export"
-    try:
-        with zipfile.ZipFile(path) as zf:
-            names = zf.namelist()
-    except (zipfile.BadZipFile, OSError, ValueError):
-        return "torchscript"  # the loader says what is wrong with it
-    return "export" if any(n.rsplit("/", 1)[-1] == "archive_format" for n in names) else "torchscript"
+    """'export' for a torch.export program (by its contents, or a ``.pt2`` name), else
+    'torchscript' (the loader says what is wrong with anything else)."""
+    from search.refs import archive_kind
+    return "export" if name.lower().endswith(".pt2") or archive_kind(path) == "export" else "torchscript"
 
 
 def _sweep_incoming(upload_dir: Path, older_than: float = 3600) -> None:

@@ -13,7 +13,6 @@
 TorchScript layers are found and probed by proxies.discovery / proxies.capture."""
 from __future__ import annotations
 
-import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +23,7 @@ from torch.utils import _pytree as pytree
 
 from proxies.capture import attr_path, resolve, script_attr, script_ops
 from proxies.discovery import _kind
+from search.refs import archive_kind
 
 aten = torch.ops.aten
 
@@ -35,24 +35,15 @@ class GraphError(ValueError):
 # ---------------------------------------------------------------- loading an exported program
 
 
-def _zip_names(path: Path) -> list[str]:
-    try:
-        with zipfile.ZipFile(path) as z:
-            return z.namelist()
-    except (zipfile.BadZipFile, OSError):
-        return []
-
-
 def is_export_archive(path: Path) -> bool:
-    """A ``torch.export.save`` archive: a zip holding a serialized program
-    (``<name>/models/<model>.json``, or ``serialized_exported_program.json`` in older torch)."""
-    return any(n.endswith(".json") and ("/models/" in n or "exported_program" in n) for n in _zip_names(Path(path)))
+    """A ``torch.export.save`` archive (``search.refs.archive_kind`` tells)."""
+    return archive_kind(Path(path)) == "export"
 
 
 def is_torchscript_archive(path: Path) -> bool:
-    """A ``torch.jit.save`` archive: a zip with TorchScript code (``<name>/code/__torch__/…``);
-    a ``torch.save`` pickle zip has ``data.pkl`` but no code."""
-    return any("/code/__torch__/" in n for n in _zip_names(Path(path)))
+    """A ``torch.jit.save`` archive: a zip with TorchScript code; a ``torch.save`` pickle zip
+    has ``data.pkl`` but no code."""
+    return archive_kind(Path(path)) == "torchscript"
 
 
 def load_export(path: Path) -> tuple[nn.Module, tuple[int, ...] | None]:
