@@ -76,10 +76,9 @@ class Loaded:
         """What the policy records about the model and data before quantization."""
         p = self.plan
         data = {"calibration": p.calib, "evaluation": p.eval, "n_calib": p.n_calib, "n_eval": p.n_eval}
-        if getattr(p, "notes", None):
+        if p.notes:
             data["notes"] = list(p.notes)
-        prep = getattr(p, "prep", None)
-        return Preprocess(batchnorm_folded=self.folds, image=prep.to_dict() if prep is not None else None, data=data)
+        return Preprocess(batchnorm_folded=self.folds, image=p.prep.to_dict() if p.prep is not None else None, data=data)
 
 
 def _needs_data(lm: LoadedModel, spec: SearchSpec) -> None:
@@ -94,7 +93,7 @@ def example_input(lm: LoadedModel, plan) -> torch.Tensor | None:
     shape): for conv MACs from real output sizes, the shape-fit check and BatchNorm folding."""
     if lm.kind != "classifier":
         return None
-    shape = getattr(plan, "input_shape", None) or lm.input_shape
+    shape = plan.input_shape or lm.input_shape
     return torch.zeros(1, *shape) if shape else None
 
 
@@ -171,7 +170,7 @@ def run_search(spec: SearchSpec, progress: Progress = _noop, loaded: LoadedModel
     lm, plan, layers, modules, ties, costs, space = ld.lm, ld.plan, ld.layers, ld.modules, ld.ties, ld.costs, ld.space
     timings["load"] = time.perf_counter() - t
     folded = f", {len(ld.folds)} BatchNorms folded" if ld.folds else ""
-    for note in getattr(plan, "notes", []):  # what was chosen for the user (hold-out size, labels, ...)
+    for note in plan.notes:  # what was chosen for the user (hold-out size, labels, ...)
         progress("load", 0.9, note)
     progress("load", 1.0, f"{len(layers)} layers, {sum(l.numel for l in layers):,} weights{folded}")
 
