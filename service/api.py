@@ -556,7 +556,9 @@ def _init_ray(settings: Settings) -> None:
     if settings.ray_address:
         ray.init(address=settings.ray_address, **kw)
     else:
-        ray.init(num_cpus=settings.ray_num_cpus, include_dashboard=False, **kw)
+        # "local", not None: with None Ray joins any cluster already running on the machine (a
+        # leftover `ray start`, another test's cluster) and then refuses num_cpus
+        ray.init(address="local", num_cpus=settings.ray_num_cpus, include_dashboard=False, **kw)
 
 
 def api_threads() -> int:

@@ -87,6 +87,24 @@ def test_worker_node_dies_mid_job(tmp_path):
         cluster.shutdown()
 
 
+def test_server_without_ray_address_starts_its_own_ray_beside_a_running_cluster(tmp_path):
+    """A Ray instance already running on the machine (a leftover ``ray start``, another
+    process's cluster) must not capture a server that was given no RAY_ADDRESS: Ray's default
+    address joins any local instance and then refuses num_cpus, so every server failed to start
+    (seen in CI after a test left a cluster behind)."""
+    from ray.cluster_utils import Cluster
+
+    cluster = Cluster(initialize_head=True, connect=False, head_node_args={"num_cpus": 0})
+    srv = Server(tmp_path / "var", f"sqlite:///{tmp_path / 'bitplan.db'}")
+    try:
+        srv.start()  # returns once /readyz answers 200: Ray is up, the server's own
+        with srv.client() as c:
+            assert c.register_model("builtin:minilm-l6").id
+    finally:
+        srv.stop()
+        cluster.shutdown()
+
+
 @pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
 def test_stopping_one_server_leaves_the_other_servers_jobs_alone(tmp_path, backend, request):
     """Two live servers on one database, each running a job. Stopping B gracefully re-queues

@@ -73,7 +73,7 @@ def test_two_jobs_with_different_menus_on_one_ray_worker_get_their_own_tables():
     a = SearchSpec(model="builtin:digits-cnn", budgets={"avg_bits": 4.0}, bits=[2, 4], group_size=16,
                    n_calib=16).model_dump()
     b = {**a, "bits": [2, 3, 8], "group_size": 32}
-    ray.init(num_cpus=1, include_dashboard=False, ignore_reinit_error=True)
+    ray.init(address="local", num_cpus=1, include_dashboard=False, ignore_reinit_error=True)
     try:
         @ray.remote(num_cpus=1)
         def pid() -> int:
