@@ -3,6 +3,10 @@
 
 DEFAULT_REFINE_EVALS = 300   # refine's candidate policies, judged by measured loss on samples held
                              # apart from the table's (a racing judge: most candidates cost one batch).
+DEFAULT_REFINE_SECONDS = 600  # and at most this much wall time: a model whose forward is costly (a CNN
+                              # at 224 px) judges few candidates per minute, and refine's gain comes
+                              # mostly from its first accepted moves; the default MiniLM job stays
+                              # far inside it (it stops on evaluations), so its answer is unchanged
 # samples of the calibration source that refine's judge reads by default, per task kind
 JUDGE_SAMPLES = {"embedding": 256, "causal_lm": 16, "classifier": 256, "text_classifier": 128}
 # samples of the calibration source that GPTQ's Hessians read by default, per task kind

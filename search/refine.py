@@ -5,7 +5,8 @@ Starting from a solved policy, moves are pairs "one group one step up, another o
 (plus single steps up when slack allows) that keep every budget. The proxy only *orders* the
 candidates — near-ties first, where interactions can tip the balance; the judge (a callable that
 measures the real loss of a policy on calibration-source samples) decides. First improvement is accepted;
-the search stops when ``max_evals`` judgements are spent or no untried move is left.
+the search stops when ``max_evals`` judgements are spent, when ``max_seconds`` of wall time have
+passed (checked between judgements) or when no untried move is left; the result says which.
 
 The judge should not read the samples the table was measured on: the table's noise then
 decides which moves look good, and gains on those samples do not carry over to held-out data.
@@ -13,6 +14,7 @@ A judge may answer ``inf`` for a candidate it gave up on (see proxies.evaluate.R
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -31,10 +33,13 @@ class RefineResult:
     evals: int
     accepted: int
     history: list[dict] = field(default_factory=list)
+    stopped_by: str = "converged"  # "evals" | "time" | "converged" (no untried move improves)
+    seconds: float = 0.0
 
     def to_dict(self) -> dict:
         return {"start_measured": self.start_loss, "final_measured": self.final_loss, "evals": self.evals,
-                "accepted": self.accepted, "history": self.history}
+                "accepted": self.accepted, "stopped_by": self.stopped_by, "seconds": round(self.seconds, 3),
+                "history": self.history}
 
 
 def _ladders(problem: Problem, metric: str) -> np.ndarray:
@@ -74,10 +79,15 @@ def candidate_moves(problem: Problem, gchoice: np.ndarray, metric: str) -> list[
 
 
 def refine(problem: Problem, start: np.ndarray, judge: Judge, max_evals: int = 40,
-           max_candidates: int = 400, progress: Callable[[int, int, float], None] | None = None) -> RefineResult:
+           max_candidates: int = 400, progress: Callable[[int, int, float], None] | None = None,
+           max_seconds: float | None = None, clock: Callable[[], float] = time.monotonic) -> RefineResult:
     """Local search from layer choice ``start``; returns the best *measured* policy found."""
     if max_evals < 1:
         raise ValueError(f"max_evals must be >= 1, got {max_evals}")
+    if max_seconds is not None and not max_seconds > 0:
+        raise ValueError(f"max_seconds must be > 0, got {max_seconds}")
+    t0 = clock()
+    deadline = math.inf if max_seconds is None else t0 + max_seconds
     metric = next(iter(problem.budgets))
     if hasattr(judge, "reset"):  # a stateful (racing) judge must not race against another search's best
         judge.reset()
@@ -85,10 +95,13 @@ def refine(problem: Problem, start: np.ndarray, judge: Judge, max_evals: int = 4
     cur_loss = judge(problem.expand(gcur))
     start_loss, evals, accepted, history = cur_loss, 1, 0, []
     tried: set[bytes] = {gcur.tobytes()}  # the start is measured: never spend an eval on it again
-    improved = True
-    while improved and evals < max_evals:
+    improved, out_of_time = True, False
+    while improved and evals < max_evals and not out_of_time:
         improved = False
         for pred, changes in candidate_moves(problem, gcur, metric)[:max_candidates]:
+            if clock() >= deadline:
+                out_of_time = True
+                break
             g = gcur.copy()
             for grp, k in changes:
                 g[grp] = k
@@ -108,4 +121,5 @@ def refine(problem: Problem, start: np.ndarray, judge: Judge, max_evals: int = 4
                 break
             if evals >= max_evals:
                 break
-    return RefineResult(problem.expand(gcur), start_loss, cur_loss, evals, accepted, history)
+    stopped_by = "time" if out_of_time else "evals" if evals >= max_evals else "converged"
+    return RefineResult(problem.expand(gcur), start_loss, cur_loss, evals, accepted, history, stopped_by, clock() - t0)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from search.budgets import METRICS
-from search.defaults import DEFAULT_REFINE_EVALS
+from search.defaults import DEFAULT_REFINE_EVALS, DEFAULT_REFINE_SECONDS
 from search.formats import FLOAT_BITS, MAX_BITS, MIN_BITS
 
 DEFAULT_PROXY = "measured"   # bitplan's recipe: measured sensitivities,
@@ -33,6 +33,7 @@ class SearchSpec(BaseModel):
     solver_params: dict = Field(default_factory=dict)
     refine: bool | None = None
     refine_evals: int = DEFAULT_REFINE_EVALS
+    refine_seconds: float = DEFAULT_REFINE_SECONDS
     # refine's judge: samples of the calibration source apart from the calibration ones (None:
     # the per-model default; 0: judge on the calibration batches themselves)
     judge_samples: int | None = None
@@ -101,6 +102,8 @@ class SearchSpec(BaseModel):
     def _rest(self) -> "SearchSpec":
         if self.refine_evals < 1:
             raise ValueError("refine_evals must be >= 1")
+        if not 0 < self.refine_seconds <= 7 * 86400:
+            raise ValueError(f"refine_seconds {self.refine_seconds} must be > 0 and at most a week (604800)")
         if self.judge_samples is not None and self.judge_samples < 0:
             raise ValueError("judge_samples must be >= 0 (0 judges refine on the calibration batches)")
         if self.image_size is not None and not 8 <= self.image_size <= 4096:

@@ -63,6 +63,7 @@ def add_commands(sub, bits_type, group_type, kv_type, data_args=None) -> None:
     s.add_argument("--refine", dest="refine", action="store_true", default=None)
     s.add_argument("--no-refine", dest="refine", action="store_false")
     s.add_argument("--refine-evals", type=int, help="candidate policies refine may judge (server default when not given)")
+    s.add_argument("--refine-seconds", type=float, metavar="S", help="wall time refine may spend (server default when not given)")
     s.add_argument("--judge-samples", type=int, metavar="N",
                    help="calibration-source samples apart from the calibration ones that judge refine (0 = the calibration samples)")
     s.add_argument("--calib", help="calibration data: " + REMOTE_DATA_HELP)
@@ -241,7 +242,8 @@ def _submit(c, args) -> int:
                        proxy=args.proxy, proxy_params=dict(args.proxy_param) or None, solver=args.solver,
                        solver_params=dict(args.solver_param) or None, runtime=args.runtime,
                        quantizer=args.quantizer, quantizer_params=dict(args.quantizer_param) or None,
-                       refine=args.refine, refine_evals=args.refine_evals, judge_samples=args.judge_samples,
+                       refine=args.refine, refine_evals=args.refine_evals, refine_seconds=args.refine_seconds,
+                       judge_samples=args.judge_samples,
                        calibration=calib or None, evaluation=evaluation or None, seed=args.seed,
                        ties=[t for t in args.tie.split(",") if t] or None, **extra)
     except ValidationError as e:

@@ -213,8 +213,10 @@ def run_search(spec: SearchSpec, progress: Progress = _noop, loaded: LoadedModel
         t = time.perf_counter()
         judge, judge_source = refine_judge(lm, plan, ev, formats, calib, spec.judge_samples)
         progress("refine", 0.0, f"judge: {judge.samples} samples ({judge_source})")
-        res = refine(problem, solution.choice, judge, spec.refine_evals,
-                     progress=lambda i, n, best: progress("refine", i / n, f"eval {i}/{n}, best judge loss {best:.4g}"))
+        res = refine(problem, solution.choice, judge, spec.refine_evals, max_seconds=spec.refine_seconds,
+                     progress=lambda i, n, best: progress(
+                         "refine", min(1.0, max(i / n, (time.perf_counter() - t) / spec.refine_seconds)),
+                         f"eval {i}/{n}, best judge loss {best:.4g}"))
         choice, refine_info = res.choice, res.to_dict()
         refine_info.pop("history", None)
         refine_info.update(judge_samples=judge.samples, judge_source=judge_source, judge_batches=judge.batches_run,
@@ -222,7 +224,8 @@ def run_search(spec: SearchSpec, progress: Progress = _noop, loaded: LoadedModel
         unrefined = solved
         solved = ev.metrics([formats[k] for k in choice], evals) if res.accepted else solved
         timings["refine"] = time.perf_counter() - t
-        progress("refine", 1.0, f"{res.accepted} accepted of {res.evals} evaluations")
+        why = {"time": f", stopped at the {spec.refine_seconds:g} s limit", "evals": ""}.get(res.stopped_by, ", no untried move improves")
+        progress("refine", 1.0, f"{res.accepted} accepted of {res.evals} evaluations{why}")
 
     metric = lm.task.metric
     policy = build_policy(

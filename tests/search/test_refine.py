@@ -116,6 +116,51 @@ def test_refine_rejects_no_evaluations(max_evals):
     assert judge.calls == []
 
 
+class FakeClock:
+    """Time that moves only when the judge measures: each judgement costs ``per_eval`` seconds."""
+
+    def __init__(self, per_eval: float):
+        self.now, self.per_eval = 1000.0, per_eval
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.mark.parametrize("seconds,expected_evals", [(2.5, 3), (4.0, 4), (0.5, 1)])
+def test_refine_stops_on_its_wall_time_budget(seconds, expected_evals):
+    """The time limit is checked between judgements: the start is always measured, and a
+    judgement that began before the limit finishes (a policy is never half-judged)."""
+    problem = make_problem()
+    clock, judge = FakeClock(1.0), CountingJudge(problem, penalty=0.0)  # no interaction: few moves win
+
+    def timed(choice):
+        clock.now += clock.per_eval
+        return judge(choice)
+
+    res = refine(problem, ILPSolver().solve(problem).choice, timed, max_evals=40, max_seconds=seconds, clock=clock)
+    assert res.evals == len(judge.calls) == expected_evals
+    assert res.stopped_by == "time" and res.seconds == pytest.approx(expected_evals * 1.0)
+    assert res.to_dict()["stopped_by"] == "time"
+    assert within(problem.costs.cost(res.choice), problem.budgets)
+
+
+def test_refine_says_why_it_stopped():
+    problem = make_problem()
+    start = ILPSolver().solve(problem).choice
+    assert refine(problem, start, CountingJudge(problem), max_evals=2).stopped_by == "evals"
+    free = refine(problem, start, CountingJudge(problem), max_evals=10_000, max_seconds=3600)
+    assert free.stopped_by == "converged" and free.evals < 10_000
+
+
+@pytest.mark.parametrize("seconds", [0, -1.0])
+def test_refine_rejects_a_time_budget_that_is_not_positive(seconds):
+    problem = make_problem()
+    judge = CountingJudge(problem)
+    with pytest.raises(ValueError, match="max_seconds"):
+        refine(problem, ILPSolver().solve(problem).choice, judge, max_seconds=seconds)
+    assert judge.calls == []
+
+
 def test_refine_progress_callback():
     problem = make_problem()
     seen = []

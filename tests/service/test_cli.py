@@ -82,6 +82,7 @@ BAD = [
                  id="solver-param-not-an-integer"),
     pytest.param({"n_calib": "100000"}, ["calibration n_samples=100000", "at most"], id="n-calib-too-many"),
     pytest.param({"judge_samples": "-1"}, ["judge_samples must be >= 0"], id="negative-judge-samples"),
+    pytest.param({"refine_seconds": "0"}, ["refine_seconds 0", "must be > 0"], id="zero-refine-seconds"),
 ]
 
 

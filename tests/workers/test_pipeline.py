@@ -96,6 +96,7 @@ def test_default_recipe_refines_and_records_it(digits):
     assert info is not None and "history" not in info
     assert {"start_measured", "final_measured", "evals", "accepted"} <= set(info)
     assert 1 <= info["evals"] <= 8 and 0 <= info["accepted"] <= info["evals"]
+    assert info["stopped_by"] in ("evals", "converged") and 0 < info["seconds"] < res.timings["refine"] + 1e-6
     assert info["final_measured"] <= info["start_measured"]
     # judged on training images apart from the calibration ones (and from GPTQ's Hessian ones)
     assert info["judge_samples"] == 256 and info["judge_source"] == "held apart"
@@ -105,6 +106,14 @@ def test_default_recipe_refines_and_records_it(digits):
     assert pol.measured.value >= 0.0 and 0.0 <= pol.measured.extra["accuracy"] <= 1.0
     assert "refine" in res.timings
     assert Policy.from_json(pol.to_json()).refine == info
+
+
+def test_refine_stops_at_its_time_limit_and_says_so(digits):
+    """A tiny wall-time budget: the start policy is judged, then refine stops and records why
+    (the limit is checked between candidates, so the answer is a fully judged policy)."""
+    info = run_search(spec(refine_evals=300, refine_seconds=1e-6), loaded=digits).policy.refine
+    assert info["stopped_by"] == "time" and info["evals"] == 1 and info["accepted"] == 0
+    assert info["final_measured"] == info["start_measured"]
 
 
 def test_refine_can_judge_on_the_calibration_samples(digits):
