@@ -13,7 +13,7 @@ Methods: uniform, fisher + ilp (the fast path) and the default recipe (measured 
 on the default format menu, with each phase's time. The recipe's table is measured once and
 serves both budgets (as the service does).
 
-    python bench/vision.py [--n-calib 64] [--n-eval 256] [--images 512] [--fold-batchnorm] [--json out.json]
+    python bench/vision.py [--n-calib 64] [--n-eval 256] [--images 640] [--fold-batchnorm] [--refine-seconds S] [--json out.json]
 """
 from __future__ import annotations
 
@@ -55,6 +55,7 @@ def main() -> None:
     ap.add_argument("--images", type=int, default=640, help="photos in the folder (calibration, judge and evaluation picks)")
     ap.add_argument("--fold-batchnorm", action="store_true")
     ap.add_argument("--methods", default="uniform,fisher,recipe")
+    ap.add_argument("--refine-seconds", type=float, default=None, help="refine's wall-time limit (default: bitplan's)")
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
     torch.set_num_threads(max(1, torch.get_num_threads()))
@@ -63,7 +64,8 @@ def main() -> None:
     folder = photos.write_crops(CACHE / f"photos-{args.images}", args.images)
     common = dict(model=str(model), calib=f"images:{folder}", n_calib=args.n_calib, n_eval=args.n_eval,
                   image_size=224, resize=256, image_mean=[0.5, 0.5, 0.5], image_std=[0.5, 0.5, 0.5],
-                  fold_batchnorm=args.fold_batchnorm)
+                  fold_batchnorm=args.fold_batchnorm,
+                  **({} if args.refine_seconds is None else {"refine_seconds": args.refine_seconds}))
     t = time.perf_counter()
     lm = load_model(str(model))
     load_s = time.perf_counter() - t
@@ -96,8 +98,10 @@ def main() -> None:
                                    "kl": m.value, "top1_agreement": m.extra["top1_agreement"],
                                    "uniform": res.baselines["uniform"][str(bits)], "seconds": wall, "timings": timings,
                                    "refine": res.policy.refine})
+            r = res.policy.refine
+            why = f"; refine: {r['evals']} judged, {r['accepted']} accepted, stopped by {r['stopped_by']}" if r else ""
             print(f"  {bits}-bit budget {budget:.4f}, {method}: KL {m.value:.4f}, top-1 {m.extra['top1_agreement']:.3f}, "
-                  f"{wall:.0f}s {timings}", flush=True)
+                  f"{wall:.0f}s {timings}{why}", flush=True)
     print(f"\nEfficientNet-Lite0, {ld.plan.n_eval} held-out photo crops, menu {{2,3,4,8}}×{{g32,g64,g128}}, "
           f"load {load_s:.1f}s")
     print(f"{'method':22} {'avg_bits':>9} {'KL to float':>12} {'top-1 agree':>12} {'seconds':>8}  phases")
