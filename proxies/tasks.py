@@ -19,6 +19,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from proxies.kl import DEFAULT_TOP_K, TopKReference, kl_to_reference, mean_and_stderr, topk_reference
+
 Batch = dict[str, torch.Tensor]
 
 
@@ -62,37 +64,85 @@ class Task(ABC):
 
 
 class CausalLMTask(Task):
-    """Next-token cross-entropy; perplexity on held-out text. Batches: ``input_ids`` (n, T)."""
+    """A causal LM compared with the float model, as llama.cpp, exllamav3 and ModelOpt judge one:
+    loss = mean per-token KL(p_float ‖ p_quant) of the next-token distributions. ``prepare``
+    keeps the float distributions in compact form (top-k log-probabilities plus the tail mass,
+    proxies/kl.py). Fisher samples: next tokens drawn from the float model's top-k (the true
+    Fisher of the KL at the float model, less the tail). Held-out metric ``kl_to_float`` with
+    its standard error over sequences, and perplexity on the text beside it.
+    Batches: ``input_ids`` (n, T) (+ ``ref_logp``, ``ref_index``, ``ref_tail`` after ``prepare``).
 
-    metric = "perplexity"
+    Unprepared batches (outside the pipeline) fall back to next-token cross-entropy on the
+    text for ``loss`` and the Fisher; ``evaluate`` needs prepared batches."""
+
+    metric = "kl_to_float"
+    per_sample = True
+
+    def __init__(self, top_k: int = DEFAULT_TOP_K) -> None:
+        self.top_k = top_k
 
     def _logits(self, model, batch):
         return model(input_ids=batch["input_ids"]).logits[:, :-1].float()
 
-    def loss(self, model, batch):
-        logits = self._logits(model, batch)
-        return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), batch["input_ids"][:, 1:].reshape(-1))
+    @staticmethod
+    def _ref(batch: Batch) -> TopKReference | None:
+        if "ref_logp" not in batch:
+            return None
+        return TopKReference(batch["ref_logp"], batch["ref_index"], batch["ref_tail"])
 
-    per_sample = True
+    def prepare(self, model, batches):
+        out = []
+        with torch.no_grad():
+            for b in batches:
+                r = topk_reference(self._logits(model, b), self.top_k)
+                out.append({**b, "ref_logp": r.logp, "ref_index": r.index, "ref_tail": r.logp_tail})
+        return out
+
+    def token_kl(self, model, batch) -> torch.Tensor:
+        """Per-token KL to the float model, (n, T−1)."""
+        ref = self._ref(batch)
+        if ref is None:
+            raise KeyError("causal LM batches need the float model's distributions: run task.prepare(model, batches) first")
+        return kl_to_reference(ref, self._logits(model, batch))
+
+    def loss(self, model, batch):
+        if self._ref(batch) is None:
+            logits = self._logits(model, batch)
+            return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), batch["input_ids"][:, 1:].reshape(-1))
+        return self.token_kl(model, batch).mean()
 
     def sample_losses(self, model, batch, gen):
         return self.target_losses(model, batch, self.fisher_targets(batch, gen))
 
+    def fisher_targets(self, batch, gen):
+        ref = self._ref(batch)
+        if ref is None:
+            return {"t": batch["input_ids"][:, 1:]}
+        p = ref.logp.exp()
+        pick = torch.multinomial(p.reshape(-1, p.shape[-1]), 1, generator=gen).reshape(p.shape[:-1])
+        return {"t": ref.index.gather(-1, pick.unsqueeze(-1)).squeeze(-1)}
+
     def target_losses(self, model, batch, targets):
         logits = self._logits(model, batch)
-        tgt = batch["input_ids"][:, 1:]
-        nll = F.cross_entropy(logits.transpose(1, 2), tgt, reduction="none")
+        nll = F.cross_entropy(logits.transpose(1, 2), targets["t"], reduction="none")
         return nll.mean(dim=1)
 
     def evaluate(self, model, batches):
-        total, count = 0.0, 0
+        seq_kl, nll, agree, count = [], 0.0, 0, 0
         with torch.no_grad():
             for b in batches:
-                n = b["input_ids"][:, 1:].numel()
-                total += float(self.loss(model, b)) * n
-                count += n
-        nll = total / count
-        return {self.metric: math.exp(nll), "nll": nll, "tokens": float(count)}
+                ref = self._ref(b)
+                if ref is None:
+                    raise KeyError("causal LM evaluation needs prepared batches: run task.prepare(model, batches) first")
+                logits = self._logits(model, b)
+                tgt = b["input_ids"][:, 1:]
+                seq_kl.extend(kl_to_reference(ref, logits).mean(dim=1).tolist())
+                nll += float(F.cross_entropy(logits.transpose(1, 2), tgt, reduction="sum"))
+                agree += int((logits.argmax(-1) == ref.index[..., 0]).sum())
+                count += tgt.numel()
+        kl, se = mean_and_stderr(seq_kl)
+        return {self.metric: kl, "kl_stderr": se, "perplexity": math.exp(nll / count), "nll": nll / count,
+                "top1_agreement": agree / count, "tokens": float(count)}
 
 
 class EmbeddingTask(Task):

@@ -11,6 +11,8 @@ from rich.table import Table
 from search.spec import SearchSpec
 from workers.pipeline import SearchResult, run_search
 
+QUALITY_EXTRAS = ("perplexity", "top1_agreement")  # shown beside the job's metric when the task reports them
+
 console = Console(stderr=True)
 
 
@@ -65,21 +67,49 @@ def print_report(spec: SearchSpec, result: SearchResult, out: Path) -> None:
     how = "RTN" if qz.method == "rtn" else (f"GPTQ (damp {qz.damp:g}, act-order {'on' if qz.act_order else 'off'}, "
                                             f"Hessians from {qz.hessian_samples} samples)")
     q = Table(title=f"Quality: {m.metric} on held-out data ({spec.eval or 'default eval split'}), every policy quantized with {how}")
+    # beside the metric: its standard error (so a reader sees whether two rows differ) and the
+    # extras the task reports for every row (perplexity, top-1 agreement with the float model)
+    se = "kl_stderr" if "kl_stderr" in m.extra else None
+    extras = [k for k in QUALITY_EXTRAS if k in m.extra]
     q.add_column("model"); q.add_column(m.metric, justify="right")
-    q.add_row("float", f"{m.float:.5g}")
+    if se:
+        q.add_column("± s.e.", justify="right")
+    for k in extras:
+        q.add_column(k.replace("_", " "), justify="right")
+
+    def row(name: str, value: float, metrics: dict | None) -> None:
+        metrics = metrics or {}
+        cells = [name, f"{value:.5g}"]
+        if se:
+            cells.append(f"{metrics[se]:.2g}" if se in metrics and metrics[se] == metrics[se] else "")
+        cells += [f"{metrics[k]:.5g}" if k in metrics else "" for k in extras]
+        q.add_row(*cells)
+
+    base = result.baselines or {}
+    row("float", m.float, base.get("float"))
     for key, v in m.uniform.items():
-        q.add_row(f"uniform {key}-bit" if key.isdigit() else f"uniform {key}", f"{v:.5g}")
+        row(f"uniform {key}-bit" if key.isdigit() else f"uniform {key}", v, base.get("uniform", {}).get(key))
     if result.unrefined is not None:
-        q.add_row(f"{pol.predicted.proxy}+{pol.solver.name} (before refine)", f"{result.unrefined[m.metric]:.5g}")
-    q.add_row(f"[bold]bitplan policy[/] ({pol.cost['avg_bits']:.4f} avg bits)", f"[bold]{m.value:.5g}")
+        row(f"{pol.predicted.proxy}+{pol.solver.name} (before refine)", result.unrefined[m.metric], result.unrefined)
+    row(f"[bold]bitplan policy[/] ({pol.cost['avg_bits']:.4f} avg bits)", m.value, {**m.extra, m.metric: m.value})
     out_console.print(q)
     gap = "n/a" if pol.solver.gap is None else f"{pol.solver.gap:.2e}"
     out_console.print(f"predicted loss increase ({pol.predicted.proxy}): {pol.predicted.loss_increase:.5g}   "
                       f"solver {pol.solver.name}: objective {pol.solver.objective:.5g}, gap {gap}")
+    p = pol.predicted
+    if p.measured_increase is not None:
+        out_console.print(f"measured on the calibration data: {p.measured_increase:.5g} over the {p.reference} model "
+                          f"(the table predicted {p.loss_increase:.5g})")
     if pol.refine:
         r = pol.refine
         judged = f"on {r['judge_samples']} samples, {r['judge_source']}" if "judge_samples" in r else "on calibration"
         early = f", {r['stopped_early']} stopped early" if r.get("stopped_early") else ""
         out_console.print(f"refine: judge loss ({judged}) {r['start_measured']:.5g} → {r['final_measured']:.5g} "
-                          f"({r['accepted']} moves accepted, {r['evals']} evaluations{early})")
+                          f"({r['accepted']} moves accepted, {r['evals']} evaluations{early}, stopped by "
+                          f"{r.get('stopped_by', 'evals')})")
+        u = r.get("uniform_check")
+        if u and u["judged"]:
+            names = ", ".join(j["format"] for j in u["judged"])
+            out_console.print(f"uniform check: {u['chosen']} judged better than the mixed policy, so the policy is uniform"
+                              if u["chosen"] else f"uniform check: the mixed policy beats every uniform policy that fits ({names})")
     out_console.print("timings: " + ", ".join(f"{k} {v:.1f}s" for k, v in result.timings.items()))

@@ -1,7 +1,8 @@
 """Model sources by reference (DESIGN §7), each saying which task (and so which metric) fits:
-``builtin:minilm-l6`` (embedding cosine loss), ``builtin:smollm2-135m`` (perplexity),
-``builtin:digits-cnn`` (KL to the float model), ``hf:<dir>`` of any task (the AutoModel class
-from the config: causal LM → perplexity, sequence or image classification → KL to the float
+``builtin:minilm-l6`` (embedding cosine loss), ``builtin:smollm2-135m`` (KL of the next-token
+distributions to the float model's, perplexity beside it), ``builtin:digits-cnn`` (KL to the
+float model), ``hf:<dir>`` of any task (the AutoModel class from the config: causal LM → KL of
+the next-token distributions, sequence or image classification → KL to the float
 model's outputs, otherwise an encoder → embedding cosine loss), ``export:<file.pt2>`` (a
 torch.export program) and ``torchscript:<file>`` (both judged by KL of their outputs to the
 float model's), or a bare path whose kind is recognised (``search.refs``). Nothing is

@@ -111,8 +111,9 @@ def test_smollm2_layers_ties_and_perplexity():
     assert not any("embed" in l.name or "lm_head" in l.name for l in layers)
     ties = find_tie_groups(layers, ["qkv", "gate_up"])
     assert len(ties.groups) == 60 and all(len(g) in (2, 3) for g in ties.groups)
-    assert lm.task.evaluate(lm.model, [{"input_ids": lm.tokenizer("The capital of France is Paris. " * 8,
-                                                                  return_tensors="pt").input_ids}])["perplexity"] < 50
+    text = [{"input_ids": lm.tokenizer("The capital of France is Paris. " * 8, return_tensors="pt").input_ids}]
+    m = lm.task.evaluate(lm.model, lm.task.prepare(lm.model, text))
+    assert m["perplexity"] < 50 and m["kl_to_float"] == pytest.approx(0.0, abs=1e-4) and m["top1_agreement"] == 1.0
 
 
 def test_cli_latency_budget_end_to_end(tmp_path):
