@@ -69,8 +69,19 @@ class LayerFormat(_Strict):
 
 
 class Predicted(_Strict):
+    """The table's prediction and how far it was from a measurement of the same thing: the
+    calibration loss of the policy minus that of the table's reference point (the float model,
+    or every layer in ``reference`` for a table measured at an operating point). A user reads
+    ``measured_increase`` beside ``loss_increase`` to see how much to trust the table (in the
+    measured proxy's units they are the same quantity; other proxies only rank)."""
     proxy: str
     loss_increase: float
+    reference: str | None = None
+    measured_increase: float | None = None
+
+    @model_serializer(mode="wrap")
+    def _drop_unset(self, handler):
+        return {k: v for k, v in handler(self).items() if v is not None}
 
 
 class Measured(_Strict):

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from search.budgets import within
 from search.problem import Problem
 
 Judge = Callable[[np.ndarray], float]
@@ -123,3 +124,20 @@ def refine(problem: Problem, start: np.ndarray, judge: Judge, max_evals: int = 4
                 break
     stopped_by = "time" if out_of_time else "evals" if evals >= max_evals else "converged"
     return RefineResult(problem.expand(gcur), start_loss, cur_loss, evals, accepted, history, stopped_by, clock() - t0)
+
+
+def uniform_check(problem: Problem, judge: Judge, policy_loss: float, limit: int = 4) -> dict:
+    """Never worse than uniform: the dearest uniform policies that keep every budget (at most
+    ``limit``) are judged like refine's candidates, on the same held-apart samples; the best of
+    them replaces the mixed policy when the judge finds it better (``chosen``, else None). A
+    racing judge compares each with the refined policy, its best, and drops a loser early."""
+    n, formats = len(problem.costs.layers), problem.costs.formats
+    fits = [k for k in range(len(formats)) if within(problem.costs.cost(np.full(n, k)), problem.budgets)]
+    fits = sorted(fits, key=lambda k: -problem.costs.cost(np.full(n, k))[next(iter(problem.budgets))])[:limit]
+    judged, best, best_loss = [], None, policy_loss
+    for k in fits:
+        loss = judge(np.full(n, k))
+        judged.append({"format": formats[k].label, "judge_loss": loss if math.isfinite(loss) else None})
+        if loss < best_loss:
+            best, best_loss = formats[k].label, loss
+    return {"policy_judge_loss": policy_loss, "judged": judged, "chosen": best}

@@ -17,11 +17,11 @@ from proxies.evaluate import Evaluator, RacingJudge
 from proxies.quantizers import WeightQuantizer, build_quantizer, check_quantizer
 from proxies.registry import get_proxy
 from search.budgets import CostModel
-from search.formats import Format
+from search.formats import FLOAT_BITS, Format
 from search.layers import find_tie_groups
 from search.policy import Measured, Policy, Predicted, Preprocess, Quantizer, SolverInfo, build_policy
 from search.problem import Problem, Solution
-from search.refine import refine
+from search.refine import refine, uniform_check
 from search.spec import REFERENCE_GROUP, SearchSpec
 from search.validate import JOINT, check_spec_budgets, static_check
 from search.table import SensitivityTable
@@ -223,15 +223,27 @@ def run_search(spec: SearchSpec, progress: Progress = _noop, loaded: LoadedModel
                            stopped_early=judge.stopped_early)
         unrefined = solved
         solved = ev.metrics([formats[k] for k in choice], evals) if res.accepted else solved
-        timings["refine"] = time.perf_counter() - t
         why = {"time": f", stopped at the {spec.refine_seconds:g} s limit", "evals": ""}.get(res.stopped_by, ", no untried move improves")
         progress("refine", 1.0, f"{res.accepted} accepted of {res.evals} evaluations{why}")
+        uniform = uniform_check(problem, judge, res.final_loss)
+        refine_info["uniform_check"] = uniform
+        if uniform["chosen"] is not None:
+            k = formats.index(next(f for f in formats if f.label == uniform["chosen"]))
+            choice = np.full(len(layers), k)
+            solved = ev.metrics([formats[k]] * len(layers), evals)
+            progress("refine", 1.0, f"uniform {uniform['chosen']} judged better than the mixed policy: returning it")
+        timings["refine"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    reference, measured_increase = prediction_check(table, ev, formats, choice, calib)
+    timings["evaluate"] += time.perf_counter() - t
 
     metric = lm.task.metric
     policy = build_policy(
         lm.ref, lm.sha256, layers, formats, choice, spec.budgets, costs.cost(choice), ties.names(layers),
         quantizer=Quantizer(**quantizer.record()),
-        predicted=Predicted(proxy=table.proxy, loss_increase=problem.objective(choice)),
+        predicted=Predicted(proxy=table.proxy, loss_increase=problem.objective(choice), reference=reference,
+                            measured_increase=measured_increase),
         measured=Measured(metric=metric, value=solved[metric], float=baselines["float"][metric],
                           uniform={k: v[metric] for k, v in baselines["uniform"].items()},
                           uniform_avg_bits=baselines["uniform_cost"],
@@ -239,6 +251,17 @@ def run_search(spec: SearchSpec, progress: Progress = _noop, loaded: LoadedModel
         solver=SolverInfo(**{k: v for k, v in solution.to_dict().items() if k not in ("front",)}),
         refine=refine_info, preprocess=ld.preprocess())
     return SearchResult(policy, table, solution, baselines, timings, unrefined)
+
+
+def prediction_check(table: SensitivityTable, ev: Evaluator, formats: list[Format], choice: np.ndarray,
+                     calib: list[dict]) -> tuple[str, float]:
+    """The increase the table predicts, measured: calibration loss of the policy minus that of the
+    table's reference point (float, or the operating-point format of a ``context`` table)."""
+    label = (table.params or {}).get("context")
+    ref = next((f for f in formats if f.label == label), None) if label else None
+    ref_formats = [ref] * len(choice) if ref is not None else [Format(FLOAT_BITS)] * len(choice)
+    policy = ev.loss([formats[int(k)] for k in choice], calib)
+    return (ref.label if ref is not None else "float"), policy - ev.loss(ref_formats, calib)
 
 
 def _run_joint(spec, ld: Loaded, formats, params, calib, evals, timings, progress) -> SearchResult:

@@ -324,8 +324,9 @@ async function policyView(view, id) {
         <dt>job</dt><dd>${jobId ? `<a class="mono" href="#/jobs/${esc(jobId)}">${short(jobId)}</a>` : "—"}</dd>
         <dt>budget</dt><dd class="mono">${esc(budgetText(policy.budget))}</dd>
         <dt>cost</dt><dd class="mono">${Object.entries(policy.cost).filter(([, v]) => v !== null).map(([k, v]) => `${k} ${fmtNum(v, 6)}`).join(" · ")}</dd>
-        <dt>measured</dt><dd><b>${esc(m.metric)} ${fmtNum(m.value)}</b> (float ${fmtNum(m.float)}; ${Object.entries(m.uniform || {}).map(([b, v]) => `uniform ${b}-bit ${fmtNum(v, 3)}`).join(", ")})</dd>
-        <dt>predicted</dt><dd>${esc(policy.predicted?.proxy)} loss increase ${fmtNum(policy.predicted?.loss_increase)}</dd>
+        <dt>measured</dt><dd><b>${esc(m.metric)} ${fmtNum(m.value)}</b>${m.extra?.kl_stderr != null ? ` ± ${fmtNum(m.extra.kl_stderr, 2)}` : ""} (float ${fmtNum(m.float)}; ${Object.entries(m.uniform || {}).map(([b, v]) => `uniform ${b}-bit ${fmtNum(v, 3)}`).join(", ")})</dd>
+        <dt>predicted</dt><dd id="predicted">${esc(policy.predicted?.proxy)} loss increase ${fmtNum(policy.predicted?.loss_increase)}${policy.predicted?.measured_increase != null ? `; measured on calibration ${fmtNum(policy.predicted.measured_increase)} over the ${esc(policy.predicted.reference)} model` : ""}</dd>
+        ${policy.refine?.uniform_check?.chosen ? `<dt>uniform check</dt><dd>uniform ${esc(policy.refine.uniform_check.chosen)} judged better than the mixed policy: this policy is uniform</dd>` : ""}
         <dt>quantizer</dt><dd id="quantizer">${esc(policy.quantizer?.method || "rtn")}${policy.quantizer?.method === "gptq" ? ` (damp ${fmtNum(policy.quantizer.damp)}, act-order ${policy.quantizer.act_order ? "on" : "off"})` : ""}</dd>
         <dt>solver</dt><dd>${esc(policy.solver?.name)}: objective ${fmtNum(policy.solver?.objective)}, gap ${policy.solver?.gap ?? "—"}</dd>
         ${Object.keys(policy.sparsity || {}).length ? `<dt>pruning</dt><dd class="mono" id="sparsity">${Object.entries(policy.sparsity).map(([n, r]) => `${esc(n)} ${Math.round(r * 100)}%`).join(" · ")} <span class="muted">(${esc(policy.sparse_format || "")})</span></dd>` : ""}

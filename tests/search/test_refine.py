@@ -269,3 +269,19 @@ def test_a_racing_judge_is_reset_per_search_and_its_give_ups_are_recorded():
         assert res.start_loss == pytest.approx(9.0) and res.final_loss == pytest.approx(5.1)
         gave_up = [h for h in res.history if h["measured"] is None]
         assert gave_up and not any(h["accepted"] for h in gave_up)
+
+
+def test_uniform_check_returns_a_uniform_policy_only_when_the_judge_prefers_it():
+    """Never worse than uniform: every uniform policy that fits is judged (dearest first); one is
+    chosen only when it beats the mixed policy's judge loss."""
+    from search.refine import uniform_check
+    problem = make_problem()  # budget 3.296875 avg bits: uniform 2-bit fits, uniform 4- and 8-bit do not
+    judge = CountingJudge(problem)
+    out = uniform_check(problem, judge, policy_loss=5.1)
+    assert [j["format"] for j in out["judged"]] == [problem.costs.formats[0].label]
+    assert judge.calls == [(0, 0, 0, 0)]
+    assert out["chosen"] is None and out["judged"][0]["judge_loss"] == pytest.approx(1 + 1 + 3 + 3 + PENALTY)
+    assert uniform_check(problem, CountingJudge(problem), policy_loss=50.0)["chosen"] == problem.costs.formats[0].label
+    roomy = make_problem(budgets={"avg_bits": 8.5})
+    judged = uniform_check(roomy, CountingJudge(roomy), policy_loss=1.0)["judged"]
+    assert [j["format"] for j in judged] == [f.label for f in reversed(roomy.costs.formats)]

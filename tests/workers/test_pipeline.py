@@ -97,6 +97,12 @@ def test_default_recipe_refines_and_records_it(digits):
     assert {"start_measured", "final_measured", "evals", "accepted"} <= set(info)
     assert 1 <= info["evals"] <= 8 and 0 <= info["accepted"] <= info["evals"]
     assert info["stopped_by"] in ("evals", "converged") and 0 < info["seconds"] < res.timings["refine"] + 1e-6
+    # never worse than uniform: the uniform policies that fit were judged against the refined one
+    u = info["uniform_check"]
+    assert u["judged"] and u["policy_judge_loss"] == info["final_measured"]
+    assert u["chosen"] is None or pol.layers and len({l.format for l in pol.layers}) == 1
+    # how far the table's prediction was from the calibration loss it predicts
+    assert pol.predicted.reference == "float" and pol.predicted.measured_increase >= 0.0
     assert info["final_measured"] <= info["start_measured"]
     # judged on training images apart from the calibration ones (and from GPTQ's Hessian ones)
     assert info["judge_samples"] == 256 and info["judge_source"] == "held apart"
