@@ -28,7 +28,7 @@ from quality import add_setup_args, menu_name, run_all, setup_model  # noqa: E40
 from search.problem import Problem  # noqa: E402
 from search.refine import refine  # noqa: E402
 from search.solvers import get_solver  # noqa: E402
-from search.defaults import DEFAULT_REFINE_EVALS  # noqa: E402
+from search.defaults import DEFAULT_REFINE_EVALS, DEFAULT_REFINE_SECONDS  # noqa: E402
 from workers.pipeline import job_quantizer, reference_formats, refine_judge  # noqa: E402
 
 
@@ -61,7 +61,7 @@ def run_model(key: str, args) -> dict:
         for b, budget in uniform_budgets.items():
             prob = Problem(table.values, st.costs, {"avg_bits": budget})
             sol = get_solver("ilp").solve(prob)
-            res = refine(prob, sol.choice, judge, args.refine_evals)
+            res = refine(prob, sol.choice, judge, args.refine_evals, max_seconds=args.refine_seconds)
             run[f"recipe @ {budget:.4f}"] = ev.metrics([st.formats[k] for k in res.choice], st.evals)[metric]
             run[f"recipe/uniform @ {b}-bit"] = run[f"recipe @ {budget:.4f}"] / run[f"uniform {b}-bit"]
         run["seconds"]["solve + refine + evaluate"] = time.perf_counter() - t
@@ -90,6 +90,7 @@ def main() -> None:
     ap.add_argument("--models", default="minilm,smollm2")
     ap.add_argument("--quantizers", default="rtn,gptq")
     ap.add_argument("--refine-evals", type=int, default=DEFAULT_REFINE_EVALS)
+    ap.add_argument("--refine-seconds", type=float, default=DEFAULT_REFINE_SECONDS)
     add_setup_args(ap, smollm_blocks="0-3")
     ap.add_argument("--hessian-samples", type=int, help="GPTQ Hessian samples (default: the task kind's, see "
                                                           "workers.batches.HESSIAN_SAMPLES)")

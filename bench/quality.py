@@ -3,7 +3,8 @@
 Each proxy's table is computed once per model and reused for every budget and solver (as the
 service does). Budgets: the costs of uniform 3-bit and 4-bit at group 64 and one between.
 Methods: uniform, every proxy + ilp, orthogonality + lp (OMPQ), measured + convex (BAQ-style),
-and the default recipe (measured + ilp + refine). Prints a table per model and writes JSON.
+measured + greedy upgrades (exllamav3-style), llama.cpp's _M rule at the budget, and the default
+recipe (measured + ilp + refine). Prints a table per model and writes JSON.
 
     python bench/quality.py --models minilm,digits [--bits 2,3,4,5,6,8] [--smollm-blocks 0-3]
 """
@@ -24,13 +25,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from proxies.base import ProxyContext  # noqa: E402
 from proxies.evaluate import Evaluator  # noqa: E402
 from proxies.registry import get_proxy  # noqa: E402
+from search.baselines import greedy_upgrades, llamacpp_mix  # noqa: E402
 from search.budgets import CostModel  # noqa: E402
 from search.formats import make_formats  # noqa: E402
 from search.problem import Problem  # noqa: E402
 from search.refine import refine  # noqa: E402
 from search.solvers import get_solver  # noqa: E402
 from workers.batches import plan_for, prepared_batches  # noqa: E402
-from search.defaults import DEFAULT_REFINE_EVALS  # noqa: E402
+from search.defaults import DEFAULT_REFINE_EVALS, DEFAULT_REFINE_SECONDS  # noqa: E402
 from workers.pipeline import reference_formats, refine_judge, task_layers  # noqa: E402
 from workers.sources import load_model  # noqa: E402
 
@@ -120,9 +122,14 @@ def run_model(key: str, args) -> dict:
             sol = get_solver(solver).solve(prob)
             row[f"{proxy}+{solver}"] = ev.metrics([formats[k] for k in sol.choice], evals)[metric]
         prob = Problem(tables["measured"].values, costs, {"avg_bits": budget})
+        # what users compare with (search/baselines.py): greedy upgrades on the same table
+        # (exllamav3's way) and llama.cpp's hand-made _M rule at this budget
+        row["measured+greedy"] = ev.metrics([formats[k] for k in greedy_upgrades(prob)], evals)[metric]
+        row["llama.cpp _M-style mix"] = ev.metrics([formats[k] for k in llamacpp_mix(layers, formats, costs, {"avg_bits": budget})],
+                                                   evals)[metric]
         sol = get_solver("ilp").solve(prob)
         t = time.perf_counter()
-        res = refine(prob, sol.choice, judge, args.refine_evals)
+        res = refine(prob, sol.choice, judge, args.refine_evals, max_seconds=args.refine_seconds)
         row["recipe (measured+ilp+refine)"] = ev.metrics([formats[k] for k in res.choice], evals)[metric]
         row["refine_seconds"] = time.perf_counter() - t
         # The same policies on the calibration data the table was measured on, and on refine's
@@ -175,6 +182,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--models", default="minilm,digits")
     ap.add_argument("--refine-evals", type=int, default=DEFAULT_REFINE_EVALS)
+    ap.add_argument("--refine-seconds", type=float, default=DEFAULT_REFINE_SECONDS)
     add_setup_args(ap, smollm_blocks="")
     ap.add_argument("--hutchinson-probes", type=int, default=16)
     ap.add_argument("--out", type=Path, default=Path("bench/results/quality.json"))
