@@ -200,7 +200,11 @@ def _fan_out(spec_d: dict, texts: dict[str, str], n_chunks: int, queue):
         t0 = time.perf_counter()
         parts = chunk_rows(len(ctx.layers), n_chunks)
         opts = _gpu_options()
-        refs = [measure_chunk.options(**opts).remote(spec_d, texts, rows, i, len(parts), queue) for i, rows in enumerate(parts)]
+        # the chunks measure with the proxy's own parameters (the pipeline may have set some the
+        # spec leaves to defaults), so every row comes from the same table definition
+        chunk_spec = {**spec_d, "proxy": proxy.name, "proxy_params": {k: v for k, v in proxy.params.items() if k != "layers"}}
+        refs = [measure_chunk.options(**opts).remote(chunk_spec, texts, rows, i, len(parts), queue)
+                for i, rows in enumerate(parts)]
         values = np.zeros((len(ctx.layers), len(ctx.formats)))
         pending, where = list(refs), {r: rows for r, rows in zip(refs, parts)}
         while pending:
