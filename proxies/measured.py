@@ -50,16 +50,27 @@ class MeasuredProxy(Proxy):
         sizes = [ctx.task.size(b) for b in ctx.batches]
         cache = prefix_cache(ctx.model, lambda bi: ctx.task.loss(ctx.model, ctx.batches[bi]), len(ctx.batches))
 
-        def loss() -> float:
-            total = 0.0
+        def loss() -> tuple[float, np.ndarray | None]:
+            """Mean calibration loss and, where the task splits it by sample, each sample's."""
+            total, per = 0.0, []
             with torch.no_grad():
                 for bi, b in enumerate(ctx.batches):
                     cache.current = bi
-                    total += float(ctx.task.loss(ctx.model, b)) * sizes[bi]
-            return total / sum(sizes)
+                    v = ctx.task.sample_loss_values(ctx.model, b)
+                    if v is None:
+                        total += float(ctx.task.loss(ctx.model, b)) * sizes[bi]
+                        per = None
+                    else:
+                        total += float(v.mean()) * sizes[bi]  # as ``loss`` reduces it: same numbers as before
+                        if per is not None:
+                            per.append(v.double().numpy())
+            return total / sum(sizes), None if per is None else np.concatenate(per)
 
-        base = loss()
+        base, base_per = loss()
         values = np.zeros((L, K))
+        # a cell is a paired difference on the same samples: its standard error is that of the
+        # per-sample differences (what the solver's decisions between cells must exceed)
+        stderr = np.zeros((L, K)) if base_per is not None and len(base_per) > 1 else None
         todo = [k for k, f in enumerate(ctx.formats) if f != base_fmt and not (base_fmt is None and f.is_float)]
         done, total = 0, len(rows) * len(todo)
         # in the cache's order (trunk block or graph position), so its prefix only moves forward
@@ -68,8 +79,11 @@ class MeasuredProxy(Proxy):
             with cache.skip_until(cache.block_of(ctx.layers[i].name)):
                 for k in todo:
                     with swapped([m], [q(i, ctx.formats[k])]):
-                        values[i, k] = loss() - base
+                        mean, per = loss()
+                    values[i, k] = mean - base
+                    if stderr is not None and per is not None:
+                        stderr[i, k] = float(np.std(per - base_per, ddof=1) / np.sqrt(len(per)))
                     done += 1
                     ctx.report(done / max(total, 1), f"{ctx.layers[i].name} {ctx.formats[k].label}")
-        return values, None, {"base_loss": base, "forward_passes": done + 1, "trunk": cache.name,
+        return values, stderr, {"base_loss": base, "forward_passes": done + 1, "trunk": cache.name,
                               "context": None if base_fmt is None else base_fmt.label}

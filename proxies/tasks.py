@@ -53,6 +53,12 @@ class Task(ABC):
     def evaluate(self, model: nn.Module, batches: list[Batch]) -> dict[str, float]:
         """Held-out quality: ``{self.metric: value, ...extras}``."""
 
+    def sample_loss_values(self, model: nn.Module, batch: Batch) -> torch.Tensor | None:
+        """The task loss of each sample (no grad; their size-weighted mean is ``loss``), so a
+        measured difference between two policies gets a paired standard error; None when the
+        task cannot split its loss by sample."""
+        return None
+
     def features(self, model: nn.Module, batch: Batch) -> None:
         """Run a forward pass (for activation hooks)."""
         with torch.no_grad():
@@ -111,6 +117,13 @@ class CausalLMTask(Task):
             return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), batch["input_ids"][:, 1:].reshape(-1))
         return self.token_kl(model, batch).mean()
 
+    def sample_loss_values(self, model, batch):
+        with torch.no_grad():
+            if self._ref(batch) is None:
+                logits = self._logits(model, batch)
+                return F.cross_entropy(logits.transpose(1, 2), batch["input_ids"][:, 1:], reduction="none").mean(1)
+            return self.token_kl(model, batch).mean(1)
+
     def sample_losses(self, model, batch, gen):
         return self.target_losses(model, batch, self.fisher_targets(batch, gen))
 
@@ -163,6 +176,10 @@ class EmbeddingTask(Task):
 
     def loss(self, model, batch):
         return (1 - (self.embed(model, batch) * batch["ref"]).sum(-1)).mean()
+
+    def sample_loss_values(self, model, batch):
+        with torch.no_grad():
+            return 1 - (self.embed(model, batch) * batch["ref"]).sum(-1)
 
     per_sample = True
 
@@ -270,6 +287,12 @@ class ClassifierTask(Task):
         ref = self._ref(batch)
         logp = self.log_probs(model, batch)
         return F.nll_loss(logp, batch["y"]) if ref is None else self._kl(logp, ref).mean()
+
+    def sample_loss_values(self, model, batch):
+        with torch.no_grad():
+            ref = self._ref(batch)
+            logp = self.log_probs(model, batch)
+            return F.nll_loss(logp, batch["y"], reduction="none") if ref is None else self._kl(logp, ref)
 
     def features(self, model, batch):
         with torch.no_grad():

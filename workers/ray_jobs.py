@@ -121,8 +121,9 @@ def inspect_model(ref: str) -> dict:
 
 @ray.remote(num_cpus=1, max_retries=3)
 def measure_chunk(spec_d: dict, texts: dict[str, str], rows: list[int], chunk: int, n_chunks: int,
-                  queue=None) -> list[list[float]]:
-    """Rows ``rows`` of a chunkable proxy's table (zeros elsewhere are dropped by the caller)."""
+                  queue=None) -> dict:
+    """Rows ``rows`` of a chunkable proxy's table and of its standard errors (None when the
+    proxy gives none); the rest of the chunk's table is zeros, dropped by the caller."""
     from proxies.base import ProxyContext
     from proxies.registry import get_proxy
 
@@ -143,7 +144,8 @@ def measure_chunk(spec_d: dict, texts: dict[str, str], rows: list[int], chunk: i
     ctx = ProxyContext(p["lm"].model, [q[0] for q in pairs], [q[1] for q in pairs], p["lm"].task, p["calib"],
                        p["formats"], spec_d.get("seed", 0), report, p["sha256"], p["info"], quantizer=p["quantizer"])
     table = get_proxy(spec_d.get("proxy") or "measured", **params).compute(ctx)
-    return table.values[rows].tolist()
+    return {"values": table.values[rows].tolist(),
+            "stderr": None if table.stderr is None else table.stderr[rows].tolist()}
 
 
 def torch_threads() -> None:
@@ -206,13 +208,19 @@ def _fan_out(spec_d: dict, texts: dict[str, str], n_chunks: int, queue):
         refs = [measure_chunk.options(**opts).remote(chunk_spec, texts, rows, i, len(parts), queue)
                 for i, rows in enumerate(parts)]
         values = np.zeros((len(ctx.layers), len(ctx.formats)))
+        stderr: np.ndarray | None = np.zeros_like(values)
         pending, where = list(refs), {r: rows for r, rows in zip(refs, parts)}
         while pending:
             ready, pending = ray.wait(pending, num_returns=1)
-            values[where[ready[0]]] = np.array(ray.get(ready[0]))
+            got = ray.get(ready[0])
+            values[where[ready[0]]] = np.array(got["values"])
+            if got["stderr"] is None:
+                stderr = None
+            elif stderr is not None:
+                stderr[where[ready[0]]] = np.array(got["stderr"])
             ctx.report(1 - len(pending) / len(refs), f"{len(refs) - len(pending)}/{len(refs)} chunks")
         return SensitivityTable(ctx.layers, ctx.formats, values, proxy.name, proxy.table_params(ctx), ctx.calibration,
-                                None, {"seconds": time.perf_counter() - t0, "chunks": len(parts)},
+                                stderr, {"seconds": time.perf_counter() - t0, "chunks": len(parts)},
                                 ctx.model_sha256, {"chunks": len(parts)})
     return compute
 

@@ -399,6 +399,30 @@ def test_measured_chunk_fills_only_its_rows_and_equals_direct(digits_ctx):
         assert torch.equal(m.weight, w)
 
 
+def test_measured_cells_carry_their_paired_standard_errors(digits_ctx):
+    """A cell is the mean over the calibration samples of (loss with the layer quantized − loss
+    without); its standard error is that of the 64 per-sample differences."""
+    from proxies.base import swapped
+    ctx = digits_ctx
+    table = MeasuredProxy(layers=[1, 4]).compute(ctx)
+    se = table.stderr
+    assert se is not None and se.shape == table.values.shape
+    assert np.all(se[[0, 2, 3, 5]] == 0) and np.all(se[[1, 4], :2] > 0) and np.all(se[:, 2] == 0)
+
+    def per_sample():
+        with torch.no_grad():
+            return torch.cat([ctx.task.sample_loss_values(ctx.model, b) for b in ctx.batches]).double().numpy()
+
+    base = per_sample()
+    w = ctx.modules[1].weight.detach()
+    with swapped([ctx.modules[1]], [ctx.quantize(1, ctx.formats[0], w)]):
+        diff = per_sample() - base
+    assert len(diff) == 64
+    assert se[1, 0] == pytest.approx(np.std(diff, ddof=1) / np.sqrt(64), rel=1e-6)
+    assert table.values[1, 0] == pytest.approx(diff.mean(), rel=1e-5)
+    assert se[1, 0] < table.values[1, 0]  # 2 bits on conv2 is a real loss, not noise
+
+
 def test_measured_rejects_bad_layer_chunks(digits_ctx):
     with pytest.raises(ValueError, match="out of range"):
         MeasuredProxy(layers=[6]).compute(digits_ctx)

@@ -85,12 +85,14 @@ def test_two_jobs_with_different_menus_on_one_ray_worker_get_their_own_tables():
     finally:
         ray.shutdown()
     assert p1 == p2  # one worker process ran everything
-    assert np.array(ta).shape == (2, 2) and np.array(tb).shape == (2, 3)
+    assert np.array(ta["values"]).shape == (2, 2) and np.array(tb["values"]).shape == (2, 3)
+    assert np.array(tb["stderr"]).shape == (2, 3)  # the measured cells' paired standard errors travel too
     ray_jobs._CACHE.clear()  # a fresh process's view of job b
     from proxies.base import ProxyContext
     from proxies.registry import get_proxy
     p = ray_jobs._prepared(b)
     ctx = ProxyContext(p["lm"].model, [q[0] for q in p["pairs"]], [q[1] for q in p["pairs"]], p["lm"].task, p["calib"],
                        p["formats"], 0, None, p["lm"].sha256, p["info"], quantizer=p["quantizer"])
-    fresh = get_proxy("measured", layers=[0, 1]).compute(ctx).values[[0, 1]]
-    np.testing.assert_allclose(np.array(tb), fresh, rtol=1e-6, atol=1e-9)
+    fresh = get_proxy("measured", layers=[0, 1]).compute(ctx)
+    np.testing.assert_allclose(np.array(tb["values"]), fresh.values[[0, 1]], rtol=1e-6, atol=1e-9)
+    np.testing.assert_allclose(np.array(tb["stderr"]), fresh.stderr[[0, 1]], rtol=1e-6, atol=1e-12)
