@@ -7,8 +7,10 @@ most tensors at Q4_K and gives ``attn_v`` and ``ffn_down`` Q6_K in the layers wh
 ``use_more_bits(i, n)`` holds: the first and last eighth of the blocks and every third block
 between (``i < n/8 or i >= 7n/8 or (i - n/8) % 3 == 2``). Our menu has other steps than the
 k-quants, so the mix here is that rule at the budget: the promoted layers (v and down projections
-of those blocks) get one format, every other layer another, and of the (other, promoted) pairs
-with promoted dearer than other, the dearest that keeps the budget is taken.
+of those blocks) get one format, every other layer a cheaper one, and of those pairs the dearest
+that keeps the budget is taken. It is always a real mix when one fits (at exactly a uniform
+format's cost that means a cheaper base, as llama.cpp's _S/_M mixes differ in size); uniform only
+when no mix fits.
 
 *Greedy upgrades* (exllamav3's optimizer, and mlx-lm's): start every layer (tie group) at its
 cheapest format and repeatedly take the upgrade with the largest predicted loss decrease per
@@ -61,7 +63,7 @@ def llamacpp_mix(layers: list[LayerInfo], formats: list[Format], costs: CostMode
                 continue  # the promoted layers get the dearer format (p == o: uniform)
             choice = np.where(promoted, p, o)
             cost = costs.cost(choice)
-            key = (cost[metric], formats[o].bits)
+            key = (p != o and promoted.any(), cost[metric], formats[o].bits)
             if within(cost, budgets) and (best_key is None or key > best_key):
                 best, best_key = choice, key
     if best is None:

@@ -45,12 +45,21 @@ def test_llamacpp_mix_is_the_dearest_two_format_rule_that_fits(budget):
     promoted = np.array(promoted_layers(layers))
     assert within(costs.cost(choice), {"avg_bits": budget})
     assert len(set(choice[promoted])) == 1 and len(set(choice[~promoted])) == 1
-    assert formats[choice[promoted][0]].bits >= formats[choice[~promoted][0]].bits
+    assert formats[choice[promoted][0]].bits > formats[choice[~promoted][0]].bits  # a real mix fits at these budgets
     best = max(costs.cost(np.where(promoted, p, o))["avg_bits"] for o, p in itertools.product(range(4), repeat=2)
-               if formats[p].bits >= formats[o].bits and costs.cost(np.where(promoted, p, o))["avg_bits"] <= budget + 1e-9)
+               if formats[p].bits > formats[o].bits and costs.cost(np.where(promoted, p, o))["avg_bits"] <= budget + 1e-9)
     assert costs.cost(choice)["avg_bits"] == pytest.approx(best)
     with pytest.raises(InfeasibleError):
         llamacpp_mix(layers, formats, costs, {"avg_bits": 1.0})
+
+
+def test_llamacpp_mix_falls_back_to_uniform_when_no_mix_fits():
+    layers = _llama()
+    formats = make_formats([2, 3, 4, 8], 64, False)
+    costs = CostModel(layers, formats)
+    cheapest = costs.cost(np.zeros(len(layers), dtype=int))["avg_bits"]
+    choice = llamacpp_mix(layers, formats, costs, {"avg_bits": cheapest + 1e-6})
+    assert set(choice) == {0}
 
 
 def test_greedy_fits_and_never_beats_the_exact_ilp():
