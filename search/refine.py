@@ -131,9 +131,9 @@ def uniform_check(problem: Problem, judge: Judge, policy_loss: float, limit: int
     ``limit``) are judged like refine's candidates, on the same held-apart samples; the best of
     them replaces the mixed policy when the judge finds it better (``chosen``, else None). A
     racing judge compares each with the refined policy, its best, and drops a loser early."""
-    n, formats = len(problem.costs.layers), problem.costs.formats
-    fits = [k for k in range(len(formats)) if within(problem.costs.cost(np.full(n, k)), problem.budgets)]
-    fits = sorted(fits, key=lambda k: -problem.costs.cost(np.full(n, k))[next(iter(problem.budgets))])[:limit]
+    n, formats, metric = len(problem.costs.layers), problem.costs.formats, next(iter(problem.budgets))
+    cost = {k: problem.costs.cost(np.full(n, k)) for k in range(len(formats))}
+    fits = sorted((k for k in cost if within(cost[k], problem.budgets)), key=lambda k: -cost[k][metric])[:limit]
     judged, best, best_loss = [], None, policy_loss
     for k in fits:
         loss = judge(np.full(n, k))

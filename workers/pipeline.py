@@ -228,7 +228,7 @@ def run_search(spec: SearchSpec, progress: Progress = _noop, loaded: LoadedModel
         uniform = uniform_check(problem, judge, res.final_loss)
         refine_info["uniform_check"] = uniform
         if uniform["chosen"] is not None:
-            k = formats.index(next(f for f in formats if f.label == uniform["chosen"]))
+            k = [f.label for f in formats].index(uniform["chosen"])
             choice = np.full(len(layers), k)
             solved = ev.metrics([formats[k]] * len(layers), evals)
             progress("refine", 1.0, f"uniform {uniform['chosen']} judged better than the mixed policy: returning it")
