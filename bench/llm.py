@@ -34,6 +34,8 @@ from search.budgets import CostModel  # noqa: E402
 from search.defaults import DEFAULT_REFINE_EVALS, DEFAULT_REFINE_SECONDS  # noqa: E402
 from search.formats import make_formats  # noqa: E402
 from search.problem import Problem  # noqa: E402
+from proxies.measured import measure_cells  # noqa: E402
+from search.local import operating_point_loop  # noqa: E402
 from search.refine import refine  # noqa: E402
 from search.solvers import get_solver  # noqa: E402
 from workers.batches import plan_for, prepared_batches  # noqa: E402
@@ -52,6 +54,10 @@ def main() -> None:
     ap.add_argument("--extra-budgets", default="2.5", help="avg_bits budgets beside uniform 3- and 4-bit's costs")
     ap.add_argument("--hawq", action="store_true", help="also hessian_trace + ilp (Hutchinson probes: slow)")
     ap.add_argument("--recipe", action="store_true", help="also the default recipe (measured at the operating point)")
+    ap.add_argument("--loop", action="store_true", help="also the operating-point loop from the fisher table (search/local.py)")
+    ap.add_argument("--no-baselines", action="store_true", help="skip the greedy and llama.cpp-style rows")
+    ap.add_argument("--loop-rounds", type=int, default=6)
+    ap.add_argument("--loop-rows", type=int, default=32, help="rows measured per loop round at most")
     ap.add_argument("--refine-evals", type=int, default=DEFAULT_REFINE_EVALS)
     ap.add_argument("--refine-seconds", type=float, default=DEFAULT_REFINE_SECONDS)
     ap.add_argument("--json", type=Path)
@@ -109,10 +115,27 @@ def main() -> None:
             prob = Problem(table.values, costs, {"avg_bits": budget})
             t = time.perf_counter()
             measure(f"{proxy} + ilp", budget, get_solver("ilp").solve(prob).choice, secs + time.perf_counter() - t)
-            if proxy == "fisher":
+            if proxy == "fisher" and not args.no_baselines:
                 t = time.perf_counter()
                 measure("fisher + greedy", budget, greedy_upgrades(prob), secs + time.perf_counter() - t)
-        measure("llama.cpp _M-style mix", budget, llamacpp_mix(layers, formats, costs, {"avg_bits": budget}))
+        if args.loop:
+            ctx = ProxyContext(lm.model, layers, modules, lm.task, calib, formats, 0, None, lm.sha256, info)
+            prob = Problem(tables["fisher"][0].values, costs, {"avg_bits": budget})
+            if judge is None:
+                judge, _ = refine_judge(lm, plan, ev, formats, calib)
+            t = time.perf_counter()
+            res = operating_point_loop(
+                prob, formats, lambda base, cells: measure_cells(ctx, [formats[k] for k in base], cells)[:2], judge,
+                lambda p: get_solver("ilp").solve(p).choice, max_rounds=args.loop_rounds, max_rows=args.loop_rows,
+                progress=lambda r, n, msg: print(f"    loop {msg} ({time.perf_counter() - t:.0f}s)", flush=True))
+            for e in res.rounds:
+                print(f"    round {e['round']}: {e['measured_rows']} rows measured, {e['changed_rows']} change, "
+                      f"predicted {e['predicted_delta']:+.4f}, judge {e['judge_loss']}, accepted {e['accepted']}", flush=True)
+            print(f"    loop from {res.start}: judge {res.start_loss:.4f} -> {res.final_loss:.4f}, {res.measured_cells} cells, "
+                  f"stopped by {res.stopped_by}, scale {res.scale:.3f}", flush=True)
+            measure("fisher + loop (op. point)", budget, res.choice, tables["fisher"][1] + time.perf_counter() - t)
+        if not args.no_baselines:
+            measure("llama.cpp _M-style mix", budget, llamacpp_mix(layers, formats, costs, {"avg_bits": budget}))
         if args.recipe:
             label = min(ref.values(), key=lambda f: abs(costs.cost(np.full(n, formats.index(f)))["avg_bits"] - budget)).label
             ctx = ProxyContext(lm.model, layers, modules, lm.task, calib, formats, 0, None, lm.sha256, info)

@@ -32,58 +32,73 @@ class MeasuredProxy(Proxy):
         raise ValueError(f"measured: context {label!r} is not one of the job's formats {[f.label for f in ctx.formats]}")
 
     def _compute(self, ctx: ProxyContext):
-        L = len(ctx.layers)
+        L, K = len(ctx.layers), len(ctx.formats)
         rows = self.params["layers"] if self.params["layers"] is not None else list(range(L))
         if rows and max(rows) >= L:
             raise ValueError(f"measured: layer index {max(rows)} out of range (model has {L} layers)")
         base_fmt = self._context_format(ctx)
-        floats = [m.weight.detach().clone() for m in ctx.modules]
-
-        def q(i: int, f) -> torch.Tensor:
-            return floats[i] if f is None or f.is_float else ctx.quantize(i, f, floats[i])
-
-        with swapped(ctx.modules, [q(i, base_fmt) for i in range(L)]):
-            return self._measure(ctx, rows, q, base_fmt)
-
-    def _measure(self, ctx, rows, q, base_fmt):
-        L, K = len(ctx.layers), len(ctx.formats)
-        sizes = [ctx.task.size(b) for b in ctx.batches]
-        cache = prefix_cache(ctx.model, lambda bi: ctx.task.loss(ctx.model, ctx.batches[bi]), len(ctx.batches))
-
-        def loss() -> tuple[float, np.ndarray | None]:
-            """Mean calibration loss and, where the task splits it by sample, each sample's."""
-            total, per = 0.0, []
-            with torch.no_grad():
-                for bi, b in enumerate(ctx.batches):
-                    cache.current = bi
-                    v = ctx.task.sample_loss_values(ctx.model, b)
-                    if v is None:
-                        total += float(ctx.task.loss(ctx.model, b)) * sizes[bi]
-                        per = None
-                    else:
-                        total += float(v.mean()) * sizes[bi]  # as ``loss`` reduces it: same numbers as before
-                        if per is not None:
-                            per.append(v.double().numpy())
-            return total / sum(sizes), None if per is None else np.concatenate(per)
-
-        base, base_per = loss()
-        values = np.zeros((L, K))
-        # a cell is a paired difference on the same samples: its standard error is that of the
-        # per-sample differences (what the solver's decisions between cells must exceed)
-        stderr = np.zeros((L, K)) if base_per is not None and len(base_per) > 1 else None
         todo = [k for k, f in enumerate(ctx.formats) if f != base_fmt and not (base_fmt is None and f.is_float)]
-        done, total = 0, len(rows) * len(todo)
-        # in the cache's order (trunk block or graph position), so its prefix only moves forward
-        for i in sorted(rows, key=lambda i: cache.block_of(ctx.layers[i].name)):
-            m = ctx.modules[i]
-            with cache.skip_until(cache.block_of(ctx.layers[i].name)):
-                for k in todo:
-                    with swapped([m], [q(i, ctx.formats[k])]):
-                        mean, per = loss()
-                    values[i, k] = mean - base
-                    if stderr is not None and per is not None:
-                        stderr[i, k] = float(np.std(per - base_per, ddof=1) / np.sqrt(len(per)))
-                    done += 1
-                    ctx.report(done / max(total, 1), f"{ctx.layers[i].name} {ctx.formats[k].label}")
-        return values, stderr, {"base_loss": base, "forward_passes": done + 1, "trunk": cache.name,
-                              "context": None if base_fmt is None else base_fmt.label}
+        values, stderr, info = measure_cells(ctx, [base_fmt] * L, {i: todo for i in rows})
+        values = np.nan_to_num(values, nan=0.0)  # unmeasured: the context format itself (and float from float)
+        if stderr is not None:
+            stderr = np.nan_to_num(stderr, nan=0.0)
+        return values, stderr, {**info, "context": None if base_fmt is None else base_fmt.label}
+
+
+def measure_cells(ctx: ProxyContext, base: list, cells: dict[int, list[int]]):
+    """Measure ``loss(base with layer i → format k) − loss(base)`` for every asked cell.
+
+    ``base`` holds each layer's format (None = float): the policy the cells are measured at.
+    Returns an L×K array with NaN where nothing was asked, the paired standard errors (same
+    shape; None when the task gives no per-sample losses) and diagnostics. The model's weights
+    are restored afterwards."""
+    L = len(ctx.layers)
+    floats = [m.weight.detach().clone() for m in ctx.modules]
+
+    def q(i: int, f) -> torch.Tensor:
+        return floats[i] if f is None or f.is_float else ctx.quantize(i, f, floats[i])
+
+    with swapped(ctx.modules, [q(i, base[i]) for i in range(L)]):
+        return _measure(ctx, cells, q)
+
+
+def _measure(ctx: ProxyContext, cells: dict[int, list[int]], q):
+    L, K = len(ctx.layers), len(ctx.formats)
+    sizes = [ctx.task.size(b) for b in ctx.batches]
+    cache = prefix_cache(ctx.model, lambda bi: ctx.task.loss(ctx.model, ctx.batches[bi]), len(ctx.batches))
+
+    def loss() -> tuple[float, np.ndarray | None]:
+        """Mean calibration loss and, where the task splits it by sample, each sample's."""
+        total, per = 0.0, []
+        with torch.no_grad():
+            for bi, b in enumerate(ctx.batches):
+                cache.current = bi
+                v = ctx.task.sample_loss_values(ctx.model, b)
+                if v is None:
+                    total += float(ctx.task.loss(ctx.model, b)) * sizes[bi]
+                    per = None
+                else:
+                    total += float(v.mean()) * sizes[bi]  # as ``loss`` reduces it: same numbers as before
+                    if per is not None:
+                        per.append(v.double().cpu().numpy())
+        return total / sum(sizes), None if per is None else np.concatenate(per)
+
+    base, base_per = loss()
+    values = np.full((L, K), np.nan)
+    # a cell is a paired difference on the same samples: its standard error is that of the
+    # per-sample differences (what the solver's decisions between cells must exceed)
+    stderr = np.full((L, K), np.nan) if base_per is not None and len(base_per) > 1 else None
+    done, total = 0, sum(len(ks) for ks in cells.values())
+    # in the cache's order (trunk block or graph position), so its prefix only moves forward
+    for i in sorted(cells, key=lambda i: cache.block_of(ctx.layers[i].name)):
+        m = ctx.modules[i]
+        with cache.skip_until(cache.block_of(ctx.layers[i].name)):
+            for k in cells[i]:
+                with swapped([m], [q(i, ctx.formats[k])]):
+                    mean, per = loss()
+                values[i, k] = mean - base
+                if stderr is not None and per is not None:
+                    stderr[i, k] = float(np.std(per - base_per, ddof=1) / np.sqrt(len(per)))
+                done += 1
+                ctx.report(done / max(total, 1), f"{ctx.layers[i].name} {ctx.formats[k].label}")
+    return values, stderr, {"base_loss": base, "forward_passes": done + 1, "trunk": cache.name}

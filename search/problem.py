@@ -50,6 +50,13 @@ class Problem:
                           for m in budgets}
         return new
 
+    def with_loss(self, loss: np.ndarray) -> "Problem":
+        """The same costs, budgets and ties with another loss table (grouped once more)."""
+        new = copy.copy(self)
+        new.loss = np.asarray(loss, dtype=np.float64)
+        new.group_loss = new.group_sum(new.loss)
+        return new
+
     @property
     def n_formats(self) -> int:
         return self.loss.shape[1]

@@ -1,0 +1,214 @@
+"""Sensitivities measured where the policy will live, and a loop that corrects them (issue 16 §3).
+
+An additive table measured one layer at a time from the float model mis-predicts what happens
+when every layer is quantized together, and measuring every (layer, format) cell in context is
+hours on a whole LM. The loop measures only the cells the solver needs, around the policy it is
+about to return:
+
+1. Start at the *operating point*: the dearest uniform policy that keeps every budget (the
+   uniform format nearest the budget). The job's proxy table, shifted so the operating point
+   scores 0, is the first estimate.
+2. Solve with the exact ILP. The rows it changes, plus the layers at the margin of its
+   trade-off (the best remaining upgrades per bit and the cheapest downgrades per bit), are
+   measured *at the current policy*: every other layer stays in its current format while one
+   layer moves to a neighbouring format (one bit-level down or up, the next group size, and the
+   solver's pick). Measured rows replace the
+   estimate; unmeasured rows keep the proxy's values, rescaled by the least-squares factor
+   between proxy and measurement on the cells measured so far (so the two share a unit).
+3. Re-solve and ask the held-apart judge. A better candidate becomes the new current policy
+   (the table is re-centred on it) and the loop goes on; a worse one whose changes were all
+   measured ends the loop (the local model is as good as it gets), else its unmeasured rows
+   are measured first.
+
+The result is never worse than the operating point by the judge, which is a uniform policy
+that fits the budget: the loop starts there. Pure numpy: ``measure`` and ``judge`` are
+callables, so this is testable without torch."""
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from search.budgets import within
+from search.formats import Format
+from search.problem import Problem
+
+# measure(base choice, {layer: [format indices]}) → (values, stderr): an L×K array with the
+# measured loss(base with layer → format) − loss(base) in the asked cells and NaN elsewhere
+Measure = Callable[[np.ndarray, dict[int, list[int]]], tuple[np.ndarray, np.ndarray | None]]
+Judge = Callable[[np.ndarray], float]
+Solve = Callable[[Problem], np.ndarray]
+
+
+@dataclass
+class LoopResult:
+    choice: np.ndarray
+    start: str                    # the operating point's format label
+    start_loss: float
+    final_loss: float
+    rounds: list[dict] = field(default_factory=list)
+    measured_cells: int = 0
+    stopped_by: str = "converged"  # "converged" | "judge" | "rounds" | "time"
+    scale: float = 1.0
+    seconds: float = 0.0
+
+    def to_dict(self) -> dict:
+        return {"start": self.start, "start_measured": self.start_loss, "final_measured": self.final_loss,
+                "measured_cells": self.measured_cells, "stopped_by": self.stopped_by, "proxy_scale": self.scale,
+                "seconds": round(self.seconds, 3), "rounds": self.rounds}
+
+
+def operating_point(problem: Problem) -> int | None:
+    """Index of the dearest uniform format that keeps every budget (None when none does)."""
+    n, metric = len(problem.costs.layers), next(iter(problem.budgets))
+    best, best_cost = None, -math.inf
+    for k in range(problem.n_formats):
+        c = problem.costs.cost(np.full(n, k))
+        if within(c, problem.budgets) and c[metric] > best_cost:
+            best, best_cost = k, c[metric]
+    return best
+
+
+def neighbours(formats: list[Format], cost_row: np.ndarray, k: int) -> list[int]:
+    """The cells a layer in format ``k`` is measured in: one bit-level down (its dearest format
+    there), one up (its cheapest), and at the same bit-width the nearest cheaper and dearer
+    group size. With a one-group menu that is one step down and one up the bit ladder; with
+    g32/g64/g128 it adds the neighbouring scale overheads, the finer trades the knapsack makes."""
+    levels = sorted({f.bits for f in formats})
+    j = levels.index(formats[k].bits)
+    at = {b: [i for i, f in enumerate(formats) if f.bits == b] for b in levels}
+    out = set()
+    if j > 0:
+        out.add(max(at[levels[j - 1]], key=lambda i: cost_row[i]))
+    if j + 1 < len(levels):
+        out.add(min(at[levels[j + 1]], key=lambda i: cost_row[i]))
+    same = [i for i in at[levels[j]] if i != k]
+    below = [i for i in same if cost_row[i] < cost_row[k]]
+    above = [i for i in same if cost_row[i] > cost_row[k]]
+    if below:
+        out.add(max(below, key=lambda i: cost_row[i]))
+    if above:
+        out.add(min(above, key=lambda i: cost_row[i]))
+    return sorted(out)
+
+
+def margin_rows(est: np.ndarray, cost: np.ndarray, base: np.ndarray, m: int, exclude: set[int] = frozenset()) -> list[int]:
+    """The ``m`` layers with the best upgrade per bit and the ``m`` with the cheapest downgrade
+    per bit from ``base`` under the estimate ``est`` (relative to ``base``): the rows the
+    solver's next trade would touch."""
+    L = est.shape[0]
+    rows = np.arange(L)
+    dc = cost - cost[rows, base][:, None]
+    up = np.where(dc > 1e-12, -est / np.where(dc > 1e-12, dc, 1.0), -np.inf).max(axis=1)
+    down = np.where(dc < -1e-12, est / np.where(dc < -1e-12, -dc, 1.0), np.inf).min(axis=1)
+    cand = [i for i in np.argsort(-up, kind="stable") if np.isfinite(up[i]) and i not in exclude][:m]
+    cand += [i for i in np.argsort(down, kind="stable") if np.isfinite(down[i]) and i not in exclude][:m]
+    return sorted(set(int(i) for i in cand))
+
+
+def proxy_scale(pairs: list[tuple[float, float]]) -> float:
+    """Least-squares factor s with measured ≈ s · proxy (through the origin); 1 when unknown."""
+    if not pairs:
+        return 1.0
+    p, q = np.array(pairs).T
+    den = float(p @ p)
+    s = float(p @ q) / den if den > 0 else 1.0
+    return s if s > 0 and math.isfinite(s) else 1.0
+
+
+def operating_point_loop(problem: Problem, formats: list[Format], measure: Measure, judge: Judge, solve: Solve,
+                         max_rounds: int = 6, margin: int | None = None, max_rows: int | None = None,
+                         max_seconds: float | None = None,
+                         progress: Callable[[int, int, str], None] | None = None,
+                         clock: Callable[[], float] = time.monotonic) -> LoopResult:
+    """Measure-solve-judge rounds from the operating point (see the module docstring).
+    ``margin`` layers on each side of the trade-off are measured besides the changed ones
+    (default max(4, L/20)); ``max_rows`` caps the rows measured per round."""
+    t0 = clock()
+    deadline = math.inf if max_seconds is None else t0 + max_seconds
+    L, K = problem.loss.shape
+    k0 = operating_point(problem)
+    if k0 is None:
+        raise ValueError("no uniform format keeps every budget: the operating-point loop needs one to start from")
+    cost = problem.costs.matrix(next(iter(problem.budgets)))
+    margin = max(4, L // 20) if margin is None else margin
+    rows_idx = np.arange(L)
+    proxy = problem.loss
+    base = np.full(L, k0)
+    if hasattr(judge, "reset"):
+        judge.reset()
+    base_loss = judge(base)
+    measured = np.full((L, K), np.nan)  # relative to ``base`` for rows measured at (a previous) base
+    fresh: set[int] = set()             # rows measured at the current base
+    pairs: list[tuple[float, float]] = []
+    result = LoopResult(base.copy(), formats[k0].label, base_loss, base_loss)
+    judged: set[bytes] = {base.tobytes()}
+
+    def estimate() -> np.ndarray:
+        s = proxy_scale(pairs)
+        est = s * (proxy - proxy[rows_idx, base][:, None])
+        has = ~np.isnan(measured)
+        est[has] = measured[has]
+        return est
+
+    def solve_est() -> np.ndarray:
+        return np.asarray(solve(problem.with_loss(estimate())), dtype=np.int64)
+
+    for r in range(1, max_rounds + 1):
+        if clock() >= deadline:
+            result.stopped_by = "time"
+            break
+        cand = solve_est()
+        changed = {int(i) for i in np.flatnonzero(cand != base)}
+        est = estimate()
+        # the solver's changes first (largest predicted effect first), then the margin; at most
+        # ``max_rows`` per round, the rest waits for the next round
+        first = sorted(changed - fresh, key=lambda i: -abs(est[i, cand[i]]))
+        todo = first + [i for i in margin_rows(est, cost, base, margin) if i not in fresh and i not in changed]
+        todo = todo[:max_rows] if max_rows else todo
+        cells = {i: sorted((set(neighbours(formats, cost[i], int(base[i]))) | {int(cand[i])}) - {int(base[i])}) for i in todo}
+        cells = {i: ks for i, ks in cells.items() if ks}
+        if cells:
+            vals, _ = measure(base.copy(), cells)
+            for i, ks in cells.items():
+                measured[i, :] = np.nan
+                measured[i, base[i]] = 0.0
+                for k in ks:
+                    measured[i, k] = vals[i, k]
+                    pairs.append((float(proxy[i, k] - proxy[i, base[i]]), float(vals[i, k])))
+                fresh.add(i)
+            result.measured_cells += sum(len(ks) for ks in cells.values())
+            cand = solve_est()
+        est = estimate()
+        predicted = float(est[rows_idx, cand].sum())
+        entry = {"round": r, "measured_rows": len(cells), "changed_rows": int((cand != base).sum()),
+                 "predicted_delta": predicted, "judge_loss": None, "accepted": False}
+        result.rounds.append(entry)
+        if progress:
+            progress(r, max_rounds, f"round {r}: {len(cells)} rows measured, {entry['changed_rows']} layers change")
+        if np.array_equal(cand, base) or cand.tobytes() in judged:
+            result.stopped_by = "converged"
+            break
+        judged.add(cand.tobytes())
+        loss = judge(cand)
+        entry["judge_loss"] = loss if math.isfinite(loss) else None
+        if loss < base_loss:
+            entry["accepted"] = True
+            # re-centre on the new policy: a row keeps its measurement relative to its own
+            # format (shifted where that format moved, NaN where the new cell was not measured);
+            # the context changed for every row, so rows are measured again when they matter
+            for i in rows_idx:
+                measured[i, :] = measured[i, :] - measured[i, cand[i]]
+            fresh = set()
+            base, base_loss = cand, loss
+        elif not (set(int(i) for i in np.flatnonzero(cand != base)) - fresh):
+            result.stopped_by = "judge"
+            break
+    else:
+        result.stopped_by = "rounds"
+    result.choice, result.final_loss, result.scale = base, base_loss, proxy_scale(pairs)
+    result.seconds = clock() - t0
+    return result
