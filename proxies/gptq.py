@@ -86,7 +86,7 @@ def gptq(w: torch.Tensor, f: Factor, fmt: Format, block_size: int = 128) -> torc
     static = f.perm is not None or g == cols
     if static:
         S, Z, qmin, qmax = _static_params(W, fmt, g)
-        group_of = (f.perm if f.perm is not None else torch.arange(cols)) // g
+        group_of = (f.perm if f.perm is not None else torch.arange(cols, device=W.device)) // g
         B = block_size
     else:
         B = math.ceil(block_size / g) * g
@@ -97,7 +97,7 @@ def gptq(w: torch.Tensor, f: Factor, fmt: Format, block_size: int = 128) -> torc
     for i1 in range(0, cols, B):
         i2 = min(i1 + B, cols)
         W1 = W[:, i1:i2].clone()
-        E1 = torch.empty(rows, i2 - i1, dtype=W.dtype)
+        E1 = torch.empty(rows, i2 - i1, dtype=W.dtype, device=W.device)
         U1 = U[i1:i2, i1:i2]
         for j in range(i2 - i1):
             c = i1 + j

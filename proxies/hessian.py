@@ -38,7 +38,7 @@ class HessianTraceProxy(Proxy):
                 # a gradient without a graph (unused layer, or loss linear in it) has a zero Hessian row
                 live = [i for i, g in enumerate(grads) if g is not None and g.requires_grad]
                 for _ in range(per_batch):
-                    v = [torch.randint(0, 2, p.shape, generator=gen).to(p.dtype) * 2 - 1 for p in params]
+                    v = [torch.randint(0, 2, p.shape, generator=gen).to(p.device, p.dtype) * 2 - 1 for p in params]
                     hv = torch.autograd.grad([grads[i] for i in live], params, grad_outputs=[v[i] for i in live],
                                              retain_graph=True, allow_unused=True) if live else [None] * len(params)
                     hv = [torch.zeros_like(p) if h is None else h for p, h in zip(params, hv)]

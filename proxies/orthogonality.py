@@ -35,7 +35,7 @@ class OrthogonalityProxy(Proxy):
             for h in handles:
                 h.remove()
         H = torch.eye(n, dtype=torch.float64) - 1.0 / n
-        return [(H @ grams[i] @ H).numpy() for i in range(len(ctx.modules))]
+        return [(H @ grams[i] @ H).cpu().numpy() for i in range(len(ctx.modules))]
 
     def _compute(self, ctx):
         require_hooks(ctx, self.name)

@@ -35,7 +35,7 @@ class OutputErrorProxy(Proxy):
         else:
             x = torch.cat(xs)  # convs keep their sample layout
         if x.shape[0] > self.params["max_rows"]:
-            x = x[torch.randperm(x.shape[0], generator=gen)[: self.params["max_rows"]]]
+            x = x[torch.randperm(x.shape[0], generator=gen)[: self.params["max_rows"]].to(x.device)]
         return x
 
     def _compute(self, ctx):

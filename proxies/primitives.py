@@ -64,17 +64,17 @@ def compute_primitives(ctx: ProxyContext, samples: int = 512, max_grad_samples: 
             w2 = to_2d(m, m.weight.detach().float())
             rows, cols = w2.shape
             idx = torch.from_numpy(rng.choice(rows * cols, size=samples, replace=rows * cols < samples))
-            W[i] = w2.flatten()[idx].numpy()
-            G[i] = to_2d(m, g1[i]).flatten()[idx].numpy()
-            F[i] = to_2d(m, g2[i]).flatten()[idx].numpy()
+            W[i] = w2.flatten().cpu()[idx].numpy()
+            G[i] = to_2d(m, g1[i]).flatten().cpu()[idx].numpy()
+            F[i] = to_2d(m, g2[i]).flatten().cpu()[idx].numpy()
             if acts[i] is not None:
                 ch = _column_channels(m, layer.kind, rows, cols, acts[i].numel()).flatten()[idx]
-                A[i] = acts[i][ch.clamp_max(acts[i].numel() - 1)].numpy()
+                A[i] = acts[i].cpu()[ch.clamp_max(acts[i].numel() - 1)].numpy()
             else:
                 A[i] = 1.0
             for k, f in enumerate(ctx.formats):
                 if not f.is_float:
-                    dW[i, k] = (to_2d(m, ctx.quantize(i, f).float()) - w2).flatten()[idx].numpy()
+                    dW[i, k] = (to_2d(m, ctx.quantize(i, f).float()) - w2).flatten().cpu()[idx].numpy()
             ctx.report(0.4 + 0.6 * (i + 1) / L, f"primitives of {layer.name}")
     return Primitives(W, G, F, A, dW, np.array([l.numel for l in ctx.layers], float),
                       np.array([f.is_float for f in ctx.formats]),

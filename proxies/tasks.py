@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from proxies.kl import DEFAULT_TOP_K, TopKReference, kl_to_reference, mean_and_stderr, topk_reference
+from proxies.device import model_device, to_device
 
 Batch = dict[str, torch.Tensor]
 
@@ -39,6 +40,12 @@ class Task(ABC):
         raise NotImplementedError
 
     def prepare(self, model: nn.Module, batches: list[Batch]) -> list[Batch]:
+        """The batches on the model's device, with what the task compares against attached
+        (e.g. the float model's outputs): every batch a proxy or evaluation reads passes here."""
+        dev = model_device(model)
+        return self.attach(model, [to_device(b, dev) for b in batches])
+
+    def attach(self, model: nn.Module, batches: list[Batch]) -> list[Batch]:
         return batches
 
     @abstractmethod
@@ -96,7 +103,7 @@ class CausalLMTask(Task):
             return None
         return TopKReference(batch["ref_logp"], batch["ref_index"], batch["ref_tail"])
 
-    def prepare(self, model, batches):
+    def attach(self, model, batches):
         out = []
         with torch.no_grad():
             for b in batches:
@@ -132,7 +139,8 @@ class CausalLMTask(Task):
         if ref is None:
             return {"t": batch["input_ids"][:, 1:]}
         p = ref.logp.exp()
-        pick = torch.multinomial(p.reshape(-1, p.shape[-1]), 1, generator=gen).reshape(p.shape[:-1])
+        # drawn on the host from the seeded CPU generator: the same draws on any device
+        pick = torch.multinomial(p.reshape(-1, p.shape[-1]).cpu(), 1, generator=gen).reshape(p.shape[:-1]).to(p.device)
         return {"t": ref.index.gather(-1, pick.unsqueeze(-1)).squeeze(-1)}
 
     def target_losses(self, model, batch, targets):
@@ -170,7 +178,7 @@ class EmbeddingTask(Task):
         pooled = (out * m).sum(1) / m.sum(1).clamp_min(1)
         return F.normalize(pooled.float(), dim=-1)
 
-    def prepare(self, model, batches):
+    def attach(self, model, batches):
         with torch.no_grad():
             return [{**b, "ref": self.embed(model, b)} for b in batches]
 
@@ -190,7 +198,7 @@ class EmbeddingTask(Task):
         # For unit vectors 1 − cos(u, r) = ½‖u − r‖², whose Hessian at the float model is JᵀJ.
         # Sampling targets r + ε with ε ~ N(0, I) makes E[ggᵀ] = JᵀJ: the true Fisher, nonzero
         # even though the float model's own gradient is exactly zero.
-        return {"eps": torch.randn(batch["ref"].shape, generator=gen)}
+        return {"eps": torch.randn(batch["ref"].shape, generator=gen).to(batch["ref"].device)}
 
     def target_losses(self, model, batch, targets):
         u = self.embed(model, batch)
@@ -258,7 +266,7 @@ class ClassifierTask(Task):
     def log_probs(self, model, batch: Batch) -> torch.Tensor:
         return F.log_softmax(self.logits(model, batch), -1)
 
-    def prepare(self, model, batches):
+    def attach(self, model, batches):
         out = []
         with torch.no_grad():
             for b in batches:
@@ -300,7 +308,7 @@ class ClassifierTask(Task):
 
     def fisher_targets(self, batch, gen):
         ref = self._ref(batch)
-        return {"t": batch["y"] if ref is None else torch.multinomial(ref.exp(), 1, generator=gen)[:, 0]}
+        return {"t": batch["y"] if ref is None else torch.multinomial(ref.exp().cpu(), 1, generator=gen)[:, 0].to(ref.device)}
 
     def sample_losses(self, model, batch, gen):
         return self.target_losses(model, batch, self.fisher_targets(batch, gen))

@@ -2,12 +2,15 @@
 the CLI, the pipeline and (later) the service and SDK."""
 from __future__ import annotations
 
+import re
+
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from search.budgets import METRICS
 from search.defaults import DEFAULT_REFINE_EVALS, DEFAULT_REFINE_SECONDS
 from search.formats import FLOAT_BITS, MAX_BITS, MIN_BITS
 
+DEVICE_PATTERN = re.compile(r"^(auto|cpu|mps|cuda(:\d{1,2})?)$")
 DEFAULT_PROXY = "measured"   # bitplan's recipe: measured sensitivities,
 DEFAULT_SOLVER = "ilp"       # exact allocation with a certificate,
 # then refinement judged by measured loss on samples held apart from the table's (search/defaults.py)
@@ -65,6 +68,11 @@ class SearchSpec(BaseModel):
     # fold each BatchNorm into the conv before it, so the quantized weight is the one a deployed
     # (folded) model runs; the folds are recorded in the policy
     fold_batchnorm: bool = False
+    # where the forward passes run: auto (the GPU Ray granted the task, else the CPU), cpu, cuda,
+    # cuda:N, mps; ``offload`` streams the trunk's blocks through the device one at a time
+    # (None: only when the weights do not fit its free memory)
+    device: str = "auto"
+    offload: bool | None = None
 
     @field_validator("budgets")
     @classmethod
@@ -116,6 +124,8 @@ class SearchSpec(BaseModel):
                 raise ValueError(f"{name} needs 1 or 3 values (one per channel), got {len(v)}")
         if self.image_std is not None and any(not x > 0 for x in self.image_std):
             raise ValueError("image_std values must be positive")
+        if not DEVICE_PATTERN.match(self.device.strip().lower()):
+            raise ValueError(f"device {self.device!r} is not one of auto, cpu, cuda, cuda:N, mps")
         if "latency_ms" in self.budgets and not self.latency_table:
             raise ValueError("a latency_ms budget needs a per-layer latency table")
         return self

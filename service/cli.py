@@ -186,6 +186,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="calibration-source samples, apart from the calibration ones, that judge refine's moves "
                         "(default by model kind: " + ", ".join(f"{k} {v}" for k, v in JUDGE_SAMPLES.items())
                         + "; 0 = the calibration samples)")
+    s.add_argument("--device", default="auto",
+                   help="where the forward passes run: auto (a GPU when there is one, else the CPU), cpu, cuda, cuda:N, mps")
+    s.add_argument("--offload", dest="offload", action="store_true", default=None,
+                   help="stream the model's blocks through the GPU one at a time (default: only when it does not fit)")
+    s.add_argument("--no-offload", dest="offload", action="store_false")
     s.add_argument("--calib", help="calibration data (default: the model's): " + DATA_HELP)
     s.add_argument("--eval", help="held-out evaluation data (same choices; default: samples of --calib apart from the "
                                   "calibration ones); never overlaps calibration")
@@ -263,7 +268,8 @@ def spec_from_args(args) -> "SearchSpec":
                       ties=runtime_ties(args.runtime, [t for t in args.tie.split(",") if t]),
                       include_embeddings=args.include_embeddings,
                       include_head=args.include_head, latency_table=latency,
-                      quantizer=args.quantizer, quantizer_params=dict(args.quantizer_param), **data_kwargs(args))
+                      quantizer=args.quantizer, quantizer_params=dict(args.quantizer_param),
+                      device=args.device, offload=args.offload, **data_kwargs(args))
 
 
 def validation_line(e: dict) -> str:

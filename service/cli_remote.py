@@ -66,6 +66,9 @@ def add_commands(sub, bits_type, group_type, kv_type, data_args=None) -> None:
     s.add_argument("--refine-seconds", type=float, metavar="S", help="wall time refine may spend (server default when not given)")
     s.add_argument("--judge-samples", type=int, metavar="N",
                    help="calibration-source samples apart from the calibration ones that judge refine (0 = the calibration samples)")
+    s.add_argument("--device", help="where the worker runs the forward passes: auto, cpu, cuda, cuda:N, mps (server default auto)")
+    s.add_argument("--offload", dest="offload", action="store_true", default=None,
+                   help="stream the model's blocks through the GPU one at a time (default: only when it does not fit)")
     s.add_argument("--calib", help="calibration data: " + REMOTE_DATA_HELP)
     s.add_argument("--eval", help="held-out evaluation data (same choices)")
     s.add_argument("--n-calib", type=int)
@@ -243,7 +246,7 @@ def _submit(c, args) -> int:
                        solver_params=dict(args.solver_param) or None, runtime=args.runtime,
                        quantizer=args.quantizer, quantizer_params=dict(args.quantizer_param) or None,
                        refine=args.refine, refine_evals=args.refine_evals, refine_seconds=args.refine_seconds,
-                       judge_samples=args.judge_samples,
+                       judge_samples=args.judge_samples, device=args.device, offload=args.offload,
                        calibration=calib or None, evaluation=evaluation or None, seed=args.seed,
                        ties=[t for t in args.tie.split(",") if t] or None, **extra)
     except ValidationError as e:

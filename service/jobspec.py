@@ -145,7 +145,8 @@ def plan_job(req: JobCreate, model_ref: str, model_id: str, model_kind: str, lay
                 ties=runtime_ties(req.runtime, req.ties),
                 latency_table=req.latency_table, quantizer=req.quantizer, quantizer_params=req.quantizer_params,
                 image_size=req.image_size, resize=req.resize, image_mean=req.image_mean, image_std=req.image_std,
-                data_column=req.data_column, label_column=req.label_column, fold_batchnorm=req.fold_batchnorm)
+                data_column=req.data_column, label_column=req.label_column, fold_batchnorm=req.fold_batchnorm,
+                device=req.device, offload=req.offload)
     specs = [SearchSpec(**base, budgets=b) for b in budgets]
     checked = static_check(specs[0])
     solver, formats = checked.solver, checked.formats

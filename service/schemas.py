@@ -91,6 +91,12 @@ class JobCreate(_Strict):
     ties: list[str] = Field(default_factory=list, max_length=8)
     runtime: str | None = Field(default=None, max_length=32, description="vllm/sglang: tie q/k/v, gate/up and the experts of each MoE block")
     latency_table: dict[str, dict[str, float]] | None = None
+    device: str = Field(default="auto", pattern=r"^(auto|cpu|mps|cuda(:\d{1,2})?)$", description=(
+        "where the worker runs the forward passes: auto (the GPU Ray granted the job's task, else the CPU), "
+        "cpu, cuda, cuda:N or mps; a device the worker lacks fails the job with the reason"))
+    offload: bool | None = Field(default=None, description=(
+        "stream the model's blocks through the accelerator one at a time (null: only when the weights do "
+        "not fit its free memory)"))
     quantizer: Literal["rtn", "gptq"] = Field(default="rtn", description="the weight quantizer every measurement "
                                                "uses: rtn (round to nearest) or gptq (error-compensating)")
     quantizer_params: dict[str, Any] = Field(default_factory=dict, description="gptq: damp, act_order, block_size, n_samples (Hessian samples, apart from the calibration samples)")

@@ -12,6 +12,7 @@ import numpy as np
 import torch
 
 from proxies.base import Proxy, ProxyContext
+from proxies.device import place_model, resolve_device
 from proxies.discovery import discover_layers
 from proxies.evaluate import Evaluator, RacingJudge
 from proxies.quantizers import WeightQuantizer, build_quantizer, check_quantizer
@@ -64,6 +65,7 @@ class Loaded:
     costs: CostModel
     space: object
     folds: list = field(default_factory=list)
+    placement: dict = field(default_factory=lambda: {"device": "cpu", "offload": False})
 
     @property
     def table_sha256(self) -> str:
@@ -132,7 +134,9 @@ def load_and_check(spec: SearchSpec, proxy, solver, formats, loaded: LoadedModel
     ties = find_tie_groups(layers, spec.ties)
     costs = CostModel(layers, formats, spec.a_bits, spec.latency_table)
     space = check_spec_budgets(spec, costs, ties, solver)
-    return Loaded(lm, plan, layers, modules, ties, costs, space, folds)
+    # last: everything above ran on the host; from here on the forward passes run on the device
+    placement = place_model(lm.model, resolve_device(spec.device), spec.offload)
+    return Loaded(lm, plan, layers, modules, ties, costs, space, folds, placement)
 
 
 def fold_model(lm: LoadedModel, x: torch.Tensor | None) -> list[dict]:
@@ -172,7 +176,8 @@ def run_search(spec: SearchSpec, progress: Progress = _noop, loaded: LoadedModel
     folded = f", {len(ld.folds)} BatchNorms folded" if ld.folds else ""
     for note in plan.notes:  # what was chosen for the user (hold-out size, labels, ...)
         progress("load", 0.9, note)
-    progress("load", 1.0, f"{len(layers)} layers, {sum(l.numel for l in layers):,} weights{folded}")
+    where = f", on {ld.placement['device']}" + (" (blocks streamed one at a time)" if ld.placement.get("offload") else "")
+    progress("load", 1.0, f"{len(layers)} layers, {sum(l.numel for l in layers):,} weights{folded}{where}")
 
     t = time.perf_counter()
     progress("calibrate", 0.0, f"{plan.calib} → calibration, {plan.eval} → evaluation")

@@ -88,6 +88,7 @@ BAD = [
     ("joint with gptq", {"json": {"budgets": {"avg_bits": 3.3}, "solver": "joint", "quantizer": "gptq"}}, 422, "invalid_request", "GPTQ after pruning"),
     ("negative judge samples", {"json": {"budgets": {"avg_bits": 3.3}, "judge_samples": -1}}, 422, "invalid_request", "judge_samples"),
     ("no refine time", {"json": {"budgets": {"avg_bits": 3.3}, "refine_seconds": 0}}, 422, "invalid_request", "refine_seconds"),
+    ("unknown device", {"json": {"budgets": {"avg_bits": 3.3}, "device": "tpu"}}, 422, "invalid_request", "device"),
     ("text data for a classifier", {"json": {"budgets": {"avg_bits": 3.3}, "calibration": {"text": "hello"}}}, 422, "invalid_request", "digits"),
 ]
 

@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from search.policy import SCHEMA, Policy
 
@@ -83,7 +84,10 @@ BAD = [
     pytest.param({"n_calib": "100000"}, ["calibration n_samples=100000", "at most"], id="n-calib-too-many"),
     pytest.param({"judge_samples": "-1"}, ["judge_samples must be >= 0"], id="negative-judge-samples"),
     pytest.param({"refine_seconds": "0"}, ["refine_seconds 0", "must be > 0"], id="zero-refine-seconds"),
+    pytest.param({"device": "tpu"}, ["device 'tpu'", "cuda:N"], id="unknown-device"),
 ]
+if not torch.cuda.is_available():
+    BAD.append(pytest.param({"device": "cuda"}, ["device 'cuda'", "no CUDA GPU", "'cpu'"], id="device-not-here"))
 
 
 @pytest.mark.parametrize("override,words", BAD)
