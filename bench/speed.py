@@ -2,7 +2,8 @@
 and time per probe on MiniLM, and the default recipe end to end on MiniLM. Prints tables and
 writes JSON. Run on the machine whose numbers you report (say which in the README).
 
-    python bench/speed.py [--skip-recipe] [--skip-hutchinson]
+    python bench/speed.py [--skip-recipe] [--skip-hutchinson] [--skip-solvers]
+                          [--recipe-model builtin:smollm2-135m --recipe-budgets 3.2969,4.3125]
 """
 from __future__ import annotations
 
@@ -116,35 +117,54 @@ def bench_hutchinson(out: dict) -> None:
                                           "max_rel_err": float(err.max()), "median_reported_rse": float(np.median(rse))})
 
 
-def bench_recipe(out: dict) -> None:
+def bench_recipe(out: dict, model: str = "builtin:minilm-l6", budgets: tuple[float, ...] = (3.3,), **spec_kw) -> None:
+    """The default recipe end to end, once per budget on one loaded model (as a job with several
+    budgets runs), with each phase's time."""
     from search.spec import SearchSpec
     from workers.pipeline import run_search
-    t = time.perf_counter()
-    res = run_search(SearchSpec(model="builtin:minilm-l6", budgets={"avg_bits": 3.3}))
-    sec = time.perf_counter() - t
-    print("\n## Default recipe, MiniLM, avg_bits 3.3, end to end (load → refine)")
-    print("| phase | seconds |")
-    print("|---|---|")
-    for k, v in res.timings.items():
-        print(f"| {k} | {v:.1f} |")
-    print(f"| **total** | **{sec:.1f}** |")
-    out["recipe"] = {"seconds": sec, "timings": res.timings, "measured": res.policy.measured.value}
+    from workers.sources import load_model
+    t0 = time.perf_counter()
+    lm = load_model(model)
+    rows, total = [], time.perf_counter() - t0
+    for b in budgets:
+        t = time.perf_counter()
+        res = run_search(SearchSpec(model=model, budgets={"avg_bits": b}, **spec_kw), loaded=lm)
+        sec = time.perf_counter() - t
+        total += sec
+        rows.append({"budget": b, "seconds": sec, "timings": res.timings, "measured": res.policy.measured.value,
+                     "metric": res.policy.measured.metric, "refine": {k: v for k, v in (res.policy.refine or {}).items()
+                                                                      if k in ("method", "stopped_by", "evals", "accepted")}})
+    phases = list(rows[0]["timings"])
+    print(f"\n## Default recipe, {model}, avg_bits {', '.join(f'{b:g}' for b in budgets)}, end to end (load → refine)"
+          + (f"; {spec_kw}" if spec_kw else ""))
+    print("| phase | " + " | ".join(f"{b:g} bits" for b in budgets) + " |")
+    print("|---|" + "---|" * len(budgets))
+    for k in phases:
+        print(f"| {k} | " + " | ".join(f"{r['timings'].get(k, 0):.1f}" for r in rows) + " |")
+    print(f"| **job** | " + " | ".join(f"**{r['seconds']:.1f}**" for r in rows) + " |")
+    print(f"| {rows[0]['metric']} | " + " | ".join(f"{r['measured']:.4g}" for r in rows) + " |")
+    print(f"total with one model load: {total:.1f} s")
+    out["recipe"] = {"model": model, "seconds": total, "rows": rows, "spec": spec_kw}
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--skip-recipe", action="store_true")
     ap.add_argument("--skip-hutchinson", action="store_true")
+    ap.add_argument("--recipe-model", default="builtin:minilm-l6")
+    ap.add_argument("--recipe-budgets", default="3.3", help="comma-separated avg_bits budgets")
+    ap.add_argument("--skip-solvers", action="store_true", help="only the recipe (and Hutchinson unless skipped)")
     ap.add_argument("--out", type=Path, default=Path("bench/results/speed.json"))
     args = ap.parse_args()
     out = {"machine": f"{platform.machine()} {platform.processor() or ''} {os.cpu_count()} cpus, {platform.python_version()}"}
     print(f"machine: {out['machine']}")
-    bench_solvers(out)
-    bench_pareto(out)
+    if not args.skip_solvers:
+        bench_solvers(out)
+        bench_pareto(out)
     if not args.skip_hutchinson:
         bench_hutchinson(out)
     if not args.skip_recipe:
-        bench_recipe(out)
+        bench_recipe(out, args.recipe_model, tuple(float(b) for b in args.recipe_budgets.split(",")))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(out, indent=1, default=float))
 

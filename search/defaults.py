@@ -7,6 +7,7 @@ DEFAULT_REFINE_SECONDS = 600  # and at most this much wall time: a model whose f
                               # at 224 px) judges few candidates per minute, and refine's gain comes
                               # mostly from its first accepted moves; the default MiniLM job stays
                               # far inside it (it stops on evaluations), so its answer is unchanged
+DEFAULT_REFINE_METHOD = "moves"  # or "loop": search/local.py's operating-point loop, then moves
 # samples of the calibration source that refine's judge reads by default, per task kind
 JUDGE_SAMPLES = {"embedding": 256, "causal_lm": 16, "classifier": 256, "text_classifier": 128}
 # samples of the calibration source that GPTQ's Hessians read by default, per task kind

@@ -54,6 +54,7 @@ class LoopResult:
     stopped_by: str = "converged"  # "converged" | "judge" | "rounds" | "time"
     scale: float = 1.0
     seconds: float = 0.0
+    table: np.ndarray | None = None  # the final local estimate, relative to ``choice`` (orders refine's moves)
 
     def to_dict(self) -> dict:
         return {"start": self.start, "start_measured": self.start_loss, "final_measured": self.final_loss,
@@ -210,5 +211,6 @@ def operating_point_loop(problem: Problem, formats: list[Format], measure: Measu
     else:
         result.stopped_by = "rounds"
     result.choice, result.final_loss, result.scale = base, base_loss, proxy_scale(pairs)
+    result.table = estimate()
     result.seconds = clock() - t0
     return result

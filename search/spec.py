@@ -3,11 +3,12 @@ the CLI, the pipeline and (later) the service and SDK."""
 from __future__ import annotations
 
 import re
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from search.budgets import METRICS
-from search.defaults import DEFAULT_REFINE_EVALS, DEFAULT_REFINE_SECONDS
+from search.defaults import DEFAULT_REFINE_EVALS, DEFAULT_REFINE_METHOD, DEFAULT_REFINE_SECONDS
 from search.formats import FLOAT_BITS, MAX_BITS, MIN_BITS
 
 DEVICE_PATTERN = re.compile(r"^(auto|cpu|mps|cuda(:\d{1,2})?)$")
@@ -37,6 +38,9 @@ class SearchSpec(BaseModel):
     refine: bool | None = None
     refine_evals: int = DEFAULT_REFINE_EVALS
     refine_seconds: float = DEFAULT_REFINE_SECONDS
+    # how refine searches: "moves" (pairs of one-step moves judged one by one) or "loop" (the
+    # operating-point loop of search/local.py first, then moves on its local table with the time left)
+    refine_method: Literal["moves", "loop"] = DEFAULT_REFINE_METHOD
     # refine's judge: samples of the calibration source apart from the calibration ones (None:
     # the per-model default; 0: judge on the calibration batches themselves)
     judge_samples: int | None = None

@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from search.defaults import DEFAULT_REFINE_EVALS, DEFAULT_REFINE_SECONDS, JUDGE_SAMPLES
+from search.defaults import DEFAULT_REFINE_EVALS, DEFAULT_REFINE_METHOD, DEFAULT_REFINE_SECONDS, JUDGE_SAMPLES
 from service.cli_remote import GROUPS_NOT_GIVEN
 
 if TYPE_CHECKING:  # the engine's imports stay lazy so --help and usage errors are instant
@@ -182,6 +182,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--refine-seconds", type=float, default=DEFAULT_REFINE_SECONDS, metavar="S",
                    help=f"wall time refine may spend; it stops at whichever of this and --refine-evals comes first "
                         f"(default {DEFAULT_REFINE_SECONDS:g})")
+    s.add_argument("--refine-method", choices=["moves", "loop"], default=DEFAULT_REFINE_METHOD,
+                   help="moves: one-step moves judged one by one; loop: measure the cells around the policy at the "
+                        "operating point, re-solve and judge, then moves with the time left "
+                        f"(default {DEFAULT_REFINE_METHOD})")
     s.add_argument("--judge-samples", type=int, default=None, metavar="N",
                    help="calibration-source samples, apart from the calibration ones, that judge refine's moves "
                         "(default by model kind: " + ", ".join(f"{k} {v}" for k, v in JUDGE_SAMPLES.items())
@@ -263,7 +267,7 @@ def spec_from_args(args) -> "SearchSpec":
                       symmetric=args.symmetric, proxy=args.proxy, proxy_params=dict(args.proxy_param), solver=args.solver,
                       solver_params=dict(args.solver_param),
                       refine=args.refine, refine_evals=args.refine_evals,
-                      refine_seconds=args.refine_seconds, judge_samples=args.judge_samples, calib=args.calib, eval=args.eval,
+                      refine_seconds=args.refine_seconds, refine_method=args.refine_method, judge_samples=args.judge_samples, calib=args.calib, eval=args.eval,
                       n_calib=args.n_calib, n_eval=args.n_eval, seq_len=args.seq_len, seed=args.seed,
                       ties=runtime_ties(args.runtime, [t for t in args.tie.split(",") if t]),
                       include_embeddings=args.include_embeddings,

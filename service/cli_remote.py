@@ -64,6 +64,7 @@ def add_commands(sub, bits_type, group_type, kv_type, data_args=None) -> None:
     s.add_argument("--no-refine", dest="refine", action="store_false")
     s.add_argument("--refine-evals", type=int, help="candidate policies refine may judge (server default when not given)")
     s.add_argument("--refine-seconds", type=float, metavar="S", help="wall time refine may spend (server default when not given)")
+    s.add_argument("--refine-method", choices=["moves", "loop"], help="how refine searches (server default when not given)")
     s.add_argument("--judge-samples", type=int, metavar="N",
                    help="calibration-source samples apart from the calibration ones that judge refine (0 = the calibration samples)")
     s.add_argument("--device", help="where the worker runs the forward passes: auto, cpu, cuda, cuda:N, mps (server default auto)")
@@ -246,6 +247,7 @@ def _submit(c, args) -> int:
                        solver_params=dict(args.solver_param) or None, runtime=args.runtime,
                        quantizer=args.quantizer, quantizer_params=dict(args.quantizer_param) or None,
                        refine=args.refine, refine_evals=args.refine_evals, refine_seconds=args.refine_seconds,
+                       refine_method=args.refine_method,
                        judge_samples=args.judge_samples, device=args.device, offload=args.offload,
                        calibration=calib or None, evaluation=evaluation or None, seed=args.seed,
                        ties=[t for t in args.tie.split(",") if t] or None, **extra)

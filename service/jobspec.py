@@ -138,7 +138,7 @@ def plan_job(req: JobCreate, model_ref: str, model_id: str, model_kind: str, lay
     f = req.formats
     base = dict(model=model_ref, bits=f.bits, group_size=f.group_size, symmetric=f.symmetric, proxy=req.proxy,
                 proxy_params=req.proxy_params, solver=req.solver, solver_params=req.solver_params, refine=req.refine, refine_evals=req.refine_evals,
-                refine_seconds=req.refine_seconds,
+                refine_seconds=req.refine_seconds, refine_method=req.refine_method,
                 judge_samples=req.judge_samples,
                 calib=calib, eval=evaluation, n_calib=req.calibration.n_samples, n_eval=req.evaluation.n_samples,
                 seq_len=req.calibration.seq_len or req.evaluation.seq_len, seed=req.seed,

@@ -107,6 +107,11 @@ def print_report(spec: SearchSpec, result: SearchResult, out: Path) -> None:
         out_console.print(f"refine: judge loss ({judged}) {r['start_measured']:.5g} → {r['final_measured']:.5g} "
                           f"({r['accepted']} moves accepted, {r['evals']} evaluations{early}, stopped by "
                           f"{r.get('stopped_by', 'evals')})")
+        lp = r.get("loop")
+        if lp:
+            out_console.print(f"loop: from uniform {lp['start']}, judge loss {lp['start_measured']:.5g} → "
+                              f"{lp['final_measured']:.5g} in {len(lp['rounds'])} rounds, {lp['measured_cells']} cells "
+                              f"measured at the current policy (stopped by {lp['stopped_by']})")
         u = r.get("uniform_check")
         if u and u["judged"]:
             names = ", ".join(j["format"] for j in u["judged"])

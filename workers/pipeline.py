@@ -13,6 +13,7 @@ import torch
 
 from proxies.base import Proxy, ProxyContext
 from proxies.device import place_model, resolve_device
+from proxies.measured import measure_cells
 from proxies.discovery import discover_layers
 from proxies.evaluate import Evaluator, RacingJudge
 from proxies.quantizers import WeightQuantizer, build_quantizer, check_quantizer
@@ -22,6 +23,7 @@ from search.formats import FLOAT_BITS, Format
 from search.layers import find_tie_groups
 from search.policy import Measured, Policy, Predicted, Preprocess, Quantizer, SolverInfo, build_policy
 from search.problem import Problem, Solution
+from search.local import operating_point_loop
 from search.refine import refine, uniform_check
 from search.spec import REFERENCE_GROUP, SearchSpec
 from search.validate import JOINT, check_spec_budgets, static_check
@@ -218,12 +220,27 @@ def run_search(spec: SearchSpec, progress: Progress = _noop, loaded: LoadedModel
         t = time.perf_counter()
         judge, judge_source = refine_judge(lm, plan, ev, formats, calib, spec.judge_samples)
         progress("refine", 0.0, f"judge: {judge.samples} samples ({judge_source})")
-        res = refine(problem, solution.choice, judge, spec.refine_evals, max_seconds=spec.refine_seconds,
+        start, start_problem, loop_info = solution.choice, problem, None
+        if spec.refine_method == "loop":
+            loop = operating_point_loop(
+                problem, formats, lambda base, cells: measure_cells(ctx, [formats[k] for k in base], cells)[:2], judge,
+                lambda p: solver.solve(p).choice, max_seconds=spec.refine_seconds,
+                progress=lambda r, n, msg: progress("refine", min(1.0, (time.perf_counter() - t) / spec.refine_seconds), msg))
+            start, start_problem, loop_info = loop.choice, problem.with_loss(loop.table), loop.to_dict()
+            progress("refine", min(1.0, (time.perf_counter() - t) / spec.refine_seconds),
+                     f"loop from uniform {loop.start}: judge loss {loop.start_loss:.4g} → {loop.final_loss:.4g}, "
+                     f"{loop.measured_cells} cells measured ({loop.stopped_by})")
+        left = max(spec.refine_seconds - (time.perf_counter() - t), 1e-3)
+        res = refine(start_problem, start, judge, spec.refine_evals, max_seconds=left,
                      progress=lambda i, n, best: progress(
                          "refine", min(1.0, max(i / n, (time.perf_counter() - t) / spec.refine_seconds)),
                          f"eval {i}/{n}, best judge loss {best:.4g}"))
         choice, refine_info = res.choice, res.to_dict()
         refine_info.pop("history", None)
+        refine_info["method"] = spec.refine_method
+        if loop_info is not None:
+            refine_info["loop"] = loop_info
+            refine_info["start_measured"] = loop_info["start_measured"]  # the loop's start: uniform
         refine_info.update(judge_samples=judge.samples, judge_source=judge_source, judge_batches=judge.batches_run,
                            stopped_early=judge.stopped_early)
         unrefined = solved

@@ -114,6 +114,20 @@ def test_default_recipe_refines_and_records_it(digits):
     assert Policy.from_json(pol.to_json()).refine == info
 
 
+def test_loop_refine_starts_at_the_operating_point_and_records_its_rounds(digits):
+    res = run_search(spec(refine_evals=6, refine_method="loop", proxy="fisher", refine=True), loaded=digits)
+    pol, info = res.policy, res.policy.refine
+    assert info["method"] == "loop" and pol.cost["avg_bits"] <= BUDGET * (1 + 1e-9)
+    loop = info["loop"]
+    # the dearest uniform policy that fits is where it starts and what it must beat
+    assert loop["start"] == info["uniform_check"]["judged"][0]["format"]
+    assert loop["rounds"] and loop["measured_cells"] > 0 and loop["proxy_scale"] > 0
+    assert loop["final_measured"] <= loop["start_measured"] and info["start_measured"] == loop["start_measured"]
+    assert info["final_measured"] <= loop["final_measured"] + 1e-12  # moves only ever improve the loop's answer
+    assert loop["stopped_by"] in ("converged", "judge", "rounds", "time")
+    assert Policy.from_json(pol.to_json()).refine == info
+
+
 def test_refine_stops_at_its_time_limit_and_says_so(digits):
     """A tiny wall-time budget: the start policy is judged, then refine stops and records why
     (the limit is checked between candidates, so the answer is a fully judged policy)."""
