@@ -34,12 +34,13 @@ from search.budgets import CostModel  # noqa: E402
 from search.defaults import DEFAULT_REFINE_EVALS, DEFAULT_REFINE_SECONDS  # noqa: E402
 from search.formats import make_formats  # noqa: E402
 from search.problem import Problem  # noqa: E402
+from proxies.device import place_model, resolve_device  # noqa: E402
 from proxies.measured import measure_cells  # noqa: E402
 from search.local import operating_point_loop  # noqa: E402
 from search.refine import refine  # noqa: E402
 from search.solvers import get_solver  # noqa: E402
 from workers.batches import plan_for, prepared_batches  # noqa: E402
-from workers.pipeline import reference_formats, refine_judge, task_layers  # noqa: E402
+from workers.pipeline import job_quantizer, reference_formats, refine_judge, task_layers  # noqa: E402
 from workers.sources import load_model  # noqa: E402
 
 
@@ -60,12 +61,16 @@ def main() -> None:
     ap.add_argument("--loop-rows", type=int, default=32, help="rows measured per loop round at most")
     ap.add_argument("--refine-evals", type=int, default=DEFAULT_REFINE_EVALS)
     ap.add_argument("--refine-seconds", type=float, default=DEFAULT_REFINE_SECONDS)
+    ap.add_argument("--quantizer", choices=["rtn", "gptq"], default="rtn",
+                    help="the weight quantizer of every row (gptq: Hessians from calibration-source windows apart)")
+    ap.add_argument("--device", default="cpu", help="where the forward passes run (cpu, cuda, auto)")
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
     torch.manual_seed(0)
 
     t0 = time.perf_counter()
     lm = load_model(args.model)
+    place_model(lm.model, resolve_device(args.device))
     plan = plan_for(lm, n_calib=args.n_calib, n_eval=args.n_eval, seq_len=args.seq_len, seed=0)
     pairs = task_layers(lm)
     layers, modules = [p[0] for p in pairs], [p[1] for p in pairs]
@@ -74,7 +79,8 @@ def main() -> None:
     costs = CostModel(layers, formats)
     calib, evals, info = prepared_batches(lm, plan)
     n = len(layers)
-    ev = Evaluator(lm.model, modules, lm.task)
+    quantizer = job_quantizer(args.quantizer, {}, lm, plan, layers, modules, calib)
+    ev = Evaluator(lm.model, modules, lm.task, quantizer)
     tokens = sum(int(b["input_ids"][:, 1:].numel()) for b in evals)
     print(f"{args.model}: {n} layers, {sum(l.numel for l in layers):,} weights; calibration {info['samples']} windows "
           f"({args.n_calib * args.seq_len} tokens), held-out {tokens} tokens; {platform.machine()}, "
@@ -104,7 +110,8 @@ def main() -> None:
 
     tables = {}
     for proxy in ["fisher"] + (["hessian_trace"] if args.hawq else []):
-        ctx = ProxyContext(lm.model, layers, modules, lm.task, calib, formats, 0, None, lm.sha256, info)
+        ctx = ProxyContext(lm.model, layers, modules, lm.task, calib, formats, 0, None, lm.sha256, info,
+                               quantizer=quantizer)
         t = time.perf_counter()
         tables[proxy] = (get_proxy(proxy).compute(ctx), time.perf_counter() - t)
         print(f"  {proxy} table: {tables[proxy][1]:.0f}s", flush=True)
@@ -119,7 +126,8 @@ def main() -> None:
                 t = time.perf_counter()
                 measure("fisher + greedy", budget, greedy_upgrades(prob), secs + time.perf_counter() - t)
         if args.loop:
-            ctx = ProxyContext(lm.model, layers, modules, lm.task, calib, formats, 0, None, lm.sha256, info)
+            ctx = ProxyContext(lm.model, layers, modules, lm.task, calib, formats, 0, None, lm.sha256, info,
+                               quantizer=quantizer)
             prob = Problem(tables["fisher"][0].values, costs, {"avg_bits": budget})
             if judge is None:
                 judge, _ = refine_judge(lm, plan, ev, formats, calib)
@@ -138,7 +146,8 @@ def main() -> None:
             measure("llama.cpp _M-style mix", budget, llamacpp_mix(layers, formats, costs, {"avg_bits": budget}))
         if args.recipe:
             label = min(ref.values(), key=lambda f: abs(costs.cost(np.full(n, formats.index(f)))["avg_bits"] - budget)).label
-            ctx = ProxyContext(lm.model, layers, modules, lm.task, calib, formats, 0, None, lm.sha256, info)
+            ctx = ProxyContext(lm.model, layers, modules, lm.task, calib, formats, 0, None, lm.sha256, info,
+                               quantizer=quantizer)
             t = time.perf_counter()
             table = get_proxy("measured", context=label).compute(ctx)
             prob = Problem(table.values, costs, {"avg_bits": budget})
@@ -149,7 +158,7 @@ def main() -> None:
             measure(f"recipe (measured@{label})", budget, res.choice, time.perf_counter() - t)
 
     print(f"\n{args.model}, all {n} layers; KL to float (± s.e. over windows) on {tokens} held-out tokens of "
-          f"wikitext-2 test; menu bits {args.bits} × g{args.group_sizes}; RTN")
+          f"wikitext-2 test; menu bits {args.bits} × g{args.group_sizes}; {args.quantizer.upper()}")
     print("| budget | method | avg bits | KL ± s.e. | perplexity | top-1 agreement |")
     print("|---|---|---|---|---|---|")
     for r in rows:

@@ -28,6 +28,8 @@ from proxies.registry import get_proxy  # noqa: E402
 from search.baselines import greedy_upgrades, llamacpp_mix  # noqa: E402
 from search.budgets import CostModel  # noqa: E402
 from search.formats import make_formats  # noqa: E402
+from search.local import operating_point_loop  # noqa: E402
+from proxies.measured import measure_cells  # noqa: E402
 from search.problem import Problem  # noqa: E402
 from search.refine import refine  # noqa: E402
 from search.solvers import get_solver  # noqa: E402
@@ -132,6 +134,18 @@ def run_model(key: str, args) -> dict:
         res = refine(prob, sol.choice, judge, args.refine_evals, max_seconds=args.refine_seconds)
         row["recipe (measured+ilp+refine)"] = ev.metrics([formats[k] for k in res.choice], evals)[metric]
         row["refine_seconds"] = time.perf_counter() - t
+        if args.loop:  # refine_method="loop": the operating-point loop, then moves on its table
+            ctx = ProxyContext(lm.model, layers, modules, lm.task, calib, formats, 0, None, lm.sha256, info)
+            t = time.perf_counter()
+            lp = operating_point_loop(prob, formats, lambda b, cells: measure_cells(ctx, [formats[k] for k in b], cells)[:2],
+                                      judge, lambda p: get_solver("ilp").solve(p).choice, max_seconds=args.refine_seconds)
+            left = max(args.refine_seconds - (time.perf_counter() - t), 1e-3)
+            res2 = refine(prob.with_loss(lp.table), lp.choice, judge, args.refine_evals, max_seconds=left)
+            row["measured+loop+refine"] = ev.metrics([formats[k] for k in res2.choice], evals)[metric]
+            row["loop_seconds"] = time.perf_counter() - t
+            print(f"  [{key}] {budget:.4f}: loop from {lp.start} {lp.start_loss:.5g} -> {lp.final_loss:.5g} "
+                  f"({len(lp.rounds)} rounds, {lp.measured_cells} cells, {lp.stopped_by}); moves -> {res2.final_loss:.5g} "
+                  f"({res2.accepted} accepted)", file=sys.stderr)
         # The same policies on the calibration data the table was measured on, and on refine's
         # judge samples: how far the additive prediction and each gain carry over to held-out data.
         base_loss = tables["measured"].diagnostics["base_loss"]
@@ -154,7 +168,7 @@ def print_table(res: dict) -> None:
           f"menu {res['menu']}, {res['eval_samples']} held-out samples, refine judged on "
           f"{res['judge']['samples']} samples ({res['judge']['source']})")
     print("baselines: " + ", ".join(f"{k} {v:.5g}" for k, v in res["baselines"].items()))
-    keys = [k for k in res["rows"][0] if k not in ("budget", "refine_seconds", "calibration loss")]
+    keys = [k for k in res["rows"][0] if k not in ("budget", "refine_seconds", "loop_seconds", "calibration loss")]
     print("| method | " + " | ".join(f"{r['budget']:.4f} bits" for r in res["rows"]) + " |")
     print("|---|" + "---|" * len(res["rows"]))
     for k in keys:
@@ -183,6 +197,7 @@ def main() -> None:
     ap.add_argument("--models", default="minilm,digits")
     ap.add_argument("--refine-evals", type=int, default=DEFAULT_REFINE_EVALS)
     ap.add_argument("--refine-seconds", type=float, default=DEFAULT_REFINE_SECONDS)
+    ap.add_argument("--loop", action="store_true", help="also refine_method=loop: the operating-point loop, then moves")
     add_setup_args(ap, smollm_blocks="")
     ap.add_argument("--hutchinson-probes", type=int, default=16)
     ap.add_argument("--out", type=Path, default=Path("bench/results/quality.json"))

@@ -8,17 +8,19 @@ about to return:
 1. Start at the *operating point*: the dearest uniform policy that keeps every budget (the
    uniform format nearest the budget). The job's proxy table, shifted so the operating point
    scores 0, is the first estimate.
-2. Solve with the exact ILP. The rows it changes, plus the layers at the margin of its
-   trade-off (the best remaining upgrades per bit and the cheapest downgrades per bit), are
-   measured *at the current policy*: every other layer stays in its current format while one
-   layer moves to a neighbouring format (one bit-level down or up, the next group size, and the
-   solver's pick). Measured rows replace the
-   estimate; unmeasured rows keep the proxy's values, rescaled by the least-squares factor
-   between proxy and measurement on the cells measured so far (so the two share a unit).
-3. Re-solve and ask the held-apart judge. A better candidate becomes the new current policy
-   (the table is re-centred on it) and the loop goes on; a worse one whose changes were all
-   measured ends the loop (the local model is as good as it gets), else its unmeasured rows
-   are measured first.
+2. Solve with the exact ILP on the estimate. The rows it changes (largest predicted effect
+   first), plus the layers at the margin of its trade-off (the best remaining upgrades per bit
+   and the cheapest downgrades per bit), are measured *at the current policy*: every other layer
+   stays in its current format while one layer moves to a neighbouring format (one bit-level
+   down or up, the next group size, and the solver's pick). Measured rows replace the estimate;
+   unmeasured rows keep the proxy's values, rescaled by least squares to the measurements so
+   far, one factor for bits bought and one for bits given up (a second-order proxy misjudges
+   large and small perturbations differently).
+3. Re-solve with every unmeasured cell priced out, so the candidate moves only where a
+   measurement says it pays, and ask the held-apart judge. A better candidate becomes the new
+   current policy (the table is re-centred on it) and the loop goes on; a worse one whose
+   changes were all measured at this policy ends the loop (the local model is as good as it
+   gets), else its stale rows are measured again first.
 
 The result is never worse than the operating point by the judge, which is a uniform policy
 that fits the budget: the loop starts there. Pure numpy: ``measure`` and ``judge`` are
@@ -114,7 +116,7 @@ def proxy_scale(pairs: list[tuple[float, float]]) -> float:
     """Least-squares factor s with measured ≈ s · proxy (through the origin); 1 when unknown."""
     if not pairs:
         return 1.0
-    p, q = np.array(pairs).T
+    p, q = np.array(pairs, dtype=float).T
     den = float(p @ p)
     s = float(p @ q) / den if den > 0 else 1.0
     return s if s > 0 and math.isfinite(s) else 1.0
@@ -144,19 +146,29 @@ def operating_point_loop(problem: Problem, formats: list[Format], measure: Measu
     base_loss = judge(base)
     measured = np.full((L, K), np.nan)  # relative to ``base`` for rows measured at (a previous) base
     fresh: set[int] = set()             # rows measured at the current base
-    pairs: list[tuple[float, float]] = []
+    pending: set[int] = set()           # rows a rejected candidate moved on older measurements
+    # (proxy, measured) per direction: a second-order proxy misjudges bits given up (large
+    # perturbations) and bits bought (small ones) by different factors, so each gets its own
+    pairs: dict[bool, list[tuple[float, float]]] = {True: [], False: []}  # key: the cell costs more than base
     result = LoopResult(base.copy(), formats[k0].label, base_loss, base_loss)
     judged: set[bytes] = {base.tobytes()}
 
     def estimate() -> np.ndarray:
-        s = proxy_scale(pairs)
-        est = s * (proxy - proxy[rows_idx, base][:, None])
+        up = cost > cost[rows_idx, base][:, None]
+        est = np.where(up, proxy_scale(pairs[True]), proxy_scale(pairs[False])) * (proxy - proxy[rows_idx, base][:, None])
         has = ~np.isnan(measured)
         est[has] = measured[has]
         return est
 
-    def solve_est() -> np.ndarray:
-        return np.asarray(solve(problem.with_loss(estimate())), dtype=np.int64)
+    def solve_est(only_measured: bool = False) -> np.ndarray:
+        """The solver's answer on the estimate; with ``only_measured`` every cell not measured
+        is priced out, so a judged candidate moves only where a measurement says it pays."""
+        est = estimate()
+        if only_measured:
+            out = np.isnan(measured)
+            out[rows_idx, base] = False
+            est[out] = 10.0 * (np.abs(est[~out]).sum() + 1.0)
+        return np.asarray(solve(problem.with_loss(est)), dtype=np.int64)
 
     for r in range(1, max_rounds + 1):
         if clock() >= deadline:
@@ -167,7 +179,8 @@ def operating_point_loop(problem: Problem, formats: list[Format], measure: Measu
         est = estimate()
         # the solver's changes first (largest predicted effect first), then the margin; at most
         # ``max_rows`` per round, the rest waits for the next round
-        first = sorted(changed - fresh, key=lambda i: -abs(est[i, cand[i]]))
+        first = sorted(pending - fresh, key=lambda i: -abs(est[i, cand[i]]) if i in changed else 0.0)
+        first += sorted(changed - fresh - pending, key=lambda i: -abs(est[i, cand[i]]))
         todo = first + [i for i in margin_rows(est, cost, base, margin) if i not in fresh and i not in changed]
         todo = todo[:max_rows] if max_rows else todo
         cells = {i: sorted((set(neighbours(formats, cost[i], int(base[i]))) | {int(cand[i])}) - {int(base[i])}) for i in todo}
@@ -179,10 +192,10 @@ def operating_point_loop(problem: Problem, formats: list[Format], measure: Measu
                 measured[i, base[i]] = 0.0
                 for k in ks:
                     measured[i, k] = vals[i, k]
-                    pairs.append((float(proxy[i, k] - proxy[i, base[i]]), float(vals[i, k])))
+                    pairs[bool(cost[i, k] > cost[i, base[i]])].append((float(proxy[i, k] - proxy[i, base[i]]), float(vals[i, k])))
                 fresh.add(i)
             result.measured_cells += sum(len(ks) for ks in cells.values())
-            cand = solve_est()
+        cand = solve_est(only_measured=True)
         est = estimate()
         predicted = float(est[rows_idx, cand].sum())
         entry = {"round": r, "measured_rows": len(cells), "changed_rows": int((cand != base).sum()),
@@ -191,6 +204,8 @@ def operating_point_loop(problem: Problem, formats: list[Format], measure: Measu
         if progress:
             progress(r, max_rounds, f"round {r}: {len(cells)} rows measured, {entry['changed_rows']} layers change")
         if np.array_equal(cand, base) or cand.tobytes() in judged:
+            if cells:  # nothing measured pays yet; the next round measures more of what the solver wants
+                continue
             result.stopped_by = "converged"
             break
         judged.add(cand.tobytes())
@@ -203,14 +218,17 @@ def operating_point_loop(problem: Problem, formats: list[Format], measure: Measu
             # the context changed for every row, so rows are measured again when they matter
             for i in rows_idx:
                 measured[i, :] = measured[i, :] - measured[i, cand[i]]
-            fresh = set()
+            fresh, pending = set(), set()
             base, base_loss = cand, loss
-        elif not (set(int(i) for i in np.flatnonzero(cand != base)) - fresh):
-            result.stopped_by = "judge"
-            break
+        else:
+            stale = set(int(i) for i in np.flatnonzero(cand != base)) - fresh
+            if not stale:  # every change was measured at this policy, and still no gain
+                result.stopped_by = "judge"
+                break
+            pending |= stale  # measured at an earlier policy: measure again here first
     else:
         result.stopped_by = "rounds"
-    result.choice, result.final_loss, result.scale = base, base_loss, proxy_scale(pairs)
+    result.choice, result.final_loss, result.scale = base, base_loss, proxy_scale(pairs[True] + pairs[False])
     result.table = estimate()
     result.seconds = clock() - t0
     return result

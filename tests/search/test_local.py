@@ -132,3 +132,24 @@ def test_loop_stops_on_time_and_refuses_a_budget_no_uniform_meets():
     assert res.stopped_by == "time" and not res.rounds
     with pytest.raises(ValueError, match="no uniform format"):
         operating_point_loop(problem.with_budgets({"avg_bits": 1.5}), FORMATS, truth.measure, truth, ilp)
+
+
+def test_judged_candidates_move_only_rows_measured_before():
+    truth = TrueLoss(4)
+    seen: set[int] = set()
+    moved_unmeasured = []
+
+    def measure(base, cells):
+        seen.update(cells)
+        return truth.measure(base, cells)
+
+    def judge(choice):
+        moved = set(int(i) for i in np.flatnonzero(choice != 1))
+        if not np.all(choice == 1) and not moved <= seen:
+            moved_unmeasured.append(moved - seen)
+        return truth(choice)
+
+    problem = Problem(truth.err * 0.01, costs(), {"avg_bits": uniform_bits(1)})
+    res = operating_point_loop(problem, FORMATS, measure, judge, ilp, max_rows=3, margin=1)
+    assert not moved_unmeasured
+    assert all(e["measured_rows"] <= 3 for e in res.rounds)
