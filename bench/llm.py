@@ -57,7 +57,7 @@ def main() -> None:
     ap.add_argument("--recipe", action="store_true", help="also the default recipe (measured at the operating point)")
     ap.add_argument("--loop", action="store_true", help="also the operating-point loop from the fisher table (search/local.py)")
     ap.add_argument("--no-baselines", action="store_true", help="skip the greedy and llama.cpp-style rows")
-    ap.add_argument("--loop-rounds", type=int, default=6)
+    ap.add_argument("--loop-rounds", type=int, default=50, help="loop rounds at most (it also stops at --refine-seconds)")
     ap.add_argument("--loop-rows", type=int, default=32, help="rows measured per loop round at most")
     ap.add_argument("--refine-evals", type=int, default=DEFAULT_REFINE_EVALS)
     ap.add_argument("--refine-seconds", type=float, default=DEFAULT_REFINE_SECONDS)
@@ -135,6 +135,7 @@ def main() -> None:
             res = operating_point_loop(
                 prob, formats, lambda base, cells: measure_cells(ctx, [formats[k] for k in base], cells)[:2], judge,
                 lambda p: get_solver("ilp").solve(p).choice, max_rounds=args.loop_rounds, max_rows=args.loop_rows,
+                max_seconds=args.refine_seconds,
                 progress=lambda r, n, msg: print(f"    loop {msg} ({time.perf_counter() - t:.0f}s)", flush=True))
             for e in res.rounds:
                 print(f"    round {e['round']}: {e['measured_rows']} rows measured, {e['changed_rows']} change, "

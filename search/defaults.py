@@ -7,7 +7,13 @@ DEFAULT_REFINE_SECONDS = 600  # and at most this much wall time: a model whose f
                               # at 224 px) judges few candidates per minute, and refine's gain comes
                               # mostly from its first accepted moves; the default MiniLM job stays
                               # far inside it (it stops on evaluations), so its answer is unchanged
-DEFAULT_REFINE_METHOD = "moves"  # or "loop": search/local.py's operating-point loop, then moves
+# The recipe by model kind, for jobs that name no proxy and no solver: (proxy, refine method).
+# Causal LMs: a whole-model measured table is hours on a CPU (every cell re-runs the blocks after
+# it over every calibration token), while the Fisher table of all 210 SmolLM2 layers takes 18 s;
+# the operating-point loop then measures only the cells the solver needs, at the policy it is
+# about to return (search/local.py). Other kinds keep measured + one-step moves.
+RECIPES = {"causal_lm": ("fisher", "loop")}
+DEFAULT_RECIPE = ("measured", "moves")
 # samples of the calibration source that refine's judge reads by default, per task kind
 JUDGE_SAMPLES = {"embedding": 256, "causal_lm": 16, "classifier": 256, "text_classifier": 128}
 # samples of the calibration source that GPTQ's Hessians read by default, per task kind

@@ -123,13 +123,15 @@ def proxy_scale(pairs: list[tuple[float, float]]) -> float:
 
 
 def operating_point_loop(problem: Problem, formats: list[Format], measure: Measure, judge: Judge, solve: Solve,
-                         max_rounds: int = 6, margin: int | None = None, max_rows: int | None = None,
+                         max_rounds: int = 50, margin: int | None = None, max_rows: int | None = 24,
                          max_seconds: float | None = None,
                          progress: Callable[[int, int, str], None] | None = None,
                          clock: Callable[[], float] = time.monotonic) -> LoopResult:
     """Measure-solve-judge rounds from the operating point (see the module docstring).
     ``margin`` layers on each side of the trade-off are measured besides the changed ones
-    (default max(4, L/20)); ``max_rows`` caps the rows measured per round."""
+    (default max(4, L/20)); ``max_rows`` caps the rows measured per round, and once a cell's cost
+    is known, a round measures no more rows than the time left allows (so the loop ends near
+    ``max_seconds``, not a whole round after it)."""
     t0 = clock()
     deadline = math.inf if max_seconds is None else t0 + max_seconds
     L, K = problem.loss.shape
@@ -152,6 +154,8 @@ def operating_point_loop(problem: Problem, formats: list[Format], measure: Measu
     pairs: dict[bool, list[tuple[float, float]]] = {True: [], False: []}  # key: the cell costs more than base
     result = LoopResult(base.copy(), formats[k0].label, base_loss, base_loss)
     judged: set[bytes] = {base.tobytes()}
+    per_cell: float | None = None  # seconds one measured cell took (known after the first round)
+    judge_cells = 4.0  # a judgement costs about this many cells (one forward over the judge's samples)
 
     def estimate() -> np.ndarray:
         up = cost > cost[rows_idx, base][:, None]
@@ -185,8 +189,21 @@ def operating_point_loop(problem: Problem, formats: list[Format], measure: Measu
         todo = todo[:max_rows] if max_rows else todo
         cells = {i: sorted((set(neighbours(formats, cost[i], int(base[i]))) | {int(cand[i])}) - {int(base[i])}) for i in todo}
         cells = {i: ks for i, ks in cells.items() if ks}
+        if per_cell is not None and math.isfinite(deadline):  # leave time to judge what is measured
+            room = (deadline - clock()) / per_cell - judge_cells
+            keep, n = {}, 0
+            for i, ks in cells.items():
+                if n + len(ks) > room:
+                    break
+                keep[i], n = ks, n + len(ks)
+            if not keep:
+                result.stopped_by = "time"
+                break
+            cells = keep
         if cells:
+            tm = clock()
             vals, _ = measure(base.copy(), cells)
+            per_cell = (clock() - tm) / sum(len(ks) for ks in cells.values())
             for i, ks in cells.items():
                 measured[i, :] = np.nan
                 measured[i, base[i]] = 0.0
@@ -211,6 +228,8 @@ def operating_point_loop(problem: Problem, formats: list[Format], measure: Measu
         judged.add(cand.tobytes())
         loss = judge(cand)
         entry["judge_loss"] = loss if math.isfinite(loss) else None
+        # the prediction gap a user reads: the local table's predicted change vs the judged one
+        entry["judged_delta"] = loss - base_loss if math.isfinite(loss) else None
         if loss < base_loss:
             entry["accepted"] = True
             # re-centre on the new policy: a row keeps its measurement relative to its own

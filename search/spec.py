@@ -8,7 +8,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from search.budgets import METRICS
-from search.defaults import DEFAULT_REFINE_EVALS, DEFAULT_REFINE_METHOD, DEFAULT_REFINE_SECONDS
+from search.defaults import DEFAULT_RECIPE, DEFAULT_REFINE_EVALS, DEFAULT_REFINE_SECONDS, RECIPES
 from search.formats import FLOAT_BITS, MAX_BITS, MIN_BITS
 
 DEVICE_PATTERN = re.compile(r"^(auto|cpu|mps|cuda(:\d{1,2})?)$")
@@ -40,7 +40,7 @@ class SearchSpec(BaseModel):
     refine_seconds: float = DEFAULT_REFINE_SECONDS
     # how refine searches: "moves" (pairs of one-step moves judged one by one) or "loop" (the
     # operating-point loop of search/local.py first, then moves on its local table with the time left)
-    refine_method: Literal["moves", "loop"] = DEFAULT_REFINE_METHOD
+    refine_method: Literal["moves", "loop"] | None = None  # None: the recipe's (search.defaults.RECIPES)
     # refine's judge: samples of the calibration source apart from the calibration ones (None:
     # the per-model default; 0: judge on the calibration batches themselves)
     judge_samples: int | None = None
@@ -141,6 +141,17 @@ class SearchSpec(BaseModel):
     @property
     def solver_name(self) -> str:
         return self.solver or DEFAULT_SOLVER
+
+    def with_recipe(self, kind: str) -> "SearchSpec":
+        """The spec with the recipe of its model kind filled in (search.defaults.RECIPES): the
+        proxy and refine method when the job names no proxy, no solver and no proxy parameters,
+        else only the refine method (moves unless asked). Applied where the kind is known (the
+        API at submission, the pipeline after loading), so the table key names the real proxy."""
+        proxy, method = RECIPES.get(kind, DEFAULT_RECIPE)
+        if self.proxy is None and self.solver is None and not self.proxy_params:
+            return self.model_copy(update={"proxy": proxy, "refine": True if self.refine is None else self.refine,
+                                           "refine_method": self.refine_method or method})
+        return self.model_copy(update={"refine_method": self.refine_method or "moves"})
 
     @property
     def do_refine(self) -> bool:

@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from search.defaults import DEFAULT_REFINE_EVALS, DEFAULT_REFINE_METHOD, DEFAULT_REFINE_SECONDS, JUDGE_SAMPLES
+from search.defaults import DEFAULT_REFINE_EVALS, DEFAULT_REFINE_SECONDS, JUDGE_SAMPLES, RECIPES
 from service.cli_remote import GROUPS_NOT_GIVEN
 
 if TYPE_CHECKING:  # the engine's imports stay lazy so --help and usage errors are instant
@@ -182,10 +182,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--refine-seconds", type=float, default=DEFAULT_REFINE_SECONDS, metavar="S",
                    help=f"wall time refine may spend; it stops at whichever of this and --refine-evals comes first "
                         f"(default {DEFAULT_REFINE_SECONDS:g})")
-    s.add_argument("--refine-method", choices=["moves", "loop"], default=DEFAULT_REFINE_METHOD,
+    s.add_argument("--refine-method", choices=["moves", "loop"], default=None,
                    help="moves: one-step moves judged one by one; loop: measure the cells around the policy at the "
-                        "operating point, re-solve and judge, then moves with the time left "
-                        f"(default {DEFAULT_REFINE_METHOD})")
+                        "operating point, re-solve and judge, then moves with the time left (default: the recipe's, "
+                        + ", ".join(f"{m} for {k}" for k, (_, m) in RECIPES.items()) + ", moves otherwise)")
     s.add_argument("--judge-samples", type=int, default=None, metavar="N",
                    help="calibration-source samples, apart from the calibration ones, that judge refine's moves "
                         "(default by model kind: " + ", ".join(f"{k} {v}" for k, v in JUDGE_SAMPLES.items())

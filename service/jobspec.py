@@ -147,7 +147,7 @@ def plan_job(req: JobCreate, model_ref: str, model_id: str, model_kind: str, lay
                 image_size=req.image_size, resize=req.resize, image_mean=req.image_mean, image_std=req.image_std,
                 data_column=req.data_column, label_column=req.label_column, fold_batchnorm=req.fold_batchnorm,
                 device=req.device, offload=req.offload)
-    specs = [SearchSpec(**base, budgets=b) for b in budgets]
+    specs = [SearchSpec(**base, budgets=b).with_recipe(model_kind) for b in budgets]
     checked = static_check(specs[0])
     solver, formats = checked.solver, checked.formats
     check_data_limits(model_kind, specs[0].n_calib, specs[0].n_eval, specs[0].seq_len, max_positions,

@@ -11,7 +11,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from search.defaults import DEFAULT_REFINE_EVALS, DEFAULT_REFINE_METHOD, DEFAULT_REFINE_SECONDS
+from search.defaults import DEFAULT_REFINE_EVALS, DEFAULT_REFINE_SECONDS
 
 JobStatus = Literal["queued", "running", "succeeded", "failed", "cancelled"]
 TERMINAL: tuple[str, ...] = ("succeeded", "failed", "cancelled")
@@ -82,9 +82,10 @@ class JobCreate(_Strict):
     refine_seconds: float = Field(default=DEFAULT_REFINE_SECONDS, gt=0, le=7 * 86400, description=(
         "wall time refine may spend (checked between candidates); it stops at whichever of this and "
         "refine_evals comes first, and the policy's refine.stopped_by says which"))
-    refine_method: Literal["moves", "loop"] = Field(default=DEFAULT_REFINE_METHOD, description=(
+    refine_method: Literal["moves", "loop"] | None = Field(default=None, description=(
         "moves: pairs of one-step moves judged one by one; loop: measure the cells around the policy at the "
-        "operating point (the dearest uniform format that fits), re-solve and judge, then moves with the time left"))
+        "operating point (the dearest uniform format that fits), re-solve and judge, then moves with the time "
+        "left; null: the recipe's (loop for causal LMs, moves otherwise)"))
     judge_samples: int | None = Field(default=None, ge=0, le=65_536, description=(
         "samples of the calibration source, apart from the calibration ones, that judge refine's moves "
         "(null: the model's default; 0: judge on the calibration samples)"))

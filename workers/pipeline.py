@@ -174,6 +174,11 @@ def run_search(spec: SearchSpec, progress: Progress = _noop, loaded: LoadedModel
     progress("load", 0.0, spec.model)
     ld = load_and_check(spec, proxy, solver, formats, loaded)
     lm, plan, layers, modules, ties, costs, space = ld.lm, ld.plan, ld.layers, ld.modules, ld.ties, ld.costs, ld.space
+    recipe = spec.with_recipe(lm.kind)  # the model's kind is known now: its recipe's proxy and refine method
+    if recipe.proxy != spec.proxy:
+        proxy = get_proxy(recipe.proxy_name, **recipe.proxy_params)
+        progress("load", 0.95, f"recipe for a {lm.kind}: {recipe.proxy} + {solver.name} + refine ({recipe.refine_method})")
+    spec = recipe
     timings["load"] = time.perf_counter() - t
     folded = f", {len(ld.folds)} BatchNorms folded" if ld.folds else ""
     for note in plan.notes:  # what was chosen for the user (hold-out size, labels, ...)

@@ -50,6 +50,10 @@ def test_the_default_recipe_on_a_causal_lm_reports_kl_with_its_error(llama_dir):
     assert pol.predicted.reference == "float" and pol.predicted.measured_increase > 0
     assert pol.refine["uniform_check"]["judged"]
     assert pol.cost["avg_bits"] <= 4.3125 + 1e-9
+    # the causal-LM recipe: a Fisher table (seconds on a whole LM), then the operating-point loop
+    assert pol.predicted.proxy == "fisher" and pol.refine["method"] == "loop"
+    loop = pol.refine["loop"]
+    assert loop["start"] == "w4g64a" and loop["rounds"] and loop["final_measured"] <= loop["start_measured"]
 
 
 def test_fisher_on_a_causal_lm_samples_the_float_model(llama_dir):
