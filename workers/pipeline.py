@@ -4,6 +4,7 @@ service runs the same phases in Ray tasks. Everything a user can get wrong is ch
 the expensive phases start."""
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -227,8 +228,9 @@ def run_search(spec: SearchSpec, progress: Progress = _noop, loaded: LoadedModel
         progress("refine", 0.0, f"judge: {judge.samples} samples ({judge_source})")
         start, start_problem, loop_info = solution.choice, problem, None
         if spec.refine_method == "loop":
+            quiet = dataclasses.replace(ctx, progress=None)  # its cells report as refine rounds, not as sensitivity
             loop = operating_point_loop(
-                problem, formats, lambda base, cells: measure_cells(ctx, [formats[k] for k in base], cells)[:2], judge,
+                problem, formats, lambda base, cells: measure_cells(quiet, [formats[k] for k in base], cells)[:2], judge,
                 lambda p: solver.solve(p).choice, max_seconds=spec.refine_seconds,
                 progress=lambda r, n, msg: progress("refine", min(1.0, (time.perf_counter() - t) / spec.refine_seconds), msg))
             start, start_problem, loop_info = loop.choice, problem.with_loss(loop.table), loop.to_dict()
