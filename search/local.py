@@ -171,7 +171,11 @@ def operating_point_loop(problem: Problem, formats: list[Format], measure: Measu
         if only_measured:
             out = np.isnan(measured)
             out[rows_idx, base] = False
-            est[out] = 10.0 * (np.abs(est[~out]).sum() + 1.0)
+            # above every gain the measured cells could add up to, and no larger (HiGHS dislikes
+            # coefficients many orders apart)
+            kept = np.where(out, np.inf, est)
+            gain = float(np.clip(-kept.min(axis=1), 0, None).sum())
+            est[out] = 2.0 * gain + float(np.abs(est[~out]).max()) + 1e-12
         return np.asarray(solve(problem.with_loss(est)), dtype=np.int64)
 
     for r in range(1, max_rounds + 1):

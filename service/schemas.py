@@ -73,7 +73,7 @@ class JobCreate(_Strict):
         description="one budget (constraints on avg_bits, size_bytes, bops, latency_ms that must all hold) or a "
                     "list of them: one policy per budget, all from one sensitivity table")
     formats: Formats = Field(default_factory=Formats)
-    proxy: str | None = Field(default=None, max_length=64, description="null = bitplan's recipe (measured)")
+    proxy: str | None = Field(default=None, max_length=64, description="null = bitplan's recipe: fisher + loop for causal LMs, measured + moves otherwise")
     proxy_params: dict[str, Any] = Field(default_factory=dict)
     solver: str | None = Field(default=None, max_length=64, description="null = bitplan's recipe (ilp)")
     solver_params: dict[str, Any] = Field(default_factory=dict, description="parameters of the 'joint' solver")

@@ -215,7 +215,7 @@ async function jobView(view, id) {
         <dt>model</dt><dd>${esc(m ? m.ref : job.model_id)} <span class="mono muted">${short(job.model_id)}</span></dd>
         <dt>budget</dt><dd class="mono">${esc(budgetText(job.request.budgets))}</dd>
         <dt>formats</dt><dd class="mono">bits ${esc(job.request.formats.bits.join(","))} × group ${esc(JSON.stringify(job.request.formats.group_size))}${job.request.formats.symmetric ? " symmetric" : ""}</dd>
-        <dt>proxy / solver</dt><dd>${esc(job.request.proxy || "recipe (measured)")} / ${esc(job.request.solver || "ilp")}${job.request.refine === false ? "" : " + refine"}</dd>
+        <dt>proxy / solver</dt><dd>${esc(job.request.proxy || "recipe (by model kind)")} / ${esc(job.request.solver || "ilp")}${job.request.refine === false ? "" : " + refine"}</dd>
         <dt>sensitivity</dt><dd>${job.sensitivity_id ? `<span class="mono">${short(job.sensitivity_id)}</span> ${job.sensitivity_cached ? "(reused from cache)" : "(computed)"}` : "—"}</dd>
         <dt>timings</dt><dd class="mono">${Object.entries(job.timings).map(([k, v]) => `${k} ${v.toFixed(2)}s`).join(" · ") || "—"}</dd>
         <dt>created</dt><dd>${esc(job.created_at)} (${ago(job.created_at)} ago), attempts ${job.attempts}</dd>
@@ -502,7 +502,7 @@ async function submitView(view) {
         </div>
         ${field("budgets", "budgets — one policy per line; constraints on a line must all hold (avg_bits, size_bytes, bops)", `<textarea name="budgets">avg_bits=3.3</textarea>`)}
         <div class="row">
-          ${field("proxy", "proxy", `<select name="proxy"><option value="">recipe (measured + refine)</option><option>measured</option><option>hessian_trace</option><option>fisher</option><option>orthogonality</option><option>output_error</option></select>`)}
+          ${field("proxy", "proxy", `<select name="proxy"><option value="">recipe (fisher + loop for causal LMs, measured + moves otherwise)</option><option>measured</option><option>hessian_trace</option><option>fisher</option><option>orthogonality</option><option>output_error</option></select>`)}
           ${field("solver", "solver", `<select name="solver"><option value="">recipe (ilp)</option><option>ilp</option><option>lp</option><option>convex</option><option>pareto</option></select>`)}
           ${field("quantizer", "quantizer", `<select name="quantizer"><option value="rtn">rtn (round to nearest)</option><option value="gptq">gptq (error-compensating)</option></select>`)}
           ${field("seed", "seed", `<input name="seed" type="number" value="0" min="0">`)}
