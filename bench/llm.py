@@ -6,10 +6,13 @@ Budgets: the costs of uniform 3-bit and 4-bit at g64, and 2.5 bits. Methods, eac
 held-out windows: uniform; fisher + ilp (ModelOpt's gradient score, with the true Fisher of the
 KL: next tokens drawn from the float model); fisher + greedy upgrades (exllamav3's optimizer on
 the same table); hessian_trace + ilp (HAWQ; with ``--hawq``); the llama.cpp ``_M`` rule at the
-budget (search/baselines.py); and, with ``--recipe``, measured (at the operating point) + ilp +
-refine — hours on 2 cores for the whole model, so off by default.
+budget (search/baselines.py); with ``--loop``, the causal-LM recipe: fisher + the operating-point
+loop (search/local.py) within ``--refine-seconds``; and, with ``--recipe``, a whole measured
+table at the operating point + ilp + refine — hours on 2 cores for the whole model.
 
-    python bench/llm.py [--n-calib 8] [--seq-len 256] [--n-eval 64] [--bits 2,3,4,8] [--group-sizes 64] [--hawq] [--recipe]
+    python bench/llm.py [--n-calib 8] [--seq-len 256] [--n-eval 64] [--bits 2,3,4,8] [--group-sizes 64]
+                        [--loop] [--loop-rows 24] [--hawq] [--recipe] [--quantizer gptq] [--device cuda]
+                        [--no-baselines] [--extra-budgets 2.5]
 """
 from __future__ import annotations
 
@@ -58,7 +61,7 @@ def main() -> None:
     ap.add_argument("--loop", action="store_true", help="also the operating-point loop from the fisher table (search/local.py)")
     ap.add_argument("--no-baselines", action="store_true", help="skip the greedy and llama.cpp-style rows")
     ap.add_argument("--loop-rounds", type=int, default=50, help="loop rounds at most (it also stops at --refine-seconds)")
-    ap.add_argument("--loop-rows", type=int, default=32, help="rows measured per loop round at most")
+    ap.add_argument("--loop-rows", type=int, default=24, help="rows measured per loop round at most")
     ap.add_argument("--refine-evals", type=int, default=DEFAULT_REFINE_EVALS)
     ap.add_argument("--refine-seconds", type=float, default=DEFAULT_REFINE_SECONDS)
     ap.add_argument("--quantizer", choices=["rtn", "gptq"], default="rtn",
@@ -139,9 +142,11 @@ def main() -> None:
                 progress=lambda r, n, msg: print(f"    loop {msg} ({time.perf_counter() - t:.0f}s)", flush=True))
             for e in res.rounds:
                 print(f"    round {e['round']}: {e['measured_rows']} rows measured, {e['changed_rows']} change, "
-                      f"predicted {e['predicted_delta']:+.4f}, judge {e['judge_loss']}, accepted {e['accepted']}", flush=True)
-            print(f"    loop from {res.start}: judge {res.start_loss:.4f} -> {res.final_loss:.4f}, {res.measured_cells} cells, "
-                  f"stopped by {res.stopped_by}, scale {res.scale:.3f}", flush=True)
+                      f"predicted {e['predicted_delta']:+.4f}, judged {e.get('judged_delta')}, accepted {e['accepted']}", flush=True)
+            full = n * (len(formats) - 1)  # a whole operating-point table: every other format of every layer
+            print(f"    loop from {res.start}: judge {res.start_loss:.4f} -> {res.final_loss:.4f}; measured "
+                  f"{res.measured_cells} cells of the {full} a whole table at this point needs "
+                  f"({res.measured_cells / full:.0%}); stopped by {res.stopped_by}, proxy scale {res.scale:.3f}", flush=True)
             measure("fisher + loop (op. point)", budget, res.choice, tables["fisher"][1] + time.perf_counter() - t)
         if not args.no_baselines:
             measure("llama.cpp _M-style mix", budget, llamacpp_mix(layers, formats, costs, {"avg_bits": budget}))

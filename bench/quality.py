@@ -6,7 +6,10 @@ Methods: uniform, every proxy + ilp, orthogonality + lp (OMPQ), measured + conve
 measured + greedy upgrades (exllamav3-style), llama.cpp's _M rule at the budget, and the default
 recipe (measured + ilp + refine). Prints a table per model and writes JSON.
 
-    python bench/quality.py --models minilm,digits [--bits 2,3,4,5,6,8] [--smollm-blocks 0-3]
+recipe (measured + ilp + refine). With ``--loop``, also measured + the operating-point loop +
+moves (refine_method=loop).
+
+    python bench/quality.py --models minilm,digits [--bits 2,3,4,5,6,8] [--smollm-blocks 0-3] [--loop]
 """
 from __future__ import annotations
 
