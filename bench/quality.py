@@ -4,10 +4,8 @@ Each proxy's table is computed once per model and reused for every budget and so
 service does). Budgets: the costs of uniform 3-bit and 4-bit at group 64 and one between.
 Methods: uniform, every proxy + ilp, orthogonality + lp (OMPQ), measured + convex (BAQ-style),
 measured + greedy upgrades (exllamav3-style), llama.cpp's _M rule at the budget, and the default
-recipe (measured + ilp + refine). Prints a table per model and writes JSON.
-
 recipe (measured + ilp + refine). With ``--loop``, also measured + the operating-point loop +
-moves (refine_method=loop).
+moves (refine_method=loop). Prints a table per model and writes JSON.
 
     python bench/quality.py --models minilm,digits [--bits 2,3,4,5,6,8] [--smollm-blocks 0-3] [--loop]
 """
