@@ -138,7 +138,7 @@ def main() -> None:
             res = operating_point_loop(
                 prob, formats, lambda base, cells: measure_cells(ctx, [formats[k] for k in base], cells)[:2], judge,
                 lambda p: get_solver("ilp").solve(p).choice, max_rounds=args.loop_rounds, max_rows=args.loop_rows,
-                max_seconds=args.refine_seconds,
+                max_seconds=args.refine_seconds, start=get_solver("ilp").solve(prob).choice,
                 progress=lambda r, n, msg: print(f"    loop {msg} ({time.perf_counter() - t:.0f}s)", flush=True))
             for e in res.rounds:
                 print(f"    round {e['round']}: {e['measured_rows']} rows measured, {e['changed_rows']} change, "

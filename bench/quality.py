@@ -139,7 +139,8 @@ def run_model(key: str, args) -> dict:
             ctx = ProxyContext(lm.model, layers, modules, lm.task, calib, formats, 0, None, lm.sha256, info)
             t = time.perf_counter()
             lp = operating_point_loop(prob, formats, lambda b, cells: measure_cells(ctx, [formats[k] for k in b], cells)[:2],
-                                      judge, lambda p: get_solver("ilp").solve(p).choice, max_seconds=args.refine_seconds)
+                                      judge, lambda p: get_solver("ilp").solve(p).choice, max_seconds=args.refine_seconds,
+                                      start=sol.choice)
             left = max(args.refine_seconds - (time.perf_counter() - t), 1e-3)
             res2 = refine(prob.with_loss(lp.table), lp.choice, judge, args.refine_evals, max_seconds=left)
             row["measured+loop+refine"] = ev.metrics([formats[k] for k in res2.choice], evals)[metric]

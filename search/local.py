@@ -6,8 +6,9 @@ hours on a whole LM. The loop measures only the cells the solver needs, around t
 about to return:
 
 1. Start at the *operating point*: the dearest uniform policy that keeps every budget (the
-   uniform format nearest the budget). The job's proxy table, shifted so the operating point
-   scores 0, is the first estimate.
+   uniform format nearest the budget), or at the proxy's own solution when the judge finds that
+   better (at gentle budgets a second-order table already beats uniform). The job's proxy table,
+   shifted so the starting policy scores 0, is the first estimate.
 2. Solve with the exact ILP on the estimate. The rows it changes (largest predicted effect
    first), plus the layers at the margin of its trade-off (the best remaining upgrades per bit
    and the cheapest downgrades per bit), are measured *at the current policy*: every other layer
@@ -49,17 +50,18 @@ Solve = Callable[[Problem], np.ndarray]
 class LoopResult:
     choice: np.ndarray
     start: str                    # the operating point's format label
-    start_loss: float
+    start_loss: float             # the judge's loss of that uniform policy: what the loop must beat
     final_loss: float
     rounds: list[dict] = field(default_factory=list)
     measured_cells: int = 0
     stopped_by: str = "converged"  # "converged" | "judge" | "rounds" | "time"
     scale: float = 1.0
     seconds: float = 0.0
+    began: str = "uniform"        # "solver" when the proxy's solution judged better and the loop began there
     table: np.ndarray | None = None  # the final local estimate, relative to ``choice`` (orders refine's moves)
 
     def to_dict(self) -> dict:
-        return {"start": self.start, "start_measured": self.start_loss, "final_measured": self.final_loss,
+        return {"start": self.start, "began": self.began, "start_measured": self.start_loss, "final_measured": self.final_loss,
                 "measured_cells": self.measured_cells, "stopped_by": self.stopped_by, "proxy_scale": self.scale,
                 "seconds": round(self.seconds, 3), "rounds": self.rounds}
 
@@ -124,7 +126,7 @@ def proxy_scale(pairs: list[tuple[float, float]]) -> float:
 
 def operating_point_loop(problem: Problem, formats: list[Format], measure: Measure, judge: Judge, solve: Solve,
                          max_rounds: int = 50, margin: int | None = None, max_rows: int | None = 24,
-                         max_seconds: float | None = None,
+                         max_seconds: float | None = None, start: np.ndarray | None = None,
                          progress: Callable[[int, int, str], None] | None = None,
                          clock: Callable[[], float] = time.monotonic) -> LoopResult:
     """Measure-solve-judge rounds from the operating point (see the module docstring).
@@ -146,14 +148,21 @@ def operating_point_loop(problem: Problem, formats: list[Format], measure: Measu
     if hasattr(judge, "reset"):
         judge.reset()
     base_loss = judge(base)
+    uniform_loss, began = base_loss, "uniform"
+    if start is not None and problem.feasible(start) and not np.array_equal(start, base):
+        # the proxy's own solution may already be better than uniform (a second-order table is
+        # good at gentle budgets): start from whichever the judge prefers
+        loss = judge(np.asarray(start, dtype=np.int64))
+        if loss < base_loss:
+            base, base_loss, began = np.asarray(start, dtype=np.int64).copy(), loss, "solver"
     measured = np.full((L, K), np.nan)  # relative to ``base`` for rows measured at (a previous) base
     fresh: set[int] = set()             # rows measured at the current base
     pending: set[int] = set()           # rows a rejected candidate moved on older measurements
     # (proxy, measured) per direction: a second-order proxy misjudges bits given up (large
     # perturbations) and bits bought (small ones) by different factors, so each gets its own
     pairs: dict[bool, list[tuple[float, float]]] = {True: [], False: []}  # key: the cell costs more than base
-    result = LoopResult(base.copy(), formats[k0].label, base_loss, base_loss)
-    judged: set[bytes] = {base.tobytes()}
+    result = LoopResult(base.copy(), formats[k0].label, uniform_loss, base_loss, began=began)
+    judged: set[bytes] = {base.tobytes(), np.full(L, k0).tobytes()}
     per_cell: float | None = None  # seconds one measured cell took (known after the first round)
     judge_cells = 4.0  # a judgement costs about this many cells (one forward over the judge's samples)
 

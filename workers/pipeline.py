@@ -231,11 +231,12 @@ def run_search(spec: SearchSpec, progress: Progress = _noop, loaded: LoadedModel
             quiet = dataclasses.replace(ctx, progress=None)  # its cells report as refine rounds, not as sensitivity
             loop = operating_point_loop(
                 problem, formats, lambda base, cells: measure_cells(quiet, [formats[k] for k in base], cells)[:2], judge,
-                lambda p: solver.solve(p).choice, max_seconds=spec.refine_seconds,
+                lambda p: solver.solve(p).choice, max_seconds=spec.refine_seconds, start=solution.choice,
                 progress=lambda r, n, msg: progress("refine", min(1.0, (time.perf_counter() - t) / spec.refine_seconds), msg))
             start, start_problem, loop_info = loop.choice, problem.with_loss(loop.table), loop.to_dict()
             progress("refine", min(1.0, (time.perf_counter() - t) / spec.refine_seconds),
-                     f"loop from uniform {loop.start}: judge loss {loop.start_loss:.4g} → {loop.final_loss:.4g}, "
+                     f"loop from {'uniform ' + loop.start if loop.began == 'uniform' else 'the solver policy'}: judge loss "
+                     f"{loop.start_loss:.4g} (uniform) → {loop.final_loss:.4g}, "
                      f"{loop.measured_cells} cells measured ({loop.stopped_by})")
         left = max(spec.refine_seconds - (time.perf_counter() - t), 1e-3)
         res = refine(start_problem, start, judge, spec.refine_evals, max_seconds=left,

@@ -153,3 +153,16 @@ def test_judged_candidates_move_only_rows_measured_before():
     res = operating_point_loop(problem, FORMATS, measure, judge, ilp, max_rows=3, margin=1)
     assert not moved_unmeasured
     assert all(e["measured_rows"] <= 3 for e in res.rounds)
+
+
+def test_loop_begins_at_the_solvers_policy_when_the_judge_prefers_it():
+    truth = TrueLoss(5)
+    problem = Problem(truth.err, costs(), {"avg_bits": uniform_bits(1)})
+    best = ilp(problem.with_loss(truth.err))  # the exact optimum of the additive part: far better than uniform
+    assert truth(best) < truth(np.full(N, 1))
+    res = operating_point_loop(problem, FORMATS, truth.measure, truth, ilp, start=best)
+    assert res.began == "solver" and res.start == "w3g64a"
+    assert res.start_loss == pytest.approx(truth(np.full(N, 1)))  # still what it must beat
+    assert res.final_loss <= truth(best)
+    worse = operating_point_loop(problem, FORMATS, truth.measure, truth, ilp, start=np.full(N, 0))  # uniform 2-bit: judged worse
+    assert worse.began == "uniform"
