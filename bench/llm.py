@@ -59,6 +59,7 @@ def main() -> None:
     ap.add_argument("--hawq", action="store_true", help="also hessian_trace + ilp (Hutchinson probes: slow)")
     ap.add_argument("--recipe", action="store_true", help="also the default recipe (measured at the operating point)")
     ap.add_argument("--loop", action="store_true", help="also the operating-point loop from the fisher table (search/local.py)")
+    ap.add_argument("--only-budgets", help="run only these of the budgets, e.g. 4.3125")
     ap.add_argument("--no-baselines", action="store_true", help="skip the greedy and llama.cpp-style rows")
     ap.add_argument("--loop-rounds", type=int, default=50, help="loop rounds at most (it also stops at --refine-seconds)")
     ap.add_argument("--loop-rows", type=int, default=24, help="rows measured per loop round at most")
@@ -110,6 +111,8 @@ def main() -> None:
         measure(f"uniform {f.label}", None, np.full(n, formats.index(f)))
     budgets = [costs.cost(np.full(n, formats.index(ref[b])))["avg_bits"] for b in (3, 4) if b in ref]
     budgets = sorted(budgets + [float(x) for x in args.extra_budgets.split(",") if x])
+    if args.only_budgets:  # e.g. rerun one budget (the same values the default list prints)
+        budgets = [b for b in budgets if any(abs(b - float(x)) < 1e-3 for x in args.only_budgets.split(","))]
 
     tables = {}
     for proxy in ["fisher"] + (["hessian_trace"] if args.hawq else []):
