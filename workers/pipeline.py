@@ -252,7 +252,8 @@ def run_search(spec: SearchSpec, progress: Progress = _noop, loaded: LoadedModel
         refine_info.update(judge_samples=judge.samples, judge_source=judge_source, judge_batches=judge.batches_run,
                            stopped_early=judge.stopped_early)
         unrefined = solved
-        solved = ev.metrics([formats[k] for k in choice], evals) if res.accepted else solved
+        # the policy refine returns, measured: the loop may change it even when no move is accepted
+        solved = solved if np.array_equal(choice, solution.choice) else ev.metrics([formats[k] for k in choice], evals)
         why = {"time": f", stopped at the {spec.refine_seconds:g} s limit", "evals": ""}.get(res.stopped_by, ", no untried move improves")
         progress("refine", 1.0, f"{res.accepted} accepted of {res.evals} evaluations{why}")
         uniform = uniform_check(problem, judge, res.final_loss)

@@ -115,7 +115,7 @@ def test_default_recipe_refines_and_records_it(digits):
 
 
 def test_loop_refine_starts_at_the_operating_point_and_records_its_rounds(digits):
-    res = run_search(spec(refine_evals=6, refine_method="loop", proxy="fisher", refine=True), loaded=digits)
+    res = run_search(spec(refine_evals=1, refine_method="loop", proxy="orthogonality", refine=True), loaded=digits)
     pol, info = res.policy, res.policy.refine
     assert info["method"] == "loop" and pol.cost["avg_bits"] <= BUDGET * (1 + 1e-9)
     loop = info["loop"]
@@ -126,6 +126,15 @@ def test_loop_refine_starts_at_the_operating_point_and_records_its_rounds(digits
     assert info["final_measured"] <= loop["final_measured"] + 1e-12  # moves only ever improve the loop's answer
     assert loop["stopped_by"] in ("converged", "judge", "rounds", "time")
     assert Policy.from_json(pol.to_json()).refine == info
+    # what the policy reports is measured on the policy it holds, whichever step changed it: here
+    # the loop moved it and the moves after it (one evaluation) accepted nothing
+    assert any(r["accepted"] for r in loop["rounds"]) and info["accepted"] == 0
+    pairs = task_layers(digits)
+    assignment = pol.assignment()
+    _, evals, _ = build_batches(digits, plan_for(digits, n_calib=DATA["n_calib"], n_eval=DATA["n_eval"]))
+    ev = Evaluator(digits.model, [m for _, m in pairs], digits.task)
+    held = ev.metrics([assignment.get(i.name, Format(16)) for i, _ in pairs], digits.task.prepare(digits.model, evals))
+    assert held["kl_to_float"] == pol.measured.value
 
 
 def test_refine_stops_at_its_time_limit_and_says_so(digits):
