@@ -131,9 +131,15 @@ def bench_recipe(out: dict, model: str = "builtin:minilm-l6", budgets: tuple[flo
         res = run_search(SearchSpec(model=model, budgets={"avg_bits": b}, **spec_kw), loaded=lm)
         sec = time.perf_counter() - t
         total += sec
-        rows.append({"budget": b, "seconds": sec, "timings": res.timings, "measured": res.policy.measured.value,
-                     "metric": res.policy.measured.metric, "refine": {k: v for k, v in (res.policy.refine or {}).items()
-                                                                      if k in ("method", "stopped_by", "evals", "accepted")}})
+        pol = res.policy
+        loop = (pol.refine or {}).get("loop")
+        rows.append({"budget": b, "seconds": sec, "timings": res.timings, "measured": pol.measured.value,
+                     "uniform": pol.measured.uniform, "metric": pol.measured.metric,
+                     "refine": {k: v for k, v in (pol.refine or {}).items() if k in ("method", "stopped_by", "evals", "accepted")},
+                     "loop": None if loop is None else {k: loop[k] for k in ("began", "start_measured", "final_measured",
+                                                                          "measured_cells", "stopped_by")}
+                     | {"rounds": len(loop["rounds"]), "accepted": sum(r["accepted"] for r in loop["rounds"])},
+                     "uniform_check": ((pol.refine or {}).get("uniform_check") or {}).get("chosen")})
     phases = list(rows[0]["timings"])
     print(f"\n## Default recipe, {model}, avg_bits {', '.join(f'{b:g}' for b in budgets)}, end to end (load → refine)"
           + (f"; {spec_kw}" if spec_kw else ""))
@@ -143,6 +149,14 @@ def bench_recipe(out: dict, model: str = "builtin:minilm-l6", budgets: tuple[flo
         print(f"| {k} | " + " | ".join(f"{r['timings'].get(k, 0):.1f}" for r in rows) + " |")
     print(f"| **job** | " + " | ".join(f"**{r['seconds']:.1f}**" for r in rows) + " |")
     print(f"| {rows[0]['metric']} | " + " | ".join(f"{r['measured']:.4g}" for r in rows) + " |")
+    print("| uniform (nearest bits) | " + " | ".join(
+        f"{min(r['uniform'].items(), key=lambda kv: abs(float(kv[0]) - r['budget']))[1]:.4g}" for r in rows) + " |")
+    for r in rows:
+        if r["loop"]:
+            lp = r["loop"]
+            print(f"{r['budget']:g} bits: loop began at {lp['began']}, judge {lp['start_measured']:.4g} (uniform) -> "
+                  f"{lp['final_measured']:.4g}, {lp['accepted']}/{lp['rounds']} rounds accepted, {lp['measured_cells']} cells, "
+                  f"stopped by {lp['stopped_by']}; uniform check chose {r['uniform_check']}")
     print(f"total with one model load: {total:.1f} s")
     out["recipe"] = {"model": model, "seconds": total, "rows": rows, "spec": spec_kw}
 
