@@ -57,13 +57,24 @@ def test_typed_params_are_normalised_into_the_spec_key():
 
 
 @pytest.mark.parametrize("body,key", [
-    ({}, "93cbde711e5639c16ca97dfa5fe1a449e8c6494641ce985387ec2b77ca62988c"),
+    # the recipe's proxy was `measured` for every kind when these were recorded; a causal LM's
+    # recipe is fisher now (a different table, so a different key), so they name it
+    ({"proxy": "measured"}, "93cbde711e5639c16ca97dfa5fe1a449e8c6494641ce985387ec2b77ca62988c"),
     ({"proxy": "hessian_trace", "proxy_params": {"tol": 0.2}},
      "168a023039f0ee95329eac6668571457a701d366dc4dc4bd50c9023c70e072dd"),
-    ({"quantizer": "gptq", "quantizer_params": {"damp": 0.05}},
+    ({"proxy": "measured", "quantizer": "gptq", "quantizer_params": {"damp": 0.05}},
      "b03a634777a5cec9dc666697b64c9eb5a2d34581a92472a1d3472dc30ec67f22"),
 ])
 def test_sensitivity_keys_did_not_move(body, key):
     """Keys computed by the code before parameters were typed in search.params (golden values
     from that code): the tables already stored under them stay valid."""
     assert plan(**body).sensitivity_key == key
+
+
+def test_a_causal_lms_recipe_is_keyed_by_the_proxy_it_runs():
+    recipe, measured = plan(), plan(proxy="measured")
+    assert recipe.specs[0]["proxy"] == "fisher" and recipe.specs[0]["refine_method"] == "loop"
+    assert recipe.sensitivity_key != measured.sensitivity_key
+    assert recipe.sensitivity_key == plan(proxy="fisher").sensitivity_key  # the same table as asking for fisher
+    enc = plan(kind="embedding", max_positions=512)
+    assert enc.specs[0]["proxy"] == "measured" and enc.specs[0]["refine_method"] == "moves"

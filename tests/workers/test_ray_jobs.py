@@ -95,4 +95,6 @@ def test_two_jobs_with_different_menus_on_one_ray_worker_get_their_own_tables():
                        p["formats"], 0, None, p["lm"].sha256, p["info"], quantizer=p["quantizer"])
     fresh = get_proxy("measured", layers=[0, 1]).compute(ctx)
     np.testing.assert_allclose(np.array(tb["values"]), fresh.values[[0, 1]], rtol=1e-6, atol=1e-9)
-    np.testing.assert_allclose(np.array(tb["stderr"]), fresh.stderr[[0, 1]], rtol=1e-6, atol=1e-12)
+    # a standard error of near-equal per-sample losses (~1e-8 here) moves in its third digit with
+    # the thread count (the worker runs one torch thread, this process two): it travels, not bit-exact
+    np.testing.assert_allclose(np.array(tb["stderr"]), fresh.stderr[[0, 1]], rtol=1e-2, atol=1e-12)
