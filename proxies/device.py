@@ -90,6 +90,7 @@ def place_model(model: nn.Module, device: torch.device, offload: bool | None = N
     for j in range(len(blocks)):
         blocks[j] = nn.Identity()
     model.to(device)
+
     def enter(m: nn.Module, args) -> None:  # a hook that returned the module would replace the inputs
         m.to(device)
 

@@ -7,6 +7,8 @@ DEFAULT_REFINE_SECONDS = 600  # and at most this much wall time: a model whose f
                               # at 224 px) judges few candidates per minute, and refine's gain comes
                               # mostly from its first accepted moves; the default MiniLM job stays
                               # far inside it (it stops on evaluations), so its answer is unchanged
+# the devices a job may name (where its forward passes run), as a pattern every layer checks
+DEVICE_PATTERN = r"^(auto|cpu|mps|cuda(:\d{1,2})?)$"
 # The recipe by model kind, for jobs that name no proxy and no solver: (proxy, refine method).
 # Causal LMs: a whole-model measured table is hours on a CPU (every cell re-runs the blocks after
 # it over every calibration token), while the Fisher table of all 210 SmolLM2 layers takes 18 s;

@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from search.budgets import within
+from search.refine import fitting_uniforms
 from search.formats import Format
 from search.problem import Problem
 
@@ -68,13 +68,8 @@ class LoopResult:
 
 def operating_point(problem: Problem) -> int | None:
     """Index of the dearest uniform format that keeps every budget (None when none does)."""
-    n, metric = len(problem.costs.layers), next(iter(problem.budgets))
-    best, best_cost = None, -math.inf
-    for k in range(problem.n_formats):
-        c = problem.costs.cost(np.full(n, k))
-        if within(c, problem.budgets) and c[metric] > best_cost:
-            best, best_cost = k, c[metric]
-    return best
+    fits = fitting_uniforms(problem)
+    return fits[0] if fits else None
 
 
 def neighbours(formats: list[Format], cost_row: np.ndarray, k: int) -> list[int]:

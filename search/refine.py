@@ -126,14 +126,21 @@ def refine(problem: Problem, start: np.ndarray, judge: Judge, max_evals: int = 4
     return RefineResult(problem.expand(gcur), start_loss, cur_loss, evals, accepted, history, stopped_by, clock() - t0)
 
 
+def fitting_uniforms(problem: Problem) -> list[int]:
+    """Format indices whose uniform policy keeps every budget, dearest first (on the first
+    budget's metric; ties in menu order)."""
+    n, metric = len(problem.costs.layers), next(iter(problem.budgets))
+    cost = {k: problem.costs.cost(np.full(n, k)) for k in range(problem.n_formats)}
+    return sorted((k for k in cost if within(cost[k], problem.budgets)), key=lambda k: -cost[k][metric])
+
+
 def uniform_check(problem: Problem, judge: Judge, policy_loss: float, limit: int = 4) -> dict:
     """Never worse than uniform: the dearest uniform policies that keep every budget (at most
     ``limit``) are judged like refine's candidates, on the same held-apart samples; the best of
     them replaces the mixed policy when the judge finds it better (``chosen``, else None). A
     racing judge compares each with the refined policy, its best, and drops a loser early."""
-    n, formats, metric = len(problem.costs.layers), problem.costs.formats, next(iter(problem.budgets))
-    cost = {k: problem.costs.cost(np.full(n, k)) for k in range(len(formats))}
-    fits = sorted((k for k in cost if within(cost[k], problem.budgets)), key=lambda k: -cost[k][metric])[:limit]
+    n, formats = len(problem.costs.layers), problem.costs.formats
+    fits = fitting_uniforms(problem)[:limit]
     judged, best, best_loss = [], None, policy_loss
     for k in fits:
         loss = judge(np.full(n, k))

@@ -9,9 +9,10 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from search.budgets import METRICS
 from search.defaults import DEFAULT_RECIPE, DEFAULT_REFINE_EVALS, DEFAULT_REFINE_SECONDS, RECIPES
+from search.defaults import DEVICE_PATTERN as DEVICE_PATTERN_TEXT
 from search.formats import FLOAT_BITS, MAX_BITS, MIN_BITS
 
-DEVICE_PATTERN = re.compile(r"^(auto|cpu|mps|cuda(:\d{1,2})?)$")
+DEVICE_PATTERN = re.compile(DEVICE_PATTERN_TEXT)
 DEFAULT_PROXY = "measured"   # bitplan's recipe: measured sensitivities,
 DEFAULT_SOLVER = "ilp"       # exact allocation with a certificate,
 # then refinement judged by measured loss on samples held apart from the table's (search/defaults.py)

@@ -11,7 +11,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from search.defaults import DEFAULT_REFINE_EVALS, DEFAULT_REFINE_SECONDS
+from search.defaults import DEFAULT_REFINE_EVALS, DEFAULT_REFINE_SECONDS, DEVICE_PATTERN
 
 JobStatus = Literal["queued", "running", "succeeded", "failed", "cancelled"]
 TERMINAL: tuple[str, ...] = ("succeeded", "failed", "cancelled")
@@ -95,7 +95,7 @@ class JobCreate(_Strict):
     ties: list[str] = Field(default_factory=list, max_length=8)
     runtime: str | None = Field(default=None, max_length=32, description="vllm/sglang: tie q/k/v, gate/up and the experts of each MoE block")
     latency_table: dict[str, dict[str, float]] | None = None
-    device: str = Field(default="auto", pattern=r"^(auto|cpu|mps|cuda(:\d{1,2})?)$", description=(
+    device: str = Field(default="auto", pattern=DEVICE_PATTERN, description=(
         "where the worker runs the forward passes: auto (the GPU Ray granted the job's task, else the CPU), "
         "cpu, cuda, cuda:N or mps; a device the worker lacks fails the job with the reason"))
     offload: bool | None = Field(default=None, description=(
