@@ -30,7 +30,7 @@ from search.baselines import greedy_upgrades, llamacpp_mix  # noqa: E402
 from search.budgets import CostModel  # noqa: E402
 from search.formats import make_formats  # noqa: E402
 from search.local import operating_point_loop  # noqa: E402
-from proxies.measured import measure_cells  # noqa: E402
+from proxies.measured import cell_measure  # noqa: E402
 from search.problem import Problem  # noqa: E402
 from search.refine import refine  # noqa: E402
 from search.solvers import get_solver  # noqa: E402
@@ -138,7 +138,7 @@ def run_model(key: str, args) -> dict:
         if args.loop:  # refine_method="loop": the operating-point loop, then moves on its table
             ctx = ProxyContext(lm.model, layers, modules, lm.task, calib, formats, 0, None, lm.sha256, info)
             t = time.perf_counter()
-            lp = operating_point_loop(prob, formats, lambda b, cells: measure_cells(ctx, [formats[k] for k in b], cells)[:2],
+            lp = operating_point_loop(prob, formats, cell_measure(ctx, ev.cache),
                                       judge, lambda p: get_solver("ilp").solve(p).choice, max_seconds=args.refine_seconds,
                                       start=sol.choice)
             left = max(args.refine_seconds - (time.perf_counter() - t), 1e-3)

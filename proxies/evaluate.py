@@ -20,17 +20,18 @@ from search.formats import Format
 
 class QuantCache:
     """Quantized weights per (layer, format) from the job's quantizer, computed on first use
-    from the float weights (callers never ask while a policy is swapped in)."""
+    from the float weights: the module's own (callers never ask while a policy is swapped in)
+    or ``w``, the float weight a caller holding a swapped model passes."""
 
     def __init__(self, modules: list[nn.Module], quantizer: WeightQuantizer | None = None):
         self.modules = modules
         self.quantizer = quantizer or RTNQuantizer(modules)
         self._cache: dict[tuple[int, Format], torch.Tensor] = {}
 
-    def get(self, i: int, fmt: Format) -> torch.Tensor:
+    def get(self, i: int, fmt: Format, w: torch.Tensor | None = None) -> torch.Tensor:
         key = (i, fmt)
         if key not in self._cache:
-            self._cache[key] = self.quantizer.weight(i, fmt)
+            self._cache[key] = self.quantizer.weight(i, fmt, w)
         return self._cache[key]
 
 

@@ -45,21 +45,31 @@ class MeasuredProxy(Proxy):
         return values, stderr, {**info, "context": None if base_fmt is None else base_fmt.label}
 
 
-def measure_cells(ctx: ProxyContext, base: list, cells: dict[int, list[int]]):
+def measure_cells(ctx: ProxyContext, base: list, cells: dict[int, list[int]], cache=None):
     """Measure ``loss(base with layer i → format k) − loss(base)`` for every asked cell.
 
     ``base`` holds each layer's format (None = float): the policy the cells are measured at.
     Returns an L×K array with NaN where nothing was asked, the paired standard errors (same
     shape; None when the task gives no per-sample losses) and diagnostics. The model's weights
-    are restored afterwards."""
+    are restored afterwards. ``cache`` (a :class:`proxies.evaluate.QuantCache` of the same
+    quantizer) keeps quantized weights between calls: the operating-point loop measures at a
+    new policy every round, and under GPTQ each layer's solve is the expensive part."""
     L = len(ctx.layers)
     floats = [m.weight.detach().clone() for m in ctx.modules]
 
     def q(i: int, f) -> torch.Tensor:
-        return floats[i] if f is None or f.is_float else ctx.quantize(i, f, floats[i])
+        if f is None or f.is_float:
+            return floats[i]
+        return ctx.quantize(i, f, floats[i]) if cache is None else cache.get(i, f, floats[i])
 
     with swapped(ctx.modules, [q(i, base[i]) for i in range(L)]):
         return _measure(ctx, cells, q)
+
+
+def cell_measure(ctx: ProxyContext, cache=None):
+    """The operating-point loop's ``measure`` (search.local.Measure) on ``ctx``: cells at a base
+    policy given as format indices into ``ctx.formats``, returning (values, stderr)."""
+    return lambda base, cells: measure_cells(ctx, [ctx.formats[int(k)] for k in base], cells, cache)[:2]
 
 
 def _measure(ctx: ProxyContext, cells: dict[int, list[int]], q):

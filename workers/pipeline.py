@@ -14,7 +14,7 @@ import torch
 
 from proxies.base import Proxy, ProxyContext
 from proxies.device import place_model, resolve_device
-from proxies.measured import measure_cells
+from proxies.measured import cell_measure
 from proxies.discovery import discover_layers
 from proxies.evaluate import Evaluator, RacingJudge
 from proxies.quantizers import WeightQuantizer, build_quantizer, check_quantizer
@@ -230,7 +230,7 @@ def run_search(spec: SearchSpec, progress: Progress = _noop, loaded: LoadedModel
         if spec.refine_method == "loop":
             quiet = dataclasses.replace(ctx, progress=None)  # its cells report as refine rounds, not as sensitivity
             loop = operating_point_loop(
-                problem, formats, lambda base, cells: measure_cells(quiet, [formats[k] for k in base], cells)[:2], judge,
+                problem, formats, cell_measure(quiet, ev.cache), judge,
                 lambda p: solver.solve(p).choice, max_seconds=spec.refine_seconds, start=solution.choice,
                 progress=lambda r, n, msg: progress("refine", min(1.0, (time.perf_counter() - t) / spec.refine_seconds), msg))
             start, start_problem, loop_info = loop.choice, problem.with_loss(loop.table), loop.to_dict()
