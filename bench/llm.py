@@ -34,11 +34,11 @@ from proxies.evaluate import Evaluator  # noqa: E402
 from proxies.registry import get_proxy  # noqa: E402
 from search.baselines import greedy_upgrades, llamacpp_mix  # noqa: E402
 from search.budgets import CostModel  # noqa: E402
-from search.defaults import DEFAULT_REFINE_EVALS, DEFAULT_REFINE_SECONDS  # noqa: E402
+from search.defaults import DEFAULT_REFINE_EVALS, REFINE_SECONDS  # noqa: E402
 from search.formats import make_formats  # noqa: E402
 from search.problem import Problem  # noqa: E402
 from proxies.device import place_model, resolve_device  # noqa: E402
-from proxies.measured import measure_cells  # noqa: E402
+from proxies.measured import cell_measure  # noqa: E402
 from search.local import operating_point_loop  # noqa: E402
 from search.refine import refine  # noqa: E402
 from search.solvers import get_solver  # noqa: E402
@@ -64,7 +64,8 @@ def main() -> None:
     ap.add_argument("--loop-rounds", type=int, default=50, help="loop rounds at most (it also stops at --refine-seconds)")
     ap.add_argument("--loop-rows", type=int, default=24, help="rows measured per loop round at most")
     ap.add_argument("--refine-evals", type=int, default=DEFAULT_REFINE_EVALS)
-    ap.add_argument("--refine-seconds", type=float, default=DEFAULT_REFINE_SECONDS)
+    ap.add_argument("--refine-seconds", type=float, default=REFINE_SECONDS["causal_lm"],
+                    help="the loop's wall time (default: a causal LM job's)")
     ap.add_argument("--quantizer", choices=["rtn", "gptq"], default="rtn",
                     help="the weight quantizer of every row (gptq: Hessians from calibration-source windows apart)")
     ap.add_argument("--device", default="cpu", help="where the forward passes run (cpu, cuda, auto)")
@@ -139,12 +140,12 @@ def main() -> None:
                 judge, _ = refine_judge(lm, plan, ev, formats, calib)
             t = time.perf_counter()
             res = operating_point_loop(
-                prob, formats, lambda base, cells: measure_cells(ctx, [formats[k] for k in base], cells)[:2], judge,
+                prob, formats, cell_measure(ctx, ev.cache), judge,
                 lambda p: get_solver("ilp").solve(p).choice, max_rounds=args.loop_rounds, max_rows=args.loop_rows,
                 max_seconds=args.refine_seconds, start=get_solver("ilp").solve(prob).choice,
                 progress=lambda r, n, msg: print(f"    loop {msg} ({time.perf_counter() - t:.0f}s)", flush=True))
             for e in res.rounds:
-                print(f"    round {e['round']}: {e['measured_rows']} rows measured, {e['changed_rows']} change, "
+                print(f"    round {e['round']} ({e.get('step')}): {e['measured_rows']} rows measured, {e['changed_rows']} change, "
                       f"predicted {e['predicted_delta']:+.4f}, judged {e.get('judged_delta')}, accepted {e['accepted']}", flush=True)
             full = n * (len(formats) - 1)  # a whole operating-point table: every other format of every layer
             print(f"    loop from {res.start}: judge {res.start_loss:.4f} -> {res.final_loss:.4f}; measured "

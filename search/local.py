@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import math
 import time
+from itertools import zip_longest
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -63,7 +64,8 @@ class LoopResult:
     def to_dict(self) -> dict:
         return {"start": self.start, "began": self.began, "start_measured": self.start_loss, "final_measured": self.final_loss,
                 "measured_cells": self.measured_cells, "stopped_by": self.stopped_by, "proxy_scale": self.scale,
-                "seconds": round(self.seconds, 3), "rounds": self.rounds}
+                "seconds": round(self.seconds, 3), "n_rounds": max((e["round"] for e in self.rounds), default=0),
+                "rounds": self.rounds}
 
 
 def operating_point(problem: Problem) -> int | None:
@@ -72,41 +74,51 @@ def operating_point(problem: Problem) -> int | None:
     return fits[0] if fits else None
 
 
-def neighbours(formats: list[Format], cost_row: np.ndarray, k: int) -> list[int]:
+def neighbours(formats: list[Format], cost_row: np.ndarray, k: int, direction: int = 0) -> list[int]:
     """The cells a layer in format ``k`` is measured in: one bit-level down (its dearest format
     there), one up (its cheapest), and at the same bit-width the nearest cheaper and dearer
     group size. With a one-group menu that is one step down and one up the bit ladder; with
-    g32/g64/g128 it adds the neighbouring scale overheads, the finer trades the knapsack makes."""
+    g32/g64/g128 it adds the neighbouring scale overheads, the finer trades the knapsack makes.
+    ``direction`` +1 keeps only the dearer cells (a layer the solver would upgrade), -1 only the
+    cheaper ones (one it would downgrade): the other side would not be used this round, and
+    skipping it measures twice the rows in the same time."""
     levels = sorted({f.bits for f in formats})
     j = levels.index(formats[k].bits)
     at = {b: [i for i, f in enumerate(formats) if f.bits == b] for b in levels}
     out = set()
-    if j > 0:
+    if j > 0 and direction <= 0:
         out.add(max(at[levels[j - 1]], key=lambda i: cost_row[i]))
-    if j + 1 < len(levels):
+    if j + 1 < len(levels) and direction >= 0:
         out.add(min(at[levels[j + 1]], key=lambda i: cost_row[i]))
     same = [i for i in at[levels[j]] if i != k]
     below = [i for i in same if cost_row[i] < cost_row[k]]
     above = [i for i in same if cost_row[i] > cost_row[k]]
-    if below:
+    if below and direction <= 0:
         out.add(max(below, key=lambda i: cost_row[i]))
-    if above:
+    if above and direction >= 0:
         out.add(min(above, key=lambda i: cost_row[i]))
     return sorted(out)
 
 
-def margin_rows(est: np.ndarray, cost: np.ndarray, base: np.ndarray, m: int, exclude: set[int] = frozenset()) -> list[int]:
+def margin_sides(est: np.ndarray, cost: np.ndarray, base: np.ndarray, m: int,
+                 exclude: set[int] = frozenset()) -> tuple[list[int], list[int]]:
     """The ``m`` layers with the best upgrade per bit and the ``m`` with the cheapest downgrade
     per bit from ``base`` under the estimate ``est`` (relative to ``base``): the rows the
-    solver's next trade would touch."""
+    solver's next trade would touch, each side in order (best first)."""
     L = est.shape[0]
     rows = np.arange(L)
     dc = cost - cost[rows, base][:, None]
     up = np.where(dc > 1e-12, -est / np.where(dc > 1e-12, dc, 1.0), -np.inf).max(axis=1)
     down = np.where(dc < -1e-12, est / np.where(dc < -1e-12, -dc, 1.0), np.inf).min(axis=1)
-    cand = [i for i in np.argsort(-up, kind="stable") if np.isfinite(up[i]) and i not in exclude][:m]
-    cand += [i for i in np.argsort(down, kind="stable") if np.isfinite(down[i]) and i not in exclude][:m]
-    return sorted(set(int(i) for i in cand))
+    ups = [int(i) for i in np.argsort(-up, kind="stable") if np.isfinite(up[i]) and i not in exclude][:m]
+    downs = [int(i) for i in np.argsort(down, kind="stable") if np.isfinite(down[i]) and i not in exclude][:m]
+    return ups, downs
+
+
+def margin_rows(est: np.ndarray, cost: np.ndarray, base: np.ndarray, m: int, exclude: set[int] = frozenset()) -> list[int]:
+    """Both sides of :func:`margin_sides` as one sorted list of rows."""
+    ups, downs = margin_sides(est, cost, base, m, exclude)
+    return sorted(set(ups) | set(downs))
 
 
 def proxy_scale(pairs: list[tuple[float, float]]) -> float:
@@ -168,12 +180,16 @@ def operating_point_loop(problem: Problem, formats: list[Format], measure: Measu
         est[has] = measured[has]
         return est
 
-    def solve_est(only_measured: bool = False) -> np.ndarray:
+    def solve_est(only_measured: bool = False, no_up: set[int] | None = None) -> np.ndarray:
         """The solver's answer on the estimate; with ``only_measured`` every cell not measured
-        is priced out, so a judged candidate moves only where a measurement says it pays."""
+        is priced out, so a judged candidate moves only where a measurement says it pays, and
+        the rows in ``no_up`` may not move to a dearer format (a shorter step)."""
         est = estimate()
         if only_measured:
             out = np.isnan(measured)
+            if no_up:
+                rows = np.array(sorted(no_up))
+                out[rows] |= cost[rows] > cost[rows, base[rows]][:, None]
             out[rows_idx, base] = False
             # above every gain the measured cells could add up to, and no larger (HiGHS dislikes
             # coefficients many orders apart)
@@ -182,6 +198,26 @@ def operating_point_loop(problem: Problem, formats: list[Format], measure: Measu
             est[out] = 2.0 * gain + float(np.abs(est[~out]).max()) + 1e-12
         return np.asarray(solve(problem.with_loss(est)), dtype=np.int64)
 
+    def recentre(cand: np.ndarray) -> None:
+        """A row keeps its measurement relative to its own format (shifted where that format
+        moved, NaN where the new cell was not measured); the context changed for every row, so
+        rows are measured again when they matter."""
+        for i in rows_idx:
+            measured[i, :] = measured[i, :] - measured[i, cand[i]]
+
+    def judged_entry(r: int, cand: np.ndarray, cells: int, step: str) -> tuple[dict, float]:
+        est = estimate()
+        entry = {"round": r, "step": step, "measured_rows": cells, "changed_rows": int((cand != base).sum()),
+                 "predicted_delta": float(est[rows_idx, cand].sum()), "judge_loss": None, "accepted": False}
+        result.rounds.append(entry)
+        judged.add(cand.tobytes())
+        loss = judge(cand)
+        entry["judge_loss"] = loss if math.isfinite(loss) else None
+        # the prediction gap a user reads: the local table's predicted change vs the judged one
+        entry["judged_delta"] = loss - base_loss if math.isfinite(loss) else None
+        entry["accepted"] = bool(loss < base_loss)
+        return entry, loss
+
     for r in range(1, max_rounds + 1):
         if clock() >= deadline:
             result.stopped_by = "time"
@@ -189,15 +225,23 @@ def operating_point_loop(problem: Problem, formats: list[Format], measure: Measu
         cand = solve_est()
         changed = {int(i) for i in np.flatnonzero(cand != base)}
         est = estimate()
-        # the solver's changes first (largest predicted effect first), then the margin; at most
-        # ``max_rows`` per round, the rest waits for the next round
+        # the solver's changes first (largest predicted effect first), then the margin, the best
+        # upgrade and the cheapest downgrade in turn; at most ``max_rows`` per round, the rest
+        # waits for the next round. A row is measured on the side it would move to.
         first = sorted(pending - fresh, key=lambda i: -abs(est[i, cand[i]]) if i in changed else 0.0)
         first += sorted(changed - fresh - pending, key=lambda i: -abs(est[i, cand[i]]))
-        todo = first + [i for i in margin_rows(est, cost, base, margin) if i not in fresh and i not in changed]
+        side = {i: int(np.sign(cost[i, cand[i]] - cost[i, base[i]])) if i in changed else 0 for i in first}
+        ups, downs = margin_sides(est, cost, base, margin, exclude=fresh | changed)
+        for pair in zip_longest(ups, downs):
+            for i, d in zip(pair, (1, -1)):
+                if i is not None:
+                    side[i] = d if side.get(i, d) == d else 0
+        todo = list(side)
         todo = todo[:max_rows] if max_rows else todo
-        cells = {i: sorted((set(neighbours(formats, cost[i], int(base[i]))) | {int(cand[i])}) - {int(base[i])}) for i in todo}
+        cells = {i: sorted((set(neighbours(formats, cost[i], int(base[i]), side[i])) | {int(cand[i])}) - {int(base[i])})
+                 for i in todo}
         cells = {i: ks for i, ks in cells.items() if ks}
-        if per_cell is not None and math.isfinite(deadline):  # leave time to judge what is measured
+        if cells and per_cell is not None and math.isfinite(deadline):  # leave time to judge what is measured
             room = (deadline - clock()) / per_cell - judge_cells
             keep, n = {}, 0
             for i, ks in cells.items():
@@ -221,38 +265,43 @@ def operating_point_loop(problem: Problem, formats: list[Format], measure: Measu
                 fresh.add(i)
             result.measured_cells += sum(len(ks) for ks in cells.values())
         cand = solve_est(only_measured=True)
-        est = estimate()
-        predicted = float(est[rows_idx, cand].sum())
-        entry = {"round": r, "measured_rows": len(cells), "changed_rows": int((cand != base).sum()),
-                 "predicted_delta": predicted, "judge_loss": None, "accepted": False}
-        result.rounds.append(entry)
         if progress:
-            progress(r, max_rounds, f"round {r}: {len(cells)} rows measured, {entry['changed_rows']} layers change")
+            progress(r, max_rounds, f"round {r}: {len(cells)} rows measured, {int((cand != base).sum())} layers change")
         if np.array_equal(cand, base) or cand.tobytes() in judged:
+            result.rounds.append({"round": r, "step": "measure", "measured_rows": len(cells), "changed_rows": 0,
+                                  "predicted_delta": 0.0, "judge_loss": None, "accepted": False})
             if cells:  # nothing measured pays yet; the next round measures more of what the solver wants
                 continue
             result.stopped_by = "converged"
             break
-        judged.add(cand.tobytes())
-        loss = judge(cand)
-        entry["judge_loss"] = loss if math.isfinite(loss) else None
-        # the prediction gap a user reads: the local table's predicted change vs the judged one
-        entry["judged_delta"] = loss - base_loss if math.isfinite(loss) else None
-        if loss < base_loss:
-            entry["accepted"] = True
-            # re-centre on the new policy: a row keeps its measurement relative to its own
-            # format (shifted where that format moved, NaN where the new cell was not measured);
-            # the context changed for every row, so rows are measured again when they matter
-            for i in rows_idx:
-                measured[i, :] = measured[i, :] - measured[i, cand[i]]
-            fresh, pending = set(), set()
-            base, base_loss = cand, loss
-        else:
+        entry, loss = judged_entry(r, cand, len(cells), "solve")
+        if not entry["accepted"]:
             stale = set(int(i) for i in np.flatnonzero(cand != base)) - fresh
-            if not stale:  # every change was measured at this policy, and still no gain
+            if stale:  # measured at an earlier policy: measure again here first
+                pending |= stale
+                continue
+            # every change was measured at this policy and the whole step still lost: the local
+            # table over-predicts a long step (the layers' errors interact), so shorten it, the
+            # better half of its upgrades by measured gain per bit, until the judge agrees
+            while clock() < deadline:
+                est = estimate()
+                up = [int(i) for i in np.flatnonzero(cost[rows_idx, cand] > cost[rows_idx, base])]
+                if len(up) < 2:
+                    break
+                up.sort(key=lambda i: est[i, cand[i]] / (cost[i, cand[i]] - cost[i, base[i]]))
+                short = solve_est(only_measured=True, no_up=set(range(L)) - set(up[: len(up) // 2]))
+                if np.array_equal(short, base) or short.tobytes() in judged:
+                    break
+                cand = short
+                entry, loss = judged_entry(r, cand, 0, "shorter")
+                if entry["accepted"]:
+                    break
+            if not entry["accepted"]:
                 result.stopped_by = "judge"
                 break
-            pending |= stale  # measured at an earlier policy: measure again here first
+        recentre(cand)
+        fresh, pending = set(), set()
+        base, base_loss = cand, loss
     else:
         result.stopped_by = "rounds"
     result.choice, result.final_loss, result.scale = base, base_loss, proxy_scale(pairs[True] + pairs[False])

@@ -111,7 +111,7 @@ def print_report(spec: SearchSpec, result: SearchResult, out: Path) -> None:
         if lp:
             began = "" if lp.get("began", "uniform") == "uniform" else ", begun at the solver's policy (judged better)"
             out_console.print(f"loop: uniform {lp['start']}{began}, judge loss {lp['start_measured']:.5g} → "
-                              f"{lp['final_measured']:.5g} in {len(lp['rounds'])} rounds, {lp['measured_cells']} cells "
+                              f"{lp['final_measured']:.5g} in {lp.get('n_rounds', len(lp['rounds']))} rounds, {lp['measured_cells']} cells "
                               f"measured at the current policy (stopped by {lp['stopped_by']})")
         u = r.get("uniform_check")
         if u and u["judged"]:

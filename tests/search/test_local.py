@@ -8,7 +8,7 @@ import pytest
 from search.budgets import CostModel
 from search.formats import make_formats
 from search.layers import LayerInfo
-from search.local import neighbours, margin_rows, operating_point, operating_point_loop, proxy_scale
+from search.local import neighbours, margin_rows, margin_sides, operating_point, operating_point_loop, proxy_scale
 from search.problem import Problem
 from search.solvers.ilp import ILPSolver
 
@@ -166,3 +166,43 @@ def test_loop_begins_at_the_solvers_policy_when_the_judge_prefers_it():
     assert res.final_loss <= truth(best)
     worse = operating_point_loop(problem, FORMATS, truth.measure, truth, ilp, start=np.full(N, 0))  # uniform 2-bit: judged worse
     assert worse.began == "uniform"
+
+
+def test_neighbours_on_one_side_and_margin_sides_in_order():
+    fm = make_formats([2, 3, 4], [32, 64, 128], False)
+    row = CostModel([LayerInfo("fc", "linear", (256, 256), 65536, 256, 65536)], fm).matrix("avg_bits")[0]
+    k = [f.label for f in fm].index("w3g64a")
+    up = sorted(fm[i].label for i in neighbours(fm, row, k, +1))
+    down = sorted(fm[i].label for i in neighbours(fm, row, k, -1))
+    assert up == ["w3g32a", "w4g128a"] and down == ["w2g32a", "w3g128a"]
+    assert sorted(neighbours(fm, row, k)) == sorted(neighbours(fm, row, k, +1) + neighbours(fm, row, k, -1))
+    est = np.array([[0.5, 0.0, -1.0], [0.1, 0.0, -0.1], [0.01, 0.0, -2.0], [2.0, 0.0, -0.2]])
+    cost = np.tile([1.0, 2.0, 3.0], (4, 1))
+    ups, downs = margin_sides(est, cost, np.full(4, 1), 2)
+    assert ups == [2, 0] and downs == [2, 1]  # best gain per bit first; cheapest loss per bit first
+
+
+def test_a_rejected_long_step_is_shortened_until_the_judge_agrees():
+    truth = TrueLoss(6)
+    ups_in_judged = []
+
+    def judge(choice):  # a model whose layers interact so much that only short steps pay
+        ups = int((choice > 1).sum())
+        ups_in_judged.append(ups)
+        return truth(choice) + (1e6 if ups > 2 else 0.0)
+
+    problem = Problem(truth.err - truth.err[:, [1]], costs(), {"avg_bits": uniform_bits(1)})
+    res = operating_point_loop(problem, FORMATS, truth.measure, judge, ilp)
+    shorter = [e for e in res.rounds if e.get("step") == "shorter"]
+    assert shorter and any(e["accepted"] for e in shorter)
+    assert max(ups_in_judged) > 2  # the solver's first step was long, and was judged
+    assert res.final_loss < truth(np.full(N, 1)) and (res.choice > 1).sum() <= 2
+    assert res.to_dict()["n_rounds"] == max(e["round"] for e in res.rounds)
+
+
+def test_a_loop_with_nothing_left_to_measure_converges_rather_than_running_out_of_time():
+    truth = TrueLoss(7, n=3)
+    c = CostModel([LayerInfo(f"b.{i}.fc", "linear", (64, 64), 4096, 64, 4096) for i in range(3)], FORMATS)
+    problem = Problem(truth.err - truth.err[:, [1]], c, {"avg_bits": c.cost(np.full(3, 1))["avg_bits"]})
+    res = operating_point_loop(problem, FORMATS, truth.measure, truth, ilp, max_seconds=1e9)
+    assert res.stopped_by in {"converged", "judge"}
