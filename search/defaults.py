@@ -16,6 +16,11 @@ DEVICE_PATTERN = r"^(auto|cpu|mps|cuda(:\d{1,2})?)$"
 # about to return (search/local.py). Other kinds keep measured + one-step moves.
 RECIPES = {"causal_lm": ("fisher", "loop")}
 DEFAULT_RECIPE = ("measured", "moves")
+# refine's wall time by model kind when the job gives none. A causal LM's loop is time-bound
+# (every measured cell re-runs the blocks after its layer over 2k tokens), its gain comes mostly
+# in the first rounds, and at this limit a two-budget job on whole SmolLM2 stays within 20
+# minutes on 2 cores (bench/speed.py)
+REFINE_SECONDS = {"causal_lm": 420}
 # samples of the calibration source that refine's judge reads by default, per task kind
 JUDGE_SAMPLES = {"embedding": 256, "causal_lm": 16, "classifier": 256, "text_classifier": 128}
 # samples of the calibration source that GPTQ's Hessians read by default, per task kind

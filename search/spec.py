@@ -8,7 +8,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from search.budgets import METRICS
-from search.defaults import DEFAULT_RECIPE, DEFAULT_REFINE_EVALS, DEFAULT_REFINE_SECONDS, RECIPES
+from search.defaults import DEFAULT_RECIPE, DEFAULT_REFINE_EVALS, DEFAULT_REFINE_SECONDS, RECIPES, REFINE_SECONDS
 from search.defaults import DEVICE_PATTERN as DEVICE_PATTERN_TEXT
 from search.formats import FLOAT_BITS, MAX_BITS, MIN_BITS
 
@@ -38,7 +38,7 @@ class SearchSpec(BaseModel):
     solver_params: dict = Field(default_factory=dict)
     refine: bool | None = None
     refine_evals: int = DEFAULT_REFINE_EVALS
-    refine_seconds: float = DEFAULT_REFINE_SECONDS
+    refine_seconds: float | None = None  # None: the model kind's (search.defaults.REFINE_SECONDS)
     # how refine searches: "moves" (pairs of one-step moves judged one by one) or "loop" (the
     # operating-point loop of search/local.py first, then moves on its local table with the time left)
     refine_method: Literal["moves", "loop"] | None = None  # None: the recipe's (search.defaults.RECIPES)
@@ -115,7 +115,7 @@ class SearchSpec(BaseModel):
     def _rest(self) -> "SearchSpec":
         if self.refine_evals < 1:
             raise ValueError("refine_evals must be >= 1")
-        if not 0 < self.refine_seconds <= 7 * 86400:
+        if self.refine_seconds is not None and not 0 < self.refine_seconds <= 7 * 86400:
             raise ValueError(f"refine_seconds {self.refine_seconds} must be > 0 and at most a week (604800)")
         if self.judge_samples is not None and self.judge_samples < 0:
             raise ValueError("judge_samples must be >= 0 (0 judges refine on the calibration batches)")
@@ -149,10 +149,11 @@ class SearchSpec(BaseModel):
         else only the refine method (moves unless asked). Applied where the kind is known (the
         API at submission, the pipeline after loading), so the table key names the real proxy."""
         proxy, method = RECIPES.get(kind, DEFAULT_RECIPE)
+        seconds = self.refine_seconds or REFINE_SECONDS.get(kind, DEFAULT_REFINE_SECONDS)
         if self.proxy is None and self.solver is None and not self.proxy_params:
             return self.model_copy(update={"proxy": proxy, "refine": True if self.refine is None else self.refine,
-                                           "refine_method": self.refine_method or method})
-        return self.model_copy(update={"refine_method": self.refine_method or "moves"})
+                                           "refine_method": self.refine_method or method, "refine_seconds": seconds})
+        return self.model_copy(update={"refine_method": self.refine_method or "moves", "refine_seconds": seconds})
 
     @property
     def do_refine(self) -> bool:

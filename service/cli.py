@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from search.defaults import DEFAULT_REFINE_EVALS, DEFAULT_REFINE_SECONDS, JUDGE_SAMPLES, RECIPES
+from search.defaults import DEFAULT_REFINE_EVALS, DEFAULT_REFINE_SECONDS, JUDGE_SAMPLES, RECIPES, REFINE_SECONDS
 from service.cli_remote import GROUPS_NOT_GIVEN
 
 if TYPE_CHECKING:  # the engine's imports stay lazy so --help and usage errors are instant
@@ -179,9 +179,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--no-refine", dest="refine", action="store_false")
     s.add_argument("--refine-evals", type=int, default=DEFAULT_REFINE_EVALS,
                    help=f"candidate policies refine may judge (default {DEFAULT_REFINE_EVALS})")
-    s.add_argument("--refine-seconds", type=float, default=DEFAULT_REFINE_SECONDS, metavar="S",
+    s.add_argument("--refine-seconds", type=float, default=None, metavar="S",
                    help=f"wall time refine may spend; it stops at whichever of this and --refine-evals comes first "
-                        f"(default {DEFAULT_REFINE_SECONDS:g})")
+                        f"(default " + ", ".join(f"{v:g} for a {k}" for k, v in REFINE_SECONDS.items())
+                        + f", {DEFAULT_REFINE_SECONDS:g} otherwise)")
     s.add_argument("--refine-method", choices=["moves", "loop"], default=None,
                    help="moves: one-step moves judged one by one; loop: measure the cells around the policy at the "
                         "operating point, re-solve and judge, then moves with the time left (default: the recipe's, "

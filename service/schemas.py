@@ -11,7 +11,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from search.defaults import DEFAULT_REFINE_EVALS, DEFAULT_REFINE_SECONDS, DEVICE_PATTERN
+from search.defaults import DEFAULT_REFINE_EVALS, DEFAULT_REFINE_SECONDS, DEVICE_PATTERN, REFINE_SECONDS
 
 JobStatus = Literal["queued", "running", "succeeded", "failed", "cancelled"]
 TERMINAL: tuple[str, ...] = ("succeeded", "failed", "cancelled")
@@ -79,9 +79,10 @@ class JobCreate(_Strict):
     solver_params: dict[str, Any] = Field(default_factory=dict, description="parameters of the 'joint' solver")
     refine: bool | None = None
     refine_evals: int = Field(default=DEFAULT_REFINE_EVALS, ge=1, le=10_000)
-    refine_seconds: float = Field(default=DEFAULT_REFINE_SECONDS, gt=0, le=7 * 86400, description=(
+    refine_seconds: float | None = Field(default=None, gt=0, le=7 * 86400, description=(
         "wall time refine may spend (checked between candidates); it stops at whichever of this and "
-        "refine_evals comes first, and the policy's refine.stopped_by says which"))
+        "refine_evals comes first, and the policy's refine.stopped_by says which (null: "
+        + ", ".join(f"{v:g} for a {k}" for k, v in REFINE_SECONDS.items()) + f", {DEFAULT_REFINE_SECONDS:g} otherwise)"))
     refine_method: Literal["moves", "loop"] | None = Field(default=None, description=(
         "moves: pairs of one-step moves judged one by one; loop: measure the cells around the policy at the "
         "operating point (the dearest uniform format that fits), re-solve and judge, then moves with the time "

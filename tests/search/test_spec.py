@@ -18,6 +18,17 @@ def test_causal_lms_get_fisher_and_the_loop_others_measured_and_moves():
     assert (enc.proxy, enc.refine_method, enc.do_refine) == ("measured", "moves", True)
 
 
+def test_refine_time_by_model_kind_unless_given():
+    from search.defaults import DEFAULT_REFINE_SECONDS, REFINE_SECONDS
+    assert spec().refine_seconds is None
+    assert spec().with_recipe("causal_lm").refine_seconds == REFINE_SECONDS["causal_lm"]
+    assert spec().with_recipe("embedding").refine_seconds == DEFAULT_REFINE_SECONDS
+    assert spec(refine_seconds=30).with_recipe("causal_lm").refine_seconds == 30
+    assert spec(proxy="fisher", refine_seconds=None).with_recipe("causal_lm").refine_seconds == REFINE_SECONDS["causal_lm"]
+    with pytest.raises(ValidationError, match="refine_seconds"):
+        spec(refine_seconds=0)
+
+
 def test_what_the_user_names_is_kept():
     assert spec(refine=False).with_recipe("causal_lm").do_refine is False
     assert spec(refine_method="moves").with_recipe("causal_lm").refine_method == "moves"
