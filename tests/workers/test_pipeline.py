@@ -115,9 +115,12 @@ def test_default_recipe_refines_and_records_it(digits):
 
 
 def test_loop_refine_starts_at_the_operating_point_and_records_its_rounds(digits):
-    res = run_search(spec(refine_evals=1, refine_method="loop", proxy="orthogonality", refine=True), loaded=digits)
+    # at 2.5 bits the loop's first step pays on this model (at 3.3 the solver's policy is already
+    # locally best by the judge on some CPUs' arithmetic, and nothing is accepted)
+    res = run_search(spec(refine_evals=1, refine_method="loop", proxy="orthogonality", refine=True,
+                          budgets={"avg_bits": 2.5}), loaded=digits)
     pol, info = res.policy, res.policy.refine
-    assert info["method"] == "loop" and pol.cost["avg_bits"] <= BUDGET * (1 + 1e-9)
+    assert info["method"] == "loop" and pol.cost["avg_bits"] <= 2.5 * (1 + 1e-9)
     loop = info["loop"]
     # the dearest uniform policy that fits is where it starts and what it must beat
     assert loop["start"] == info["uniform_check"]["judged"][0]["format"]
