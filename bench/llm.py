@@ -12,7 +12,7 @@ table at the operating point + ilp + refine — hours on 2 cores for the whole m
 
     python bench/llm.py [--n-calib 8] [--seq-len 256] [--n-eval 64] [--bits 2,3,4,8] [--group-sizes 64]
                         [--loop] [--loop-rows 24] [--hawq] [--recipe] [--quantizer gptq] [--device cuda]
-                        [--no-baselines] [--extra-budgets 2.5]
+                        [--no-baselines] [--extra-budgets 2.5] [--uniform-bits 3,4]
 """
 from __future__ import annotations
 
@@ -59,6 +59,7 @@ def main() -> None:
     ap.add_argument("--hawq", action="store_true", help="also hessian_trace + ilp (Hutchinson probes: slow)")
     ap.add_argument("--recipe", action="store_true", help="also the default recipe (measured at the operating point)")
     ap.add_argument("--loop", action="store_true", help="also the operating-point loop from the fisher table (search/local.py)")
+    ap.add_argument("--uniform-bits", help="measure only these uniform rows, e.g. 3,4 (default every bit-width)")
     ap.add_argument("--only-budgets", help="run only these of the budgets, e.g. 4.3125")
     ap.add_argument("--no-baselines", action="store_true", help="skip the greedy and llama.cpp-style rows")
     ap.add_argument("--loop-rounds", type=int, default=50, help="loop rounds at most (it also stops at --refine-seconds)")
@@ -109,7 +110,8 @@ def main() -> None:
     print(f"  float: perplexity {m['perplexity']:.3f}", flush=True)
     ref = {f.bits: f for f in reference_formats(formats)}
     for b, f in ref.items():
-        measure(f"uniform {f.label}", None, np.full(n, formats.index(f)))
+        if args.uniform_bits is None or str(b) in args.uniform_bits.split(","):
+            measure(f"uniform {f.label}", None, np.full(n, formats.index(f)))
     budgets = [costs.cost(np.full(n, formats.index(ref[b])))["avg_bits"] for b in (3, 4) if b in ref]
     budgets = sorted(budgets + [float(x) for x in args.extra_budgets.split(",") if x])
     if args.only_budgets:  # e.g. rerun one budget (the same values the default list prints)
