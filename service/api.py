@@ -44,7 +44,7 @@ from starlette.formparsers import MultiPartException
 
 from service.config import Settings, _int
 from service.dispatcher import Dispatcher
-from service.schemas import (TERMINAL, DataOut, ErrorBody, HealthOut, JobCreate, JobEvent, JobOut, JobPage,
+from service.schemas import (TERMINAL, DataOut, ErrorBody, HealthOut, JobCreate, JobEvent, JobOut, JobPage, MetaOut, meta,
                              ModelCreate, ModelOut, PolicySummary, ReadyOut, SensitivitySummary)
 from service.store import BadCursor, Conflict, Store, decode_cursor, migrate
 
@@ -746,7 +746,15 @@ def _v1_router(settings: Settings) -> APIRouter:
     _data_routes(v1, settings)
     _job_routes(v1, settings)
     _policy_routes(v1)
+    _meta_routes(v1)
     return v1
+
+
+def _meta_routes(v1: APIRouter) -> None:
+    @v1.get("/meta", response_model=MetaOut, tags=["meta"])
+    def get_meta():
+        """The job statuses, their transitions and the phases, as this server defines them."""
+        return meta()
 
 
 async def store(request: Request) -> Store:

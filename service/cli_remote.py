@@ -10,6 +10,8 @@ import os
 import sys
 from pathlib import Path
 
+from service.jobstate import JobStatus
+
 EXIT_USAGE, EXIT_UNAVAILABLE = 2, 1
 
 
@@ -87,7 +89,7 @@ def add_commands(sub, bits_type, group_type, kv_type, data_args=None) -> None:
     s = sub.add_parser("status", help="list recent jobs, or show one job")
     common(s)
     s.add_argument("job", nargs="?")
-    s.add_argument("--status", dest="filter_status", choices=["queued", "running", "succeeded", "failed", "cancelled"])
+    s.add_argument("--status", dest="filter_status", choices=list(JobStatus))
     s.add_argument("--limit", type=int, default=20)
 
     s = sub.add_parser("policy", help="download a job's policy (bitplan.policy/v1 JSON)")
@@ -272,7 +274,7 @@ def _follow(c, job_id: str):
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
     with Progress(TextColumn("[bold]{task.fields[phase]:<11}"), BarColumn(), TextColumn("{task.percentage:>5.1f}%"),
                   TimeElapsedColumn(), TextColumn("{task.fields[msg]}"), transient=False) as bar:
-        task = bar.add_task("job", total=1.0, phase="queued", msg="")
+        task = bar.add_task("job", total=1.0, phase=JobStatus.QUEUED, msg="")
 
         def show(j):
             bar.update(task, completed=j.progress, phase=j.phase or j.status, msg=j.message[:60])
@@ -301,7 +303,7 @@ def _status(c, args) -> int:
 
 def _policy(c, args) -> int:
     job = c.get(args.job)
-    if job.status != "succeeded":
+    if job.status != JobStatus.SUCCEEDED:
         return _fail(f"job {job.id} is {job.status}; it has no policy yet")
     if not 0 <= args.index < len(job.policy_ids):
         return _fail(f"--index {args.index}: job {job.id} has {len(job.policy_ids)} policies")

@@ -31,7 +31,7 @@ from typing import Any
 
 import httpx
 
-from service.schemas import TERMINAL, DataOut, JobCreate, JobEvent, JobOut, JobPage, ModelOut, PolicySummary
+from service.schemas import TERMINAL, DataOut, JobCreate, JobStatus, JobEvent, JobOut, JobPage, ModelOut, PolicySummary
 
 DEFAULT_URL = "http://127.0.0.1:8000"
 
@@ -96,7 +96,7 @@ def _settled(job: JobOut, deadline: float, timeout: float, raise_on_failure: boo
     """One step of ``wait`` shared by both clients: True when the job has ended (raising
     JobFailed if it did not succeed and the caller asked for that), WaitTimeout past the deadline."""
     if job.status in TERMINAL:
-        if job.status != "succeeded" and raise_on_failure:
+        if job.status != JobStatus.SUCCEEDED and raise_on_failure:
             raise JobFailed(job)
         return True
     if time.monotonic() > deadline:

@@ -12,9 +12,8 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from search.defaults import DEFAULT_REFINE_EVALS, DEFAULT_REFINE_SECONDS, DEVICE_PATTERN, REFINE_SECONDS
+from service.jobstate import TERMINAL, TRANSITIONS, JobStatus  # noqa: F401  (TERMINAL: the SDK's name)
 
-JobStatus = Literal["queued", "running", "succeeded", "failed", "cancelled"]
-TERMINAL: tuple[str, ...] = ("succeeded", "failed", "cancelled")
 PHASES: tuple[str, ...] = ("load", "calibrate", "sensitivity", "solve", "evaluate", "refine")
 
 
@@ -198,3 +197,16 @@ class ReadyOut(BaseModel):
     checked (database, ray, corpora, packages, each builtin model) to ``ok`` or what is missing."""
     status: Literal["ready", "not ready"]
     checks: dict[str, str]
+
+
+class MetaOut(BaseModel):
+    """The server's own definitions, so clients (the dashboard) never restate them."""
+    job_statuses: dict[str, JobStatus] = Field(description="every job status, by name")
+    terminal: list[JobStatus] = Field(description="statuses a job never leaves")
+    transitions: dict[JobStatus, list[JobStatus]] = Field(description="the statuses each status may move to")
+    phases: list[str] = Field(description="a job's phases, in order")
+
+
+def meta() -> MetaOut:
+    return MetaOut(job_statuses={s.name: s for s in JobStatus}, terminal=list(TERMINAL),
+                   transitions={s: sorted(t) for s, t in TRANSITIONS.items()}, phases=list(PHASES))

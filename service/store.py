@@ -1,8 +1,9 @@
 """The durable store: every model, job (with its progress log), sensitivity table and policy.
 
-All SQL goes through the ORM. State changes that can race (claiming a queued job, cancelling,
-finishing) are single conditional UPDATEs (``… WHERE status = 'queued'``), so two servers or a
-cancel arriving mid-finish never both win. Works the same on SQLite (WAL) and PostgreSQL."""
+All SQL goes through the ORM. Every change of a job's status goes through ``transition``: one
+conditional UPDATE (``… WHERE status = 'queued'``) on a move the state machine allows
+(service/jobstate.py), so two servers or a cancel arriving mid-finish never both win. Works the
+same on SQLite (WAL) and PostgreSQL."""
 from __future__ import annotations
 
 import base64
@@ -21,6 +22,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from service.db import JobEventRow, JobRow, ModelRow, PolicyRow, SensitivityRow, make_engine, utcnow
+from service.jobstate import JobStatus, check
 
 MIGRATIONS = Path(__file__).with_name("migrations")
 
@@ -110,7 +112,7 @@ class Store:
             found = self._by_key(idempotency_key)
             if found:
                 return self._same(found, request_hash), False
-        row = JobRow(id=new_id(), model_id=model_id, status="queued", phase=None, progress=0.0, message="queued",
+        row = JobRow(id=new_id(), model_id=model_id, status=JobStatus.QUEUED, phase=None, progress=0.0, message=JobStatus.QUEUED,
                      request=request, request_hash=request_hash, idempotency_key=idempotency_key,
                      sensitivity_key=sensitivity_key, attempts=0, cancel_requested=False, timings={},
                      sensitivity_cached=False, created_at=utcnow())
@@ -118,8 +120,8 @@ class Store:
             with self.session() as s:
                 s.add(row)
                 s.flush()
-                s.add(JobEventRow(job_id=row.id, at=row.created_at, status="queued", phase=None, progress=0.0,
-                                  message="queued"))
+                s.add(JobEventRow(job_id=row.id, at=row.created_at, status=JobStatus.QUEUED, phase=None, progress=0.0,
+                                  message=JobStatus.QUEUED))
         except IntegrityError:
             found = self._by_key(idempotency_key) if idempotency_key else None
             if not found:
@@ -186,52 +188,66 @@ class Store:
     def _event(self, s: Session, job_id: str, status: str, phase: str | None, progress: float, message: str) -> None:
         s.add(JobEventRow(job_id=job_id, at=utcnow(), status=status, phase=phase, progress=progress, message=message))
 
+    def transition(self, job_id: str, source: JobStatus | tuple[JobStatus, ...], target: JobStatus, *guard: Any,
+                   held_by: str | None = None, message: str = "", event: bool | tuple[str | None, float] = True,
+                   session: Session | None = None, **values: Any) -> bool:
+        """``source`` → ``target`` as one conditional UPDATE: the job must still be in (one of)
+        ``source``, held by the server ``held_by`` when given, and match every extra ``guard`` clause. Returns
+        whether it won; a move the state machine does not draw raises TransitionError. The
+        event log records the move with the job's phase and progress (or ``event``'s pair);
+        ``session`` puts it in the caller's transaction (a success and its policies)."""
+        sources = (source,) if isinstance(source, JobStatus) else tuple(source)
+        check(sources, target)
+        q = update(JobRow).where(JobRow.id == job_id, JobRow.status.in_(sources), *guard)
+        if held_by is not None:
+            q = q.where(JobRow.owner == held_by)
+        values = {"message": message[:2000], **values}
+        if target.is_terminal():
+            values.setdefault("finished_at", utcnow())
+
+        def run(s: Session) -> bool:
+            if s.execute(q.values(status=target, **values)).rowcount != 1:
+                return False
+            if event is not False:
+                phase, progress = (event if isinstance(event, tuple) else
+                                   s.execute(select(JobRow.phase, JobRow.progress).where(JobRow.id == job_id)).one())
+                self._event(s, job_id, target, phase, progress, values["message"])
+            return True
+
+        if session is not None:
+            return run(session)
+        with self.session() as s:
+            return run(s)
+
     def claim(self, owner: str, limit: int) -> list[JobRow]:
         """Move up to ``limit`` of the oldest queued jobs to running for ``owner``."""
         if limit <= 0:
             return []
         with self.session() as s:
-            ids = list(s.scalars(select(JobRow.id).where(JobRow.status == "queued")
+            ids = list(s.scalars(select(JobRow.id).where(JobRow.status == JobStatus.QUEUED)
                                  .order_by(JobRow.created_at).limit(limit)))
         won = []
         for jid in ids:
             now = utcnow()
-            with self.session() as s:
-                res = s.execute(update(JobRow).where(JobRow.id == jid, JobRow.status == "queued").values(
-                    status="running", owner=owner, heartbeat_at=now, started_at=now, attempts=JobRow.attempts + 1,
-                    message="starting"))
-                if res.rowcount == 1:
-                    self._event(s, jid, "running", None, 0.0, "starting")
-                    won.append(jid)
+            if self.transition(jid, JobStatus.QUEUED, JobStatus.RUNNING, message="starting", event=(None, 0.0),
+                               owner=owner, heartbeat_at=now, started_at=now, attempts=JobRow.attempts + 1):
+                won.append(jid)
         return [self.get_job(j) for j in won]
 
     def progress(self, job_id: str, owner: str, phase: str | None, progress: float, message: str,
                  log: bool) -> None:
+        """A running job's phase and progress (not a transition: it stays running)."""
         with self.session() as s:
-            s.execute(update(JobRow).where(JobRow.id == job_id, JobRow.owner == owner, JobRow.status == "running")
+            s.execute(update(JobRow).where(JobRow.id == job_id, JobRow.owner == owner, JobRow.status == JobStatus.RUNNING)
                       .values(phase=phase, progress=progress, message=message[:2000], heartbeat_at=utcnow()))
             if log:
-                self._event(s, job_id, "running", phase, progress, message[:2000])
+                self._event(s, job_id, JobStatus.RUNNING, phase, progress, message[:2000])
 
     def heartbeat(self, owner: str, job_ids: list[str]) -> None:
         if job_ids:
             with self.session() as s:
-                s.execute(update(JobRow).where(JobRow.id.in_(job_ids), JobRow.owner == owner, JobRow.status == "running")
-                          .values(heartbeat_at=utcnow()))
-
-    def _end(self, job_id: str, owner: str | None, status: str, message: str, expect: tuple[str, ...] = ("running",),
-             **values: Any) -> bool:
-        """``expect`` → a terminal status as one conditional UPDATE: the job must still be in an
-        expected state (and, when ``owner`` is given, held by that server)."""
-        with self.session() as s:
-            q = update(JobRow).where(JobRow.id == job_id, JobRow.status.in_(expect))
-            if owner is not None:
-                q = q.where(JobRow.owner == owner)
-            res = s.execute(q.values(status=status, finished_at=utcnow(), message=message[:2000], **values))
-            if res.rowcount == 1:
-                job = s.get(JobRow, job_id)
-                self._event(s, job_id, status, job.phase, job.progress, message[:2000])
-            return res.rowcount == 1
+                s.execute(update(JobRow).where(JobRow.id.in_(job_ids), JobRow.owner == owner,
+                                               JobRow.status == JobStatus.RUNNING).values(heartbeat_at=utcnow()))
 
     def succeed(self, job_id: str, owner: str, policies: list[dict], timings: dict, sensitivity_id: str | None,
                 cached: bool) -> bool:
@@ -240,22 +256,20 @@ class Store:
         server re-queued or a user cancelled meanwhile keeps its state and gets no policies)."""
         message = f"{len(policies)} polic{'y' if len(policies) == 1 else 'ies'}"
         with self.session() as s:
-            res = s.execute(update(JobRow).where(JobRow.id == job_id, JobRow.status == "running", JobRow.owner == owner)
-                            .values(status="succeeded", finished_at=utcnow(), progress=1.0, timings=timings,
-                                    sensitivity_id=sensitivity_id, sensitivity_cached=cached, message=message))
-            if res.rowcount != 1:
+            if not self.transition(job_id, JobStatus.RUNNING, JobStatus.SUCCEEDED, held_by=owner, message=message,
+                                   session=s, progress=1.0, timings=timings, sensitivity_id=sensitivity_id,
+                                   sensitivity_cached=cached):
                 return False
-            model_id, phase = s.execute(select(JobRow.model_id, JobRow.phase).where(JobRow.id == job_id)).one()
+            model_id = s.execute(select(JobRow.model_id).where(JobRow.id == job_id)).scalar_one()
             for i, p in enumerate(policies):
                 s.add(PolicyRow(id=new_id(), job_id=job_id, model_id=model_id, position=i, data=p, created_at=utcnow()))
-            self._event(s, job_id, "succeeded", phase, 1.0, message)
         return True
 
     def fail(self, job_id: str, owner: str | None, error: str) -> bool:
-        return self._end(job_id, owner, "failed", error, error=error[:4000])
+        return self.transition(job_id, JobStatus.RUNNING, JobStatus.FAILED, held_by=owner, message=error, error=error[:4000])
 
     def cancelled(self, job_id: str, owner: str | None, message: str = "cancelled") -> bool:
-        return self._end(job_id, owner, "cancelled", message)
+        return self.transition(job_id, JobStatus.RUNNING, JobStatus.CANCELLED, held_by=owner, message=message)
 
     def request_cancel(self, job_id: str) -> JobRow | None:
         """Queued → cancelled now; running → flagged, and its owner stops the Ray work. Each is a
@@ -263,18 +277,18 @@ class Store:
         server's feet."""
         if self.get_job(job_id) is None:
             return None
-        if not self._end(job_id, None, "cancelled", "cancelled before it started", expect=("queued",)):
+        if not self.transition(job_id, JobStatus.QUEUED, JobStatus.CANCELLED, message="cancelled before it started"):
             with self.session() as s:
-                s.execute(update(JobRow).where(JobRow.id == job_id, JobRow.status == "running")
+                s.execute(update(JobRow).where(JobRow.id == job_id, JobRow.status == JobStatus.RUNNING)
                           .values(cancel_requested=True, message="cancelling"))
         job = self.get_job(job_id)
-        if job.status in ("succeeded", "failed"):
+        if job.status in (JobStatus.SUCCEEDED, JobStatus.FAILED):
             raise Conflict(f"job {job_id} already {job.status}; only queued or running jobs can be cancelled")
         return job
 
     def cancel_requested(self, owner: str) -> list[str]:
         with self.session() as s:
-            return list(s.scalars(select(JobRow.id).where(JobRow.owner == owner, JobRow.status == "running",
+            return list(s.scalars(select(JobRow.id).where(JobRow.owner == owner, JobRow.status == JobStatus.RUNNING,
                                                           JobRow.cancel_requested.is_(True))))
 
     def recover(self, owner: str, lease_seconds: float, max_attempts: int) -> list[tuple[str, str]]:
@@ -285,7 +299,7 @@ class Store:
             raise ValueError("lease_seconds must be positive: a non-positive lease would take live servers' jobs")
         cutoff = utcnow() - timedelta(seconds=lease_seconds)
         with self.session() as s:
-            stale = list(s.scalars(select(JobRow).where(JobRow.status == "running", JobRow.owner != owner,
+            stale = list(s.scalars(select(JobRow).where(JobRow.status == JobStatus.RUNNING, JobRow.owner != owner,
                                                         JobRow.heartbeat_at < cutoff)))
         return self._put_back_all(stale, [JobRow.heartbeat_at < cutoff], max_attempts, "its server stopped")
 
@@ -293,7 +307,7 @@ class Store:
         """A server shutting down gracefully puts back *its own* running jobs at once (no lease
         wait), so another server or its next start runs them again. Returns (id, action)."""
         with self.session() as s:
-            mine = list(s.scalars(select(JobRow).where(JobRow.status == "running", JobRow.owner == owner)))
+            mine = list(s.scalars(select(JobRow).where(JobRow.status == JobStatus.RUNNING, JobRow.owner == owner)))
         return self._put_back_all(mine, [], max_attempts, "its server shut down")
 
     def _put_back_all(self, jobs: list[JobRow], guard: list, max_attempts: int, why: str) -> list[tuple[str, str]]:
@@ -305,22 +319,17 @@ class Store:
         conditional UPDATE on the state read (still running, same owner and attempt, plus
         ``guard``): None if lost."""
         if job.cancel_requested:
-            values, action = {"status": "cancelled", "finished_at": utcnow(),
-                              "message": f"cancelled ({why})"}, "cancelled"
+            target, values = JobStatus.CANCELLED, {"message": f"cancelled ({why})"}
         elif job.attempts >= max_attempts:
             msg = f"gave up after {job.attempts} attempts: {why} each time"
-            values, action = {"status": "failed", "finished_at": utcnow(), "message": msg, "error": msg}, "failed"
+            target, values = JobStatus.FAILED, {"message": msg, "error": msg}
         else:
-            values, action = {"status": "queued", "owner": None, "phase": None, "progress": 0.0,
-                              "message": f"re-queued: {why} during attempt {job.attempts}"}, "requeued"
-        with self.session() as s:
-            res = s.execute(update(JobRow).where(JobRow.id == job.id, JobRow.status == "running",
-                                                 JobRow.owner == job.owner, JobRow.attempts == job.attempts,
-                                                 *guard).values(**values))
-            if res.rowcount != 1:
-                return None
-            self._event(s, job.id, values["status"], None, 0.0, values["message"])
-        return action
+            target = JobStatus.QUEUED
+            values = {"owner": None, "phase": None, "progress": 0.0,
+                      "message": f"re-queued: {why} during attempt {job.attempts}"}
+        won = self.transition(job.id, JobStatus.RUNNING, target, JobRow.owner == job.owner,
+                              JobRow.attempts == job.attempts, *guard, event=(None, 0.0), **values)
+        return ("requeued" if target is JobStatus.QUEUED else str(target)) if won else None
 
     # sensitivity tables and policies ------------------------------------------------------
     def table_by_key(self, key: str) -> SensitivityRow | None:

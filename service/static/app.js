@@ -6,8 +6,16 @@
    sessionStorage only. */
 "use strict";
 
-const PHASES = ["load", "calibrate", "sensitivity", "solve", "evaluate", "refine"];
-const TERMINAL = ["succeeded", "failed", "cancelled"];
+// the job statuses and phases as the server defines them (GET /v1/meta), read once
+const S = {};                      // status by name: S.SUCCEEDED === "succeeded"
+const TERMINAL = [], PHASES = [];
+async function loadMeta() {
+  if (PHASES.length) return;
+  const m = await get("/v1/meta");
+  Object.assign(S, m.job_statuses);
+  TERMINAL.push(...m.terminal);
+  PHASES.push(...m.phases);
+}
 const PAGE = 50;
 const state = { timer: null, charts: [], models: {}, route: "" };
 
@@ -34,8 +42,8 @@ function budgetText(b) {
   return Array.isArray(b) ? (b.length === 1 ? one(b[0]) : `${b.length} points: ${b.map((x) => n(Object.values(x)[0])).join(", ")}`) : one(b);
 }
 function progressBar(job, big = false) {
-  const pct = Math.round((job.status === "succeeded" ? 1 : job.progress) * 100);
-  const label = job.status === "running" ? `${job.phase || "starting"} ${pct}%` : job.status === "queued" ? "queued" : `${job.status} ${pct}%`;
+  const pct = Math.round((job.status === S.SUCCEEDED ? 1 : job.progress) * 100);
+  const label = job.status === S.RUNNING ? `${job.phase || "starting"} ${pct}%` : job.status === S.QUEUED ? S.QUEUED : `${job.status} ${pct}%`;
   return `<div class="bar ${job.status} ${big ? "big" : ""}" role="progressbar" aria-valuenow="${pct}" aria-valuemin="0" aria-valuemax="100" data-phase="${esc(job.phase || "")}"><span style="width:${pct}%"></span><em>${esc(label)}</em></div>`;
 }
 const badge = (s) => `<span class="badge ${esc(s)}">${esc(s)}</span>`;
@@ -118,6 +126,7 @@ async function route() {
   document.querySelectorAll("[data-nav]").forEach((a) => a.classList.toggle("active", a.dataset.nav === page));
   const view = $("#view");
   try {
+    await loadMeta();
     if (page === "jobs" && id) await jobView(view, decodeURIComponent(id));
     else if (page === "policies" && id) await policyView(view, decodeURIComponent(id));
     else if (page === "submit") await submitView(view);
@@ -138,7 +147,7 @@ async function jobsView(view) {
     <h1>Jobs</h1>
     <div class="card row">
       <div class="field"><label for="f-status">Status</label>
-        <select id="f-status"><option value="">any</option>${["queued", "running", "succeeded", "failed", "cancelled"].map((s) => `<option ${s === status ? "selected" : ""}>${s}</option>`).join("")}</select></div>
+        <select id="f-status"><option value="">any</option>${Object.values(S).map((s) => `<option ${s === status ? "selected" : ""}>${s}</option>`).join("")}</select></div>
       <div class="field"><label for="f-model">Model</label>
         <select id="f-model"><option value="">any</option>${Object.values(state.models).map((m) => `<option value="${esc(m.id)}" ${m.id === model ? "selected" : ""}>${esc(m.ref)} (${short(m.id)})</option>`).join("")}</select></div>
       <div class="muted" id="jobs-count"></div>
@@ -187,9 +196,9 @@ function timeline(job, events) {
   const cur = job.phase;
   return `<div class="timeline">${PHASES.map((p) => {
     let cls = "";
-    if (job.status === "succeeded" && seen.has(p)) cls = "done";
-    else if (p === cur && job.status === "running") cls = "now";
-    else if (p === cur && job.status === "failed") cls = "failed";
+    if (job.status === S.SUCCEEDED && seen.has(p)) cls = "done";
+    else if (p === cur && job.status === S.RUNNING) cls = "now";
+    else if (p === cur && job.status === S.FAILED) cls = "failed";
     else if (seen.has(p) && PHASES.indexOf(p) < PHASES.indexOf(cur)) cls = "done";
     return `<div class="ph ${cls}" data-phase="${p}">${p}</div>`;
   }).join("")}</div>`;
@@ -225,7 +234,7 @@ async function jobView(view, id) {
       ${pols.map((p, i) => `<tr><td class="mono"><a href="#/policies/${esc(job.policy_ids[i])}">${short(job.policy_ids[i])}</a></td>
         <td class="mono">${esc(budgetText(p.budget))}</td><td>${fmtNum(p.cost.avg_bits, 5)}</td><td>${esc(p.measured?.metric)}</td>
         <td><b>${fmtNum(p.measured?.value)}</b></td><td>${fmtNum(p.measured?.float)}</td>
-        <td class="mono">${Object.entries(p.measured?.uniform || {}).map(([b, v]) => `${b}b ${fmtNum(v, 3)}`).join(" · ")}</td></tr>`).join("") || `<tr><td colspan="7" class="muted">${job.status === "succeeded" ? "none" : "available when the job succeeds"}</td></tr>`}
+        <td class="mono">${Object.entries(p.measured?.uniform || {}).map(([b, v]) => `${b}b ${fmtNum(v, 3)}`).join(" · ")}</td></tr>`).join("") || `<tr><td colspan="7" class="muted">${job.status === S.SUCCEEDED ? "none" : "available when the job succeeds"}</td></tr>`}
       </tbody></table>
       <h2>Progress log</h2>
       <table id="events"><thead><tr><th>#</th><th>time</th><th>status</th><th>phase</th><th>progress</th><th>message</th></tr></thead><tbody>
