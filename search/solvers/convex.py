@@ -11,6 +11,7 @@ import numpy as np
 
 from search.problem import InfeasibleError, Problem, Solution
 from search.solvers.base import Solver
+from search.solvers.ilp import exact_choice
 from search.solvers.repair import repair_and_fill
 
 
@@ -63,7 +64,7 @@ class ConvexSolver(Solver):
                 lo = mid
         start = best if best is not None else policy(hi)
         try:
-            gchoice = repair_and_fill(problem, start)
+            gchoice = repair_and_fill(problem, start, exact_choice)
         except InfeasibleError:
             raise
         choice = problem.expand(gchoice)

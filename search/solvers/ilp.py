@@ -93,7 +93,7 @@ class ILPSolver(Solver):
         if lp.status != 0:
             return np.arange(G * K), None, {}
         try:
-            inc = repair_and_fill(problem, lp.x.reshape(G, K).argmax(axis=1), exact_fallback=False)
+            inc = repair_and_fill(problem, lp.x.reshape(G, K).argmax(axis=1))
         except InfeasibleError:
             return np.arange(G * K), None, {"lp_bound": float(lp.fun)}
         upper = float(c.reshape(G, K)[np.arange(G), inc].sum())
@@ -101,3 +101,8 @@ class ILPSolver(Solver):
         slack = upper - float(lp.fun)
         keep = np.flatnonzero(rc <= slack + 1e-9 * max(1.0, abs(upper)) + 1e-12)
         return keep, inc, {"lp_bound": float(lp.fun), "fixed_by_reduced_cost": int(G * K - keep.size)}
+
+
+def exact_choice(problem: Problem) -> np.ndarray:
+    """The ILP's layer choice: the exact fallback the rounding solvers hand to repair."""
+    return ILPSolver().solve(problem).choice

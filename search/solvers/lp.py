@@ -14,6 +14,7 @@ from scipy.optimize import linprog
 from search.problem import InfeasibleError, Problem, Solution, relative_gap
 from search.solvers.base import Solver
 from search.solvers.ilp import knapsack_constraints
+from search.solvers.ilp import exact_choice
 from search.solvers.repair import repair_and_fill
 
 
@@ -36,7 +37,7 @@ class LPSolver(Solver):
             raise InfeasibleError(f"no policy meets every budget at once ({problem.budgets}); HiGHS: {res.message}")
         x = res.x.reshape(G, K)
         fractional = int(np.sum(np.max(x, axis=1) < 1 - 1e-6))
-        gchoice = repair_and_fill(problem, x.argmax(axis=1))
+        gchoice = repair_and_fill(problem, x.argmax(axis=1), exact_choice)
         choice = problem.expand(gchoice)
         obj = problem.objective(choice)
         bound = min(float(res.fun) * scale, obj)

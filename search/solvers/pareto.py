@@ -17,6 +17,7 @@ from search.budgets import group_min_cost
 from search.problem import InfeasibleError, Problem, Solution, relative_gap
 from search.solvers.base import Solver
 from search.solvers.ilp import ILPSolver
+from search.solvers.ilp import exact_choice
 from search.solvers.repair import repair_and_fill
 
 
@@ -102,7 +103,7 @@ def front(problem: Problem, metric: str, limits: list[float], exact: bool = Fals
                 choice, bound = sol.choice, sol.lower_bound
             else:
                 g, bound = walk.prefix(limit)
-                choice = sub.expand(repair_and_fill(sub, g))
+                choice = sub.expand(repair_and_fill(sub, g, exact_choice))
         except InfeasibleError:
             points[i] = {"limit": limit, "feasible": False}
             continue

@@ -7,9 +7,15 @@ per unit of (normalised) cost. Both work on groups, so ties stay honoured, and b
 the moved group's row between steps, so a step costs O(groups × formats) without reallocation."""
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 
 from search.problem import InfeasibleError, Problem
+
+# the exact solver a rounding solver passes in (layer choice of a Problem): the ILP, which
+# itself uses repair for its incumbent, so repair never imports it
+Exact = Callable[[Problem], np.ndarray]
 
 _TOL = 1e-9
 
@@ -34,9 +40,10 @@ class _State:
         self.dloss[grp] = self.p.group_loss[grp] - self.p.group_loss[grp, k]
 
 
-def repair(problem: Problem, gchoice: np.ndarray, exact_fallback: bool = True) -> np.ndarray:
+def repair(problem: Problem, gchoice: np.ndarray, exact: Exact | None = None) -> np.ndarray:
     """Downgrade until feasible. When no greedy move helps (budgets pulling in different
-    directions), fall back to the exact ILP so InfeasibleError means no policy fits at all."""
+    directions), fall back to ``exact`` (the ILP) so InfeasibleError means no policy fits at
+    all; without it, the greedy failure is the InfeasibleError."""
     s = _State(problem, gchoice)
     for _ in range(gchoice.size * problem.n_formats + 1):
         over = s.total > 1 + _TOL
@@ -48,10 +55,9 @@ def repair(problem: Problem, gchoice: np.ndarray, exact_fallback: bool = True) -
             break
         ratio = np.where(ok, np.maximum(s.dloss, 0) / np.where(ok, saving, 1), np.inf)
         s.move(*np.unravel_index(np.argmin(ratio), ratio.shape))
-    if not exact_fallback:
+    if exact is None:
         raise InfeasibleError(f"greedy repair found no policy within {problem.budgets}")
-    from search.solvers.ilp import ILPSolver  # local: ilp is a sibling solver, keep imports one-way
-    return problem.collapse(ILPSolver().solve(problem).choice)
+    return problem.collapse(exact(problem))
 
 
 def fill(problem: Problem, gchoice: np.ndarray) -> np.ndarray:
@@ -68,5 +74,5 @@ def fill(problem: Problem, gchoice: np.ndarray) -> np.ndarray:
     return s.g
 
 
-def repair_and_fill(problem: Problem, gchoice: np.ndarray, exact_fallback: bool = True) -> np.ndarray:
-    return fill(problem, repair(problem, gchoice, exact_fallback))
+def repair_and_fill(problem: Problem, gchoice: np.ndarray, exact: Exact | None = None) -> np.ndarray:
+    return fill(problem, repair(problem, gchoice, exact))
