@@ -72,6 +72,10 @@ class Proxy(ABC):
     def defaults(cls) -> dict:
         return proxy_defaults(cls.name)
 
+    def check_model(self, n_layers: int, n_formats: int) -> None:
+        """Refuse a model this proxy cannot score before any data pass (an evolved program
+        fitted on another layer count, say); most proxies take any model."""
+
     def compute(self, ctx: ProxyContext) -> SensitivityTable:
         t0 = time.perf_counter()
         values, stderr, diagnostics = self._compute(ctx)

@@ -36,14 +36,13 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from search.refine import fitting_uniforms
+from search.refine import Judge, fitting_uniforms, reset_judge
 from search.formats import Format
 from search.problem import Problem
 
 # measure(base choice, {layer: [format indices]}) → (values, stderr): an L×K array with the
 # measured loss(base with layer → format) − loss(base) in the asked cells and NaN elsewhere
 Measure = Callable[[np.ndarray, dict[int, list[int]]], tuple[np.ndarray, np.ndarray | None]]
-Judge = Callable[[np.ndarray], float]
 Solve = Callable[[Problem], np.ndarray]
 
 
@@ -152,8 +151,7 @@ def operating_point_loop(problem: Problem, formats: list[Format], measure: Measu
     rows_idx = np.arange(L)
     proxy = problem.loss
     base = np.full(L, k0)
-    if hasattr(judge, "reset"):
-        judge.reset()
+    reset_judge(judge)
     base_loss = judge(base)
     uniform_loss, began = base_loss, "uniform"
     if start is not None and problem.feasible(start) and not np.array_equal(start, base):

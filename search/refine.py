@@ -17,13 +17,31 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Protocol, runtime_checkable
 
 import numpy as np
 
 from search.budgets import within
 from search.problem import Problem
 
-Judge = Callable[[np.ndarray], float]
+Judge = Callable[[np.ndarray], float]  # choice (format index per layer) → measured loss
+
+
+@runtime_checkable
+class StatefulJudge(Protocol):
+    """A judge that keeps state between calls (the racing judge remembers the best policy it
+    measured, to stop a worse one early): each search starts it afresh with ``reset``."""
+
+    def __call__(self, choice: np.ndarray) -> float: ...
+
+    def reset(self) -> None: ...
+
+
+def reset_judge(judge: Judge) -> Judge:
+    """``judge``, reset when it is stateful: a search must not race against another's best."""
+    if isinstance(judge, StatefulJudge):
+        judge.reset()
+    return judge
 
 
 @dataclass
@@ -90,8 +108,7 @@ def refine(problem: Problem, start: np.ndarray, judge: Judge, max_evals: int = 4
     t0 = clock()
     deadline = math.inf if max_seconds is None else t0 + max_seconds
     metric = next(iter(problem.budgets))
-    if hasattr(judge, "reset"):  # a stateful (racing) judge must not race against another search's best
-        judge.reset()
+    reset_judge(judge)
     gcur = problem.collapse(start)
     cur_loss = judge(problem.expand(gcur))
     start_loss, evals, accepted, history = cur_loss, 1, 0, []

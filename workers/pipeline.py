@@ -132,8 +132,7 @@ def load_and_check(spec: SearchSpec, proxy, solver, formats, loaded: LoadedModel
     if not pairs:
         raise ValueError(f"model {spec.model!r} has no quantizable layers (Linear, Conv1d/2d, HF Conv1D)")
     layers, modules = [p[0] for p in pairs], [p[1] for p in pairs]
-    if hasattr(proxy, "check_model"):
-        proxy.check_model(len(layers), len(formats))
+    proxy.check_model(len(layers), len(formats))
     ties = find_tie_groups(layers, spec.ties)
     costs = CostModel(layers, formats, spec.a_bits, spec.latency_table)
     space = check_spec_budgets(spec, costs, ties, solver)
