@@ -239,29 +239,39 @@ def operating_point_loop(problem: Problem, formats: list[Format], measure: Measu
         cells = {i: sorted((set(neighbours(formats, cost[i], int(base[i]), side[i])) | {int(cand[i])}) - {int(base[i])})
                  for i in todo}
         cells = {i: ks for i, ks in cells.items() if ks}
-        if cells and per_cell is not None and math.isfinite(deadline):  # leave time to judge what is measured
-            room = (deadline - clock()) / per_cell - judge_cells
-            keep, n = {}, 0
-            for i, ks in cells.items():
-                if n + len(ks) > room:
+        # measured in chunks, the first small: a cell's cost is learnt before the round commits
+        # to all its rows, and no round runs far past ``max_seconds`` (on a slow CPU one round of
+        # 24 rows on whole SmolLM2 took 13 minutes)
+        done: dict[int, list[int]] = {}
+        left = list(cells)
+        while left:
+            room = math.inf
+            if per_cell is not None and math.isfinite(deadline):  # leave time to judge what is measured
+                room = (deadline - clock()) / per_cell - judge_cells
+            chunk, n = {}, 0
+            for i in left[: 4 if per_cell is None else 8]:
+                if n + len(cells[i]) > room:
                     break
-                keep[i], n = ks, n + len(ks)
-            if not keep:
-                result.stopped_by = "time"
+                chunk[i], n = cells[i], n + len(cells[i])
+            if not chunk:
                 break
-            cells = keep
-        if cells:
+            left = left[len(chunk):]
             tm = clock()
-            vals, _ = measure(base.copy(), cells)
-            per_cell = (clock() - tm) / sum(len(ks) for ks in cells.values())
-            for i, ks in cells.items():
+            vals, _ = measure(base.copy(), chunk)
+            per_cell = (clock() - tm) / n
+            for i, ks in chunk.items():
                 measured[i, :] = np.nan
                 measured[i, base[i]] = 0.0
                 for k in ks:
                     measured[i, k] = vals[i, k]
                     pairs[bool(cost[i, k] > cost[i, base[i]])].append((float(proxy[i, k] - proxy[i, base[i]]), float(vals[i, k])))
                 fresh.add(i)
-            result.measured_cells += sum(len(ks) for ks in cells.values())
+            result.measured_cells += n
+            done.update(chunk)
+        if cells and not done:
+            result.stopped_by = "time"
+            break
+        cells = done
         cand = solve_est(only_measured=True)
         if progress:
             progress(r, max_rounds, f"round {r}: {len(cells)} rows measured, {int((cand != base).sum())} layers change")

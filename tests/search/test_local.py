@@ -206,3 +206,24 @@ def test_a_loop_with_nothing_left_to_measure_converges_rather_than_running_out_o
     problem = Problem(truth.err - truth.err[:, [1]], c, {"avg_bits": c.cost(np.full(3, 1))["avg_bits"]})
     res = operating_point_loop(problem, FORMATS, truth.measure, truth, ilp, max_seconds=1e9)
     assert res.stopped_by in {"converged", "judge"}
+
+
+def test_a_round_is_measured_in_chunks_and_stops_near_the_time_limit():
+    truth = TrueLoss(8, n=40)
+    c = CostModel([LayerInfo(f"b.{i}.fc", "linear", (64, 64), 4096, 64, 4096) for i in range(40)], FORMATS)
+    now = [0.0]
+
+    def measure(base, cells):  # one second per cell
+        now[0] += sum(len(ks) for ks in cells.values())
+        return truth.measure(base, cells)
+
+    def judge(choice):  # a judgement costs four cells
+        now[0] += 4.0
+        return truth(choice)
+
+    problem = Problem(truth.err - truth.err[:, [1]], c, {"avg_bits": c.cost(np.full(40, 1))["avg_bits"]})
+    res = operating_point_loop(problem, FORMATS, measure, judge, ilp, max_rows=24, max_seconds=20.0,
+                               clock=lambda: now[0])
+    first = res.rounds[0]
+    assert res.measured_cells >= 1 and first["measured_rows"] < 24  # the round's rows were cut to the time left
+    assert res.seconds <= 20.0 + 4 * 3 + 2 * 4.0  # past the limit by at most the first chunk and two judgements
