@@ -5,7 +5,8 @@ One thread per server. Each pass it (1) re-queues jobs whose server stopped hear
 (2) claims queued jobs up to ``max_running``, (3) drains every running job's progress queue
 into the store, (4) stops jobs whose cancel was requested (``ray.cancel(force=True)``), and
 (5) records finished ones. Ray retries a job whose worker died (``max_retries``); a failure
-that outlives the retries is recorded with its reason."""
+that outlives the retries is recorded with its reason. Progress and outcomes arrive as typed
+messages (``workers.messages``)."""
 from __future__ import annotations
 
 import logging
@@ -22,6 +23,7 @@ from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 from service.config import Settings
 from service.schemas import JobCreate
 from service.store import Store
+from workers.messages import ChunkProgress, Done, Failed, Message, PointDone, Progress
 
 log = logging.getLogger("bitplan.dispatcher")
 
@@ -136,43 +138,58 @@ class Dispatcher:
         self.store.progress(job.id, self.owner, "load", 0.0, msg, log=True)
 
     def _drain(self, r: Running) -> None:
+        """Write the job's queued messages to the store: every phase change at once and logged,
+        the rest at most every 0.3 s (logged every 2 s), a finished budget point at once and logged."""
         try:
-            items = r.queue.get_nowait_batch(r.queue.qsize())
+            items: list[Message] = r.queue.get_nowait_batch(r.queue.qsize())
         except Exception:
             items = []
         if not items:
             return
-        last, log_it = None, False
-        for it in items:
-            phase = it["phase"]
-            if phase == "done":  # a budget point finished: fraction = points done / points
-                r.point = min(round(it["fraction"] * r.points), r.points)
-                log_it = True
-                last = it
-                continue
-            if "chunk" in it:
-                r.chunks[it["chunk"]] = it["fraction"]
-                it = {**it, "fraction": sum(r.chunks.values()) / it["of"]}
-            if phase != r.phase:  # every phase change goes into the log, even inside one batch
-                if last is not None and last["phase"] == r.phase and r.phase is not None:
-                    self.store.progress(r.job_id, self.owner, r.phase, overall(r.phase, last["fraction"], r.point,
-                                                                              r.points), last["message"], log=True)
-                r.phase = phase
-                self.store.progress(r.job_id, self.owner, phase, overall(phase, it["fraction"], r.point, r.points),
-                                    it["message"], log=True)
-                r.last_log = r.last_write = time.monotonic()
-            last = it
+        last: Progress | PointDone | None = None
+        point_done = False
+        for m in items:
+            match m:
+                case PointDone():
+                    r.point = min(m.done, r.points)
+                    point_done = True
+                    last = m
+                case ChunkProgress():
+                    last = self._phase_progress(r, self._chunks_progress(r, m), last)
+                case Progress():
+                    last = self._phase_progress(r, m, last)
         now = time.monotonic()
-        if last is None or (now - r.last_write < 0.3 and not log_it):
+        if last is None or (now - r.last_write < 0.3 and not point_done):
             return
-        log_it = log_it or now - r.last_log > 2.0
+        log_it = point_done or now - r.last_log > 2.0
         phase = r.phase or "load"
-        prog = overall(phase, last["fraction"], r.point, r.points) if last["phase"] != "done" else \
+        prog = overall(phase, last.fraction, r.point, r.points) if isinstance(last, Progress) else \
             overall("load", 0.0, r.point, r.points)
-        self.store.progress(r.job_id, self.owner, phase, prog, last["message"], log=log_it)
+        self.store.progress(r.job_id, self.owner, phase, prog, last.message, log=log_it)
         r.last_write = now
         if log_it:
             r.last_log = now
+
+    @staticmethod
+    def _chunks_progress(r: Running, m: ChunkProgress) -> Progress:
+        """The sensitivity phase's progress is the mean of its chunks' latest fractions (a chunk
+        not heard from yet counts as 0)."""
+        r.chunks[m.chunk] = m.fraction
+        return Progress(m.phase, sum(r.chunks.values()) / m.of, m.message)
+
+    def _phase_progress(self, r: Running, p: Progress, last: Progress | PointDone | None) -> Progress:
+        """Every phase change goes into the log, even inside one batch: the old phase's last word
+        (when this batch has it), then the new phase's first. Returns ``p``, the batch's latest."""
+        if p.phase != r.phase:
+            # a Progress before this one in the batch is of r.phase: the previous one made it so
+            if isinstance(last, Progress) and r.phase is not None:
+                self.store.progress(r.job_id, self.owner, r.phase, overall(r.phase, last.fraction, r.point, r.points),
+                                    last.message, log=True)
+            r.phase = p.phase
+            self.store.progress(r.job_id, self.owner, p.phase, overall(p.phase, p.fraction, r.point, r.points),
+                                p.message, log=True)
+            r.last_log = r.last_write = time.monotonic()
+        return p
 
     def _collect(self) -> None:
         if not self.running:
@@ -208,18 +225,23 @@ class Dispatcher:
         if r.cancelling:
             self.store.cancelled(r.job_id, self.owner, "cancelled")
             return
-        if not out["ok"]:
-            self.store.fail(r.job_id, self.owner, out["error"])
+        if isinstance(out, Failed):
+            self.store.fail(r.job_id, self.owner, out.error)
             return
+        self._succeed(r, out)
+
+    def _succeed(self, r: Running, out: Done) -> None:
+        """Store the policies with the phase timings summed over budget points, and the table the
+        job computed (else link the cached one it used)."""
         job = self.store.get_job(r.job_id)
         table_id = None
-        if out["table"] is not None:
-            table_id = self.store.put_table(job.sensitivity_key, job.model_id, out["table"])
+        if out.table is not None:
+            table_id = self.store.put_table(job.sensitivity_key, job.model_id, out.table)
         else:
             found = self.store.table_by_key(job.sensitivity_key)
             table_id = found.id if found else None
         timings: dict[str, float] = {}
-        for res in out["results"]:
-            for k, v in res["timings"].items():
+        for res in out.results:
+            for k, v in res.timings.items():
                 timings[k] = timings.get(k, 0.0) + float(v)
-        self.store.succeed(r.job_id, self.owner, [res["policy"] for res in out["results"]], timings, table_id, r.cached)
+        self.store.succeed(r.job_id, self.owner, [res.policy for res in out.results], timings, table_id, r.cached)

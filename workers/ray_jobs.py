@@ -3,9 +3,11 @@
 A job is one Ray task (``run_job``) that runs the pipeline's phases; its sensitivity phase fans
 out as ``measure_chunk`` tasks (rows of the table) when the proxy is chunkable, so N workers
 compute it about N times faster — while the job task waits in ``ray.get`` Ray lends its CPU to
-the chunks. Progress goes into a Ray queue that the server drains into the store. User errors
-come back as ``{"ok": False, "error": …}`` (so the server needs none of the engine's exception
-classes); anything else raises and the server records it as a failure with its reason.
+the chunks. Progress goes into a Ray queue that the server drains into the store, and the job
+ends with an outcome; both are typed messages (``workers.messages``). User errors come back as
+``Failed`` (``{"ok": False, "error": …}`` from ``inspect_model``), so the server needs none of the
+engine's exception classes; anything else raises and the server records it as a failure with its
+reason.
 
 Each worker process keeps the last loaded model and data (keyed by reference and data plan), so
 chunks of one job, and later jobs on the same model, do not reload it."""
@@ -20,6 +22,8 @@ from typing import Any
 
 import numpy as np
 import ray
+
+from workers.messages import ChunkProgress, Done, Failed, Message, Outcome, PointDone, PointResult, Progress
 
 _CACHE: dict[str, Any] = {}
 
@@ -138,8 +142,7 @@ def measure_chunk(spec_d: dict, texts: dict[str, str], rows: list[int], chunk: i
         now = time.monotonic()
         if queue is not None and (now - last[0] > 0.5 or fraction >= 1.0):
             last[0] = now
-            queue.put({"phase": "sensitivity", "fraction": fraction, "message": message,
-                       "chunk": chunk, "of": n_chunks}, block=False)
+            queue.put(ChunkProgress(chunk, n_chunks, fraction, message), block=False)
 
     ctx = ProxyContext(p["lm"].model, [q[0] for q in pairs], [q[1] for q in pairs], p["lm"].task, p["calib"],
                        p["formats"], spec_d.get("seed", 0), report, p["sha256"], p["info"], quantizer=p["quantizer"])
@@ -226,7 +229,7 @@ def _fan_out(spec_d: dict, texts: dict[str, str], n_chunks: int, queue):
 
 
 @ray.remote(num_cpus=1, max_retries=2)
-def run_job(spec_ds: list[dict], texts: dict[str, str], table_d: dict | None, n_chunks: int, queue=None) -> dict:
+def run_job(spec_ds: list[dict], texts: dict[str, str], table_d: dict | None,  n_chunks: int, queue=None) -> Outcome:
     """Run a job: one policy per budget point, one sensitivity table shared by all of them."""
     from search.spec import SearchSpec
     from search.table import SensitivityTable
@@ -235,9 +238,12 @@ def run_job(spec_ds: list[dict], texts: dict[str, str], table_d: dict | None, n_
 
     torch_threads()
 
-    def progress(phase: str, fraction: float, message: str) -> None:
+    def post(message: Message) -> None:
         if queue is not None:
-            queue.put({"phase": phase, "fraction": fraction, "message": message}, block=False)
+            queue.put(message, block=False)
+
+    def progress(phase: str, fraction: float, message: str) -> None:
+        post(Progress(phase, fraction, message))
 
     try:
         table = SensitivityTable.from_dict(table_d) if table_d else None
@@ -248,8 +254,8 @@ def run_job(spec_ds: list[dict], texts: dict[str, str], table_d: dict | None, n_
             res = run_search(spec, progress, loaded=lm, table=table, compute_table=_fan_out(raw, texts, n_chunks, queue))
             computed = computed or (table is None and res.table is not None)
             table = res.table or table  # the joint solver makes no table
-            out.append({"policy": json.loads(res.policy.to_json(None)), "timings": res.timings})
-            progress("done", (i + 1) / len(spec_ds), f"budget {i + 1}/{len(spec_ds)} done")
+            out.append(PointResult(json.loads(res.policy.to_json(None)), res.timings))
+            post(PointDone(i + 1, len(spec_ds)))
     except _user_errors() as e:
-        return {"ok": False, "error": str(e).splitlines()[0] if str(e) else type(e).__name__}
-    return {"ok": True, "results": out, "table": table.to_dict() if computed and table is not None else None}
+        return Failed(str(e).splitlines()[0] if str(e) else type(e).__name__)
+    return Done(tuple(out), table.to_dict() if computed and table is not None else None)

@@ -98,3 +98,34 @@ def test_two_jobs_with_different_menus_on_one_ray_worker_get_their_own_tables():
     # a standard error of near-equal per-sample losses (~1e-8 here) moves in its third digit with
     # the thread count (the worker runs one torch thread, this process two): it travels, not bit-exact
     np.testing.assert_allclose(np.array(tb["stderr"]), fresh.stderr[[0, 1]], rtol=1e-2, atol=1e-12)
+
+
+@pytest.mark.integration
+def test_a_job_task_sends_typed_messages_and_returns_its_outcome():
+    """A job on a real Ray: its queue carries phase progress, the two sensitivity chunks' progress
+    and a marker per finished budget point; it returns a result per point and the table it
+    measured. A user error comes back as ``Failed`` with its reason, not as a raised error."""
+    import ray
+    from ray.util.queue import Queue
+
+    from search.spec import SearchSpec
+    from workers.messages import ChunkProgress, Done, Failed, PointDone, Progress
+    from workers.ray_jobs import run_job
+
+    specs = [SearchSpec(model="builtin:digits-cnn", budgets={"avg_bits": b}, proxy="measured", solver="ilp",
+                        refine=False, n_calib=16).model_dump() for b in (3.3, 4.3)]
+    ray.init(address="local", num_cpus=2, include_dashboard=False, ignore_reinit_error=True)
+    try:
+        queue = Queue()
+        out = ray.get(run_job.remote(specs, {}, None, 2, queue))
+        messages = queue.get_nowait_batch(queue.qsize())
+        bad = ray.get(run_job.remote([{**specs[0], "model": "builtin:nope"}], {}, None, 1, None))
+    finally:
+        ray.shutdown()
+    assert isinstance(out, Done) and len(out.results) == 2 and out.table is not None
+    assert all(r.policy and r.timings for r in out.results)
+    assert {type(m) for m in messages} == {Progress, ChunkProgress, PointDone}
+    assert [m for m in messages if isinstance(m, PointDone)] == [PointDone(1, 2), PointDone(2, 2)]
+    assert {m.chunk for m in messages if isinstance(m, ChunkProgress)} == {0, 1}
+    assert {"load", "sensitivity", "solve", "evaluate"} <= {m.phase for m in messages if isinstance(m, Progress)}
+    assert isinstance(bad, Failed) and "nope" in bad.error
