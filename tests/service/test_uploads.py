@@ -21,7 +21,7 @@ import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from service import api
+from service.api import create_app
 from service.config import Settings
 from service.jobspec import plan_job
 from service.schemas import JobCreate
@@ -105,7 +105,7 @@ def settings(tmp_path) -> Settings:
 
 @pytest.fixture
 def client(settings) -> TestClient:
-    return TestClient(api.create_app(settings))
+    return TestClient(create_app(settings))
 
 
 def _post(client, name: str, data: bytes, **form):

@@ -1,0 +1,23 @@
+"""What the route modules share: the shape of stored ids, and JSON written by orjson."""
+from __future__ import annotations
+
+import re
+
+import orjson
+from fastapi.responses import Response
+
+from service.api.errors import ApiError
+
+ID = re.compile(r"[A-Za-z0-9_-]{1,128}")  # every stored id (uuid hex, sha256 hex) has this shape
+
+
+def check_id(value: str, what: str, hint: str = "") -> None:
+    """Ids this server issues are short ASCII tokens; anything else cannot name a record (and
+    strings such as NUL bytes must not reach PostgreSQL)."""
+    if not ID.fullmatch(value):
+        raise ApiError(404, "not_found", f"no {what} {value[:80]!r}{hint}")
+
+
+def json_response(data, status: int = 200, headers: dict | None = None) -> Response:
+    return Response(orjson.dumps(data, option=orjson.OPT_UTC_Z), status_code=status, media_type="application/json",
+                    headers=headers)
