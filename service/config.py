@@ -45,6 +45,11 @@ def _env(name: str) -> dict:
     return {"env": name}
 
 
+def _number_field(name: str, default, cast=int):
+    """A numeric setting read from ``name`` when the settings are built, named in its metadata."""
+    return field(default_factory=lambda: _number(name, default, cast), metadata=_env(name))
+
+
 @dataclass(frozen=True)
 class Settings:
     var_dir: Path = field(default_factory=lambda: Path(os.environ.get("BITPLAN_VAR_DIR", "var")).resolve(),
@@ -65,28 +70,18 @@ class Settings:
     model_root: Path | None = field(default_factory=lambda: _path("BITPLAN_MODEL_ROOT"),
                                     metadata=_env("BITPLAN_MODEL_ROOT"))
     # threads of AnyIO's pool, which runs the blocking request handlers (see DEFAULT_API_THREADS)
-    api_threads: int = field(default_factory=lambda: _int("BITPLAN_API_THREADS", DEFAULT_API_THREADS),
-                             metadata=_env("BITPLAN_API_THREADS"))
-    max_upload_bytes: int = field(default_factory=lambda: _int("BITPLAN_MAX_UPLOAD_BYTES", 512 << 20),
-                                  metadata=_env("BITPLAN_MAX_UPLOAD_BYTES"))
+    api_threads: int = _number_field("BITPLAN_API_THREADS", DEFAULT_API_THREADS)
+    max_upload_bytes: int = _number_field("BITPLAN_MAX_UPLOAD_BYTES", 512 << 20)
     # data uploads (POST /v1/data): images kept from one archive, and the bytes an archive may
     # extract to (0: four times the upload limit)
-    max_upload_files: int = field(default_factory=lambda: _int("BITPLAN_MAX_UPLOAD_FILES", 100_000),
-                                  metadata=_env("BITPLAN_MAX_UPLOAD_FILES"))
-    max_extracted_bytes: int = field(default_factory=lambda: _int("BITPLAN_MAX_EXTRACTED_BYTES", 0),
-                                     metadata=_env("BITPLAN_MAX_EXTRACTED_BYTES"))
-    max_body_bytes: int = field(default_factory=lambda: _int("BITPLAN_MAX_BODY_BYTES", 8 << 20),
-                                metadata=_env("BITPLAN_MAX_BODY_BYTES"))
-    lease_seconds: float = field(default_factory=lambda: _float("BITPLAN_LEASE_SECONDS", 20.0),
-                                 metadata=_env("BITPLAN_LEASE_SECONDS"))
-    max_attempts: int = field(default_factory=lambda: _int("BITPLAN_MAX_ATTEMPTS", 3),
-                              metadata=_env("BITPLAN_MAX_ATTEMPTS"))
-    max_running: int = field(default_factory=lambda: _int("BITPLAN_MAX_RUNNING", 2),
-                             metadata=_env("BITPLAN_MAX_RUNNING"))
-    sensitivity_chunks: int = field(default_factory=lambda: _int("BITPLAN_SENSITIVITY_CHUNKS", 0),
-                                    metadata=_env("BITPLAN_SENSITIVITY_CHUNKS"))
-    poll_seconds: float = field(default_factory=lambda: _float("BITPLAN_POLL_SECONDS", 0.25),
-                                metadata=_env("BITPLAN_POLL_SECONDS"))
+    max_upload_files: int = _number_field("BITPLAN_MAX_UPLOAD_FILES", 100_000)
+    max_extracted_bytes: int = _number_field("BITPLAN_MAX_EXTRACTED_BYTES", 0)
+    max_body_bytes: int = _number_field("BITPLAN_MAX_BODY_BYTES", 8 << 20)
+    lease_seconds: float = _number_field("BITPLAN_LEASE_SECONDS", 20.0, float)
+    max_attempts: int = _number_field("BITPLAN_MAX_ATTEMPTS", 3)
+    max_running: int = _number_field("BITPLAN_MAX_RUNNING", 2)
+    sensitivity_chunks: int = _number_field("BITPLAN_SENSITIVITY_CHUNKS", 0)
+    poll_seconds: float = _number_field("BITPLAN_POLL_SECONDS", 0.25, float)
 
     def __post_init__(self) -> None:
         if not self.database_url:

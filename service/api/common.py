@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
+from typing import TypeVar
 
 import orjson
 from fastapi.responses import Response
@@ -16,6 +18,19 @@ def check_id(value: str, what: str, hint: str = "") -> None:
     strings such as NUL bytes must not reach PostgreSQL)."""
     if not ID.fullmatch(value):
         raise ApiError(404, "not_found", f"no {what} {value[:80]!r}{hint}")
+
+
+T = TypeVar("T")
+
+
+def stored(ident: str, what: str, fetch: Callable[[str], T | None], hint: str = "") -> T:
+    """The record ``fetch`` finds for ``ident``, or a 404 that names it (an id of the wrong shape
+    never reaches the database)."""
+    check_id(ident, what, hint)
+    row = fetch(ident)
+    if row is None:
+        raise ApiError(404, "not_found", f"no {what} {ident!r}{hint}")
+    return row
 
 
 def json_response(data, status: int = 200, headers: dict | None = None) -> Response:

@@ -35,6 +35,12 @@ class EmptyStore:
     def get_job(self, _id):
         return None
 
+    def get_policy(self, _id):
+        return None
+
+    def get_table(self, _id):
+        return None
+
     def list_jobs(self, *_a):
         return [], None
 

@@ -10,7 +10,7 @@ from fastapi.responses import StreamingResponse
 from pydantic import ValidationError
 from starlette.concurrency import run_in_threadpool
 
-from service.api.common import ID, check_id, json_response
+from service.api.common import ID, check_id, json_response, stored
 from service.api.deps import SettingsDep, StoreDep
 from service.api.errors import ApiError, errors
 from service.api.messages import validation_message
@@ -51,10 +51,7 @@ def resume_from(last_event_id: str | None, after: int) -> int:
 
 
 def _job(st: Store, job_id: str):
-    check_id(job_id, "job")
-    row = st.get_job(job_id)
-    if row is None:
-        raise ApiError(404, "not_found", f"no job {job_id!r}")
+    row = stored(job_id, "job", st.get_job)
     return row
 
 

@@ -14,7 +14,7 @@ from fastapi.responses import JSONResponse
 from pydantic import ValidationError
 from starlette.concurrency import run_in_threadpool
 
-from service.api.common import check_id
+from service.api.common import stored
 from service.api.deps import SettingsDep, StoreDep
 from service.api.errors import ApiError, errors
 from service.api.files import model_format, receive_upload
@@ -112,10 +112,7 @@ def list_models(st: StoreDep):
 
 
 def _model_or_404(st: Store, model_id: str):
-    check_id(model_id, "model", "; register it with POST /v1/models")
-    row = st.get_model(model_id)
-    if row is None:
-        raise ApiError(404, "not_found", f"no model {model_id!r}; register it with POST /v1/models")
+    row = stored(model_id, "model", st.get_model, "; register it with POST /v1/models")
     return row
 
 

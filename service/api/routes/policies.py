@@ -7,7 +7,7 @@ import hashlib
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import JSONResponse, Response
 
-from service.api.common import check_id
+from service.api.common import stored
 from service.api.deps import StoreDep
 from service.api.errors import ApiError, errors
 
@@ -20,10 +20,7 @@ _EXPORT_TYPES = {"application/json": {"schema": {"type": "object"}}, "applicatio
 @router.get("/policies/{policy_id}", tags=["policies"],
             responses={200: {"description": "bitplan.policy/v1 JSON"}, **errors(404)})
 def get_policy(policy_id: str, st: StoreDep):
-    check_id(policy_id, "policy")
-    row = st.get_policy(policy_id)
-    if row is None:
-        raise ApiError(404, "not_found", f"no policy {policy_id!r}")
+    row = stored(policy_id, "policy", st.get_policy)
     return JSONResponse(row.data, headers={"X-Bitplan-Job": row.job_id, "Cache-Control": "public, max-age=31536000, immutable"})
 
 
@@ -36,10 +33,7 @@ def export_policy(policy_id: str, request: Request, st: StoreDep,
     """Policies never change, so exports are immutable: an ETag lets clients revalidate."""
     from search.exports import ExportError, export
     from search.policy import Policy
-    check_id(policy_id, "policy")
-    row = st.get_policy(policy_id)
-    if row is None:
-        raise ApiError(404, "not_found", f"no policy {policy_id!r}")
+    row = stored(policy_id, "policy", st.get_policy)
     try:
         out = export(Policy.model_validate(row.data), format)
     except ExportError as e:

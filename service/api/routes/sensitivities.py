@@ -5,9 +5,9 @@ from __future__ import annotations
 from fastapi import APIRouter
 from fastapi.responses import JSONResponse
 
-from service.api.common import check_id
+from service.api.common import stored
 from service.api.deps import StoreDep
-from service.api.errors import ApiError, errors
+from service.api.errors import errors
 
 router = APIRouter()
 
@@ -15,8 +15,5 @@ router = APIRouter()
 @router.get("/sensitivities/{table_id}", tags=["sensitivities"],
             responses={200: {"description": "bitplan.sensitivity/v1 JSON"}, **errors(404)})
 def get_table(table_id: str, st: StoreDep):
-    check_id(table_id, "sensitivity table")
-    row = st.get_table(table_id)
-    if row is None:
-        raise ApiError(404, "not_found", f"no sensitivity table {table_id!r}")
+    row = stored(table_id, "sensitivity table", st.get_table)
     return JSONResponse({**row.data, "id": row.id})
