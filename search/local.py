@@ -114,12 +114,6 @@ def margin_sides(est: np.ndarray, cost: np.ndarray, base: np.ndarray, m: int,
     return ups, downs
 
 
-def margin_rows(est: np.ndarray, cost: np.ndarray, base: np.ndarray, m: int, exclude: set[int] = frozenset()) -> list[int]:
-    """Both sides of :func:`margin_sides` as one sorted list of rows."""
-    ups, downs = margin_sides(est, cost, base, m, exclude)
-    return sorted(set(ups) | set(downs))
-
-
 def proxy_scale(pairs: list[tuple[float, float]]) -> float:
     """Least-squares factor s with measured ≈ s · proxy (through the origin); 1 when unknown."""
     if not pairs:
