@@ -89,7 +89,7 @@ def add_commands(sub, bits_type, group_type, kv_type, data_args=None) -> None:
     s = sub.add_parser("status", help="list recent jobs, or show one job")
     common(s)
     s.add_argument("job", nargs="?")
-    s.add_argument("--status", dest="filter_status", choices=list(JobStatus))
+    s.add_argument("--status", dest="filter_status", choices=[s.value for s in JobStatus])
     s.add_argument("--limit", type=int, default=20)
 
     s = sub.add_parser("policy", help="download a job's policy (bitplan.policy/v1 JSON)")
