@@ -9,12 +9,14 @@
 // the job statuses and phases as the server defines them (GET /v1/meta), read once
 const S = {};                      // status by name: S.SUCCEEDED === "succeeded"
 const TERMINAL = [], PHASES = [];
-async function loadMeta() {
-  if (PHASES.length) return;
-  const m = await get("/v1/meta");
-  Object.assign(S, m.job_statuses);
-  TERMINAL.push(...m.terminal);
-  PHASES.push(...m.phases);
+let metaLoaded = null;             // one shared promise: two routes starting at once must not both fill the lists
+function loadMeta() {
+  metaLoaded ??= get("/v1/meta").then((m) => {
+    Object.assign(S, m.job_statuses);
+    TERMINAL.push(...m.terminal);
+    PHASES.push(...m.phases);
+  }).catch((e) => { metaLoaded = null; throw e; });
+  return metaLoaded;
 }
 const PAGE = 50;
 const state = { timer: null, charts: [], models: {}, route: "" };
