@@ -4,7 +4,7 @@ re-used by name (``proxy=evolved:<name>``).
 Without ``program`` the proxy (1) samples ``n_policies`` random mixed-precision policies across
 the budget range and measures each one's real calibration loss — the ground-truth set, fanned
 out over Ray when the context offers a ``map_policies`` hook; (2) evolves programs over the
-model's primitives (search/evolve.py) for Kendall τ with that loss on a training part; (3)
+model's primitives (search/evolved/genetic.py) for Kendall τ with that loss on a training part; (3)
 stores the winner (formula, tree, τ on the held-out part, the ground truth) under ``name``; and
 (4) returns the winner's table. With ``program=<name>`` it loads the stored program and only
 computes the primitives of this model."""
@@ -21,7 +21,9 @@ from proxies.base import Proxy, ProxyContext
 from proxies.evaluate import Evaluator
 from proxies.primitives import compute_primitives
 from search.budgets import CostModel
-from search.evolve import EvolveParams, Program, evolve, predict, program_json, rank_corr, sample_policies, scores, split
+from search.evolved.genetic import GeneticParams, genetic_search
+from search.evolved.ground_truth import rank_corr, sample_policies, split
+from search.evolved.program import Program, predict, program_json, scores
 from search.params import PROGRAM_NAME, check_proxy_model, evolved_store_dir, stored_program
 
 def save_program(name: str, doc: str) -> Path:
@@ -58,10 +60,11 @@ class EvolvedProxy(Proxy):
                                  "evolved_on": doc.get("model_sha256"), "primitives_seconds": time.perf_counter() - t0}
         choices, truth = self.ground_truth(ctx)
         train, hold = split(len(truth), float(p["holdout"]), ctx.seed)
-        params = EvolveParams(population=int(p["population"]), generations=int(p["generations"]),
-                              max_depth=int(p["max_depth"]), seed=ctx.seed, tournament=min(4, int(p["population"])))
-        res = evolve(prim, choices, truth, train, hold, params,
-                     lambda g, n, best: ctx.report(g / n, f"generation {g}/{n}: τ {best.tau:.3f} {best.program.formula()}"))
+        params = GeneticParams(population=int(p["population"]), generations=int(p["generations"]),
+                               max_depth=int(p["max_depth"]), seed=ctx.seed, tournament=min(4, int(p["population"])))
+        res = genetic_search(
+            prim, choices, truth, train, hold, params,
+            lambda g, n, best: ctx.report(g / n, f"generation {g}/{n}: τ {best.tau:.3f} {best.program.formula()}"))
         name = p["name"] or f"{(ctx.model_sha256 or 'model')[:12]}-s{ctx.seed}"
         meta = {"name": name, "model_sha256": ctx.model_sha256, "formats": [f.label for f in ctx.formats],
                 "tau_train": res.best.tau, "spearman_train": res.best.rho, "tau_holdout": res.tau_holdout,

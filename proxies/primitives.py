@@ -1,4 +1,4 @@
-"""The primitives an evolved-proxy program reads (search/evolve.py), sampled from a real model:
+"""The primitives an evolved-proxy program reads (search/evolved/program.py), sampled from a real model:
 per layer, ``S`` fixed element positions of the weight in its (out, reduction) layout, and at
 those positions the weight W, the mean per-sample gradient G, the Fisher diagonal F (mean squared
 per-sample gradient — our Hessian-diagonal estimate), the input activation second moment A of
@@ -12,7 +12,7 @@ from proxies.base import ProxyContext
 from proxies.capture import capture
 from proxies.fisher import gradient_moments
 from proxies.quant import to_2d
-from search.evolve import Primitives
+from search.evolved.program import Primitives
 
 
 def _activation_moments(ctx: ProxyContext) -> list[torch.Tensor | None]:

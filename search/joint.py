@@ -1,6 +1,7 @@
 """Joint bit-width + pruning search (APQ): the space, its costs, and the predictor-guided
 evolutionary search. numpy only; the predictor and the measurements are passed in as callables
-(workers/joint.py trains a torch MLP and measures on the model).
+(proxies/joint.py trains a torch MLP and measures on the model; search/solvers/joint.py registers
+the search as the solver "joint").
 
 Per layer the options are (format k, pruning ratio r): a column ``j = k·R + r_index``.
 Sparse storage format (stated, counted exactly): a layer pruned at ratio r > 0 stores a 1-bit
@@ -184,8 +185,9 @@ def random_feasible(space: JointSpace, budgets: dict[str, float], n: int, rng: n
     return np.array(out)
 
 
-def evolve_joint(space: JointSpace, budgets: dict[str, float], predict: Callable[[np.ndarray], np.ndarray],
-                 params: JointParams, progress: Callable[[int, int, float], None] | None = None) -> np.ndarray:
+def predictor_guided_search(space: JointSpace, budgets: dict[str, float], predict: Callable[[np.ndarray], np.ndarray],
+                            params: JointParams,
+                            progress: Callable[[int, int, float], None] | None = None) -> np.ndarray:
     """APQ's evolutionary search: keep the ``parents`` best (lowest predicted loss) feasible
     policies, refill with per-layer mutations and uniform crossovers of them, reject anything
     over a budget. Returns the ``top_k`` distinct best candidates, best first."""

@@ -14,7 +14,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, ValidationError, field_validator, model_validator
 
-from search.evolve import EvolveParams, split
+from search.evolved.genetic import GeneticParams
+from search.evolved.ground_truth import split
 from search.joint import DEFAULT_RATIOS, JointParams, PredictorParams, check_ratios
 
 PROGRAM_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
@@ -110,8 +111,8 @@ class EvolvedParams(_Params):
             return self
         if self.name is not None and not PROGRAM_NAME.match(self.name):
             raise ValueError(f"name {self.name!r}: use letters, digits, '_', '.', '-' (at most 64)")
-        EvolveParams(population=self.population, generations=self.generations, max_depth=self.max_depth,
-                     tournament=min(4, max(2, self.population))).check()
+        GeneticParams(population=self.population, generations=self.generations, max_depth=self.max_depth,
+                      tournament=min(4, max(2, self.population))).check()
         split(self.n_policies, self.holdout, 0)
         return self
 

@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 from scipy.stats import kendalltau, spearmanr
 
-from search.evolve import (SEEDS, EvolveParams, Primitives, Program, ProgramError, compatible, crossover, evolve,
-                           mutate, predict, random_program, rank_corr, sample_policies, scores, split)
+from search.evolved.genetic import SEEDS, GeneticParams, crossover, genetic_search, mutate, random_program
+from search.evolved.ground_truth import rank_corr, sample_policies, split
+from search.evolved.program import Primitives, Program, ProgramError, compatible, predict, scores
 
 
 def prims(L=6, K=4, S=64, seed=0) -> Primitives:
@@ -108,15 +109,15 @@ def test_evolution_finds_a_program_that_ranks_a_known_truth():
     choices = np.random.default_rng(0).integers(0, 5, size=(80, 8))
     truth = predict(scores(target, p), choices)
     train, hold = split(80, 0.3, 0)
-    res = evolve(p, choices, truth, train, hold, EvolveParams(population=24, generations=10, seed=0))
+    res = genetic_search(p, choices, truth, train, hold, GeneticParams(population=24, generations=10, seed=0))
     seed_best = max(rank_corr(predict(scores(s, p), choices[hold]), truth[hold])[0] for s in SEEDS)
     assert res.tau_holdout > 0.9 and res.tau_holdout >= seed_best
     assert len(res.history) == 10 and res.history[-1]["best_tau"] >= res.history[0]["best_tau"]
-    again = evolve(p, choices, truth, train, hold, EvolveParams(population=24, generations=10, seed=0))
+    again = genetic_search(p, choices, truth, train, hold, GeneticParams(population=24, generations=10, seed=0))
     assert again.best.program == res.best.program  # seeded and reproducible
 
 
 def test_bad_evolution_parameters():
     for bad in (dict(population=0), dict(generations=0), dict(tournament=1), dict(mutation=1.5)):
         with pytest.raises(ValueError):
-            EvolveParams(**bad).check()
+            GeneticParams(**bad).check()
