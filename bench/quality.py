@@ -28,16 +28,14 @@ from proxies.evaluate import Evaluator  # noqa: E402
 from proxies.registry import get_proxy  # noqa: E402
 from search.baselines import greedy_upgrades, llamacpp_mix  # noqa: E402
 from search.budgets import CostModel  # noqa: E402
-from search.formats import make_formats  # noqa: E402
 from search.local import operating_point_loop  # noqa: E402
 from proxies.measured import cell_measure  # noqa: E402
 from search.problem import Problem  # noqa: E402
 from search.refine import refine  # noqa: E402
 from search.solvers import get_solver  # noqa: E402
-from workers.batches import plan_for, prepared_batches  # noqa: E402
 from search.defaults import DEFAULT_REFINE_EVALS, DEFAULT_REFINE_SECONDS  # noqa: E402
-from workers.pipeline import reference_formats, refine_judge, task_layers  # noqa: E402
-from workers.sources import load_model  # noqa: E402
+from workers.pipeline import reference_formats, refine_judge  # noqa: E402
+from workers.prepare import data_spec, prepare  # noqa: E402
 
 MODELS = {"minilm": "builtin:minilm-l6", "smollm2": "builtin:smollm2-135m", "digits": "builtin:digits-cnn"}
 # Data sizes per model where the task kind's defaults do not fit a bench: SmolLM2 is cut to what
@@ -73,26 +71,25 @@ class Setup:
 
 
 def setup_model(key: str, args) -> Setup:
-    """Load, pick layers (a block subset for SmolLM2 on CPU), build batches and budgets."""
+    """Prepare the model (the pipeline's ``prepare``, on the CPU), pick layers (a block subset for
+    SmolLM2 on CPU), and the budgets."""
     ref = MODELS[key]
     torch.manual_seed(0)
-    lm = load_model(ref)
     given = {"n_calib": args.n_calib, "n_eval": args.n_eval, "seq_len": args.seq_len}
-    plan = plan_for(lm, **{**DATA.get(key, {}), **{k: v for k, v in given.items() if v}}, seed=args.seed) if key in DATA \
-        else plan_for(lm, seed=args.seed)
-    pairs = task_layers(lm)
+    data = {**DATA[key], **{k: v for k, v in given.items() if v}} if key in DATA else {}  # digits keeps its splits
+    p = prepare(data_spec(ref, bits=args.bits, group_size=args.group_sizes, seed=args.seed, **data))
+    lm, formats, calib, evals, info = p.lm, p.formats, p.calib, p.evals, p.info
+    pairs = list(zip(p.layers, p.modules))
     if key == "smollm2" and args.smollm_blocks:
         lo, hi = (int(x) for x in args.smollm_blocks.split("-"))
-        pairs = [p for p in pairs if lo <= int(p[0].name.split(".")[2]) <= hi]
-    layers, modules = [p[0] for p in pairs], [p[1] for p in pairs]
-    formats = make_formats(args.bits, args.group_sizes, False)
+        pairs = [q for q in pairs if lo <= int(q[0].name.split(".")[2]) <= hi]
+    layers, modules = [q[0] for q in pairs], [q[1] for q in pairs]
     costs = CostModel(layers, formats)
-    calib, evals, info = prepared_batches(lm, plan)
     n = len(layers)
     by_bits = {f.bits: f for f in reference_formats(formats)}
     u3, u4 = (costs.cost(np.full(n, formats.index(by_bits[b])))["avg_bits"] for b in (3, 4))
     budgets = [round(u3 + 1e-9, 6), round((u3 + u4) / 2, 6), round(u4 + 1e-9, 6)]
-    return Setup(ref, lm, plan, layers, modules, formats, costs, calib, evals, info, budgets)
+    return Setup(ref, lm, p.plan, layers, modules, formats, costs, calib, evals, info, budgets)
 
 
 def run_model(key: str, args) -> dict:

@@ -12,10 +12,7 @@ import torch
 from proxies.base import ProxyContext
 from proxies.evolved import held_out_tau, load_program
 from proxies.registry import get_proxy
-from search.formats import make_formats
-from workers.batches import plan_for, prepared_batches
-from workers.pipeline import task_layers
-from workers.sources import load_model
+from workers.prepare import data_spec, prepare
 
 BUILTIN = ("hessian_trace", "fisher", "orthogonality", "output_error", "measured")
 
@@ -25,16 +22,14 @@ def evolve_and_compare(model: str, bits: list[int], group_size, name: str, evolv
                        builtin_params: dict | None = None,
                        progress: Callable[[str, float, str], None] = lambda *a: None) -> dict:
     torch.manual_seed(seed)
-    lm = load_model(model)
-    plan = plan_for(lm, n_calib=n_calib, seed=seed)
-    pairs = task_layers(lm)
-    layers, modules = [p[0] for p in pairs], [p[1] for p in pairs]
-    formats = make_formats(bits, group_size, False)
-    calib, _, info = prepared_batches(lm, plan, with_evals=False)
+    # the model's own default data, asymmetric formats, on the CPU; no held-out batches (the
+    # ground truth is calibration loss)
+    prep = prepare(data_spec(model, bits=bits, group_size=group_size, n_calib=n_calib, seed=seed), with_evals=False)
+    lm, layers, modules, formats, calib, info = prep.lm, prep.layers, prep.modules, prep.formats, prep.calib, prep.info
 
     def ctx(phase: str) -> ProxyContext:
         return ProxyContext(lm.model, layers, modules, lm.task, calib, formats, seed,
-                            lambda f, m: progress(phase, f, m), lm.sha256, info)
+                            lambda f, m: progress(phase, f, m), prep.table_sha256, info)
 
     t = time.perf_counter()
     evolved = get_proxy("evolved", name=name, **evolve_params)

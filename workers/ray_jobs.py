@@ -9,8 +9,9 @@ ends with an outcome; both are typed messages (``workers.messages``). User error
 engine's exception classes; anything else raises and the server records it as a failure with its
 reason.
 
-Each worker process keeps the last loaded model and data (keyed by reference and data plan), so
-chunks of one job, and later jobs on the same model, do not reload it."""
+Each worker process keeps the last prepared model and data (``workers.prepare.PrepareCache``: the
+model by reference, the rest by ``prepare_key``), so chunks of one job, and later jobs on the same
+model, do not reload it."""
 from __future__ import annotations
 
 import hashlib
@@ -25,7 +26,9 @@ import ray
 
 from workers.messages import ChunkProgress, Done, Failed, Message, Outcome, PointDone, PointResult, Progress
 
-_CACHE: dict[str, Any] = {}
+# this process's PrepareCache, made on first use (workers.prepare imports torch, which the
+# server process that imports this module never loads); clearing the list drops it
+_CACHE: list[Any] = []
 
 
 def _user_errors() -> tuple[type[Exception], ...]:
@@ -66,45 +69,16 @@ def _materialise(spec: dict, texts: dict[str, str]) -> dict:
     return spec
 
 
-# Every SearchSpec field the prepared value (model, layers, calibration batches, formats, the
-# quantizer and its Hessians) depends on. Budgets, proxy, solver and refine settings only change
-# what is done with it. A field added to SearchSpec that changes the value must be added here.
-PREPARED_FIELDS = ("model", "calib", "eval", "n_calib", "n_eval", "seq_len", "seed", "include_embeddings",
-                   "include_head", "quantizer", "quantizer_params", "bits", "group_size", "symmetric",
-                   "image_size", "resize", "image_mean", "image_std", "data_column", "label_column", "fold_batchnorm")
-
-
-def prepared_key(spec) -> str:
-    """The cache key of ``_prepared``: everything its value depends on, the format menu included
-    (a key without it served one job's formats to another job with another menu)."""
-    return json.dumps({f: getattr(spec, f) for f in PREPARED_FIELDS}, default=str, sort_keys=True)
-
-
-def _prepared(spec_d: dict) -> dict:
-    """Model, layers, calibration batches and formats for a spec, cached per worker process: the
-    loaded model by its reference, the rest by ``prepared_key``."""
-
+def _prepared(spec_d: dict, checked=None):
+    """Model, layers, calibration batches, formats and quantizer for a spec (no evaluation
+    batches: a chunk never evaluates), through this process's ``PrepareCache``. ``checked``: the
+    job's ``search.validate.Checked``, so a chunk does not validate the spec again."""
     from search.spec import SearchSpec
-    from workers.batches import prepared_batches
-    from workers.pipeline import job_quantizer, load_and_check, validate_static
-    from workers.sources import load_model
+    from workers.prepare import PrepareCache, prepare
 
-    spec = SearchSpec(**spec_d)
-    key = prepared_key(spec)
-    if _CACHE.get("key") == key:
-        return _CACHE["value"]
-    # a model whose BatchNorms were folded is another model: reuse the loaded one only as it was
-    model_key = (spec.model, spec.fold_batchnorm)
-    lm = _CACHE["value"]["lm"] if _CACHE.get("ref") == model_key else load_model(spec.model)
-    proxy, solver, formats = validate_static(spec)
-    ld = load_and_check(spec, proxy, solver, formats, lm)
-    pairs = list(zip(ld.layers, ld.modules))
-    calib, _, info = prepared_batches(lm, ld.plan, with_evals=False)
-    quantizer = job_quantizer(spec.quantizer, spec.quantizer_params, lm, ld.plan, ld.layers, ld.modules, calib)
-    value = {"lm": lm, "pairs": pairs, "calib": calib, "info": info, "formats": formats, "quantizer": quantizer,
-             "sha256": ld.table_sha256}
-    _CACHE.update(key=key, ref=model_key, value=value)
-    return value
+    if not _CACHE:
+        _CACHE.append(PrepareCache())
+    return prepare(SearchSpec(**spec_d), with_evals=False, cache=_CACHE[0], checked=checked)
 
 
 @ray.remote(num_cpus=1, max_retries=3)
@@ -125,7 +99,7 @@ def inspect_model(ref: str) -> dict:
 
 @ray.remote(num_cpus=1, max_retries=3)
 def measure_chunk(spec_d: dict, texts: dict[str, str], rows: list[int], chunk: int, n_chunks: int,
-                  queue=None) -> dict:
+                  queue=None, checked=None) -> dict:
     """Rows ``rows`` of a chunkable proxy's table and of its standard errors (None when the
     proxy gives none); the rest of the chunk's table is zeros, dropped by the caller."""
     from proxies.base import ProxyContext
@@ -133,8 +107,7 @@ def measure_chunk(spec_d: dict, texts: dict[str, str], rows: list[int], chunk: i
 
     torch_threads()
     spec_d = _materialise(spec_d, texts)
-    p = _prepared(spec_d)
-    pairs = p["pairs"]
+    p = _prepared(spec_d, checked)
     params = {**spec_d.get("proxy_params", {}), "layers": rows}
     last = [0.0]
 
@@ -144,8 +117,8 @@ def measure_chunk(spec_d: dict, texts: dict[str, str], rows: list[int], chunk: i
             last[0] = now
             queue.put(ChunkProgress(chunk, n_chunks, fraction, message), block=False)
 
-    ctx = ProxyContext(p["lm"].model, [q[0] for q in pairs], [q[1] for q in pairs], p["lm"].task, p["calib"],
-                       p["formats"], spec_d.get("seed", 0), report, p["sha256"], p["info"], quantizer=p["quantizer"])
+    ctx = ProxyContext(p.lm.model, p.layers, p.modules, p.lm.task, p.calib, p.formats, spec_d.get("seed", 0), report,
+                       p.table_sha256, p.info, quantizer=p.quantizer)
     table = get_proxy(spec_d.get("proxy") or "measured", **params).compute(ctx)
     return {"values": table.values[rows].tolist(),
             "stderr": None if table.stderr is None else table.stderr[rows].tolist()}
@@ -167,21 +140,21 @@ def chunk_rows(n_rows: int, n_chunks: int) -> list[list[int]]:
 
 
 @ray.remote(num_cpus=1, max_retries=3)
-def measure_policies(spec_d: dict, texts: dict[str, str], choices: list[list[int]]) -> list[float]:
+def measure_policies(spec_d: dict, texts: dict[str, str], choices: list[list[int]], checked=None) -> list[float]:
     """Calibration loss of each policy (format index per layer): the evolved proxy's ground truth."""
     from proxies.evaluate import Evaluator
 
     torch_threads()
-    p = _prepared(_materialise(spec_d, texts))
-    ev = Evaluator(p["lm"].model, [q[1] for q in p["pairs"]], p["lm"].task, p["quantizer"])
-    return [ev.loss([p["formats"][int(k)] for k in c], p["calib"]) for c in choices]
+    p = _prepared(_materialise(spec_d, texts), checked)
+    ev = Evaluator(p.lm.model, p.modules, p.lm.task, p.quantizer)
+    return [ev.loss([p.formats[int(k)] for k in c], p.calib) for c in choices]
 
 
-def _policy_mapper(spec_d: dict, texts: dict[str, str], n_chunks: int, ctx):
+def _policy_mapper(spec_d: dict, texts: dict[str, str], n_chunks: int, ctx, checked=None):
     """``ctx.map_policies`` for the evolved proxy: the ground-truth set measured on Ray."""
     def run(choices):
         parts = [choices[i::n_chunks].tolist() for i in range(n_chunks)]
-        refs = [measure_policies.remote(spec_d, texts, part) for part in parts if part]
+        refs = [measure_policies.remote(spec_d, texts, part, checked) for part in parts if part]
         out = np.zeros(len(choices))
         done = 0
         for i, ref in enumerate(refs):
@@ -192,14 +165,14 @@ def _policy_mapper(spec_d: dict, texts: dict[str, str], n_chunks: int, ctx):
     return run
 
 
-def _fan_out(spec_d: dict, texts: dict[str, str], n_chunks: int, queue):
+def _fan_out(spec_d: dict, texts: dict[str, str], n_chunks: int, queue, checked=None):
     """A ``compute_table`` for the pipeline that spreads a chunkable proxy over Ray tasks (and
-    the evolved proxy's ground-truth measurements)."""
+    the evolved proxy's ground-truth measurements); they get the job's ``checked`` with it."""
     from search.table import SensitivityTable
 
     def compute(proxy, ctx):
         if proxy.name == "evolved" and n_chunks > 1:
-            ctx.map_policies = _policy_mapper(spec_d, texts, n_chunks, ctx)
+            ctx.map_policies = _policy_mapper(spec_d, texts, n_chunks, ctx, checked)
         if not proxy.chunkable or n_chunks <= 1 or len(ctx.layers) < 2:
             return proxy.compute(ctx)
         t0 = time.perf_counter()
@@ -208,7 +181,7 @@ def _fan_out(spec_d: dict, texts: dict[str, str], n_chunks: int, queue):
         # the chunks measure with the proxy's own parameters (the pipeline may have set some the
         # spec leaves to defaults), so every row comes from the same table definition
         chunk_spec = {**spec_d, "proxy": proxy.name, "proxy_params": {k: v for k, v in proxy.params.items() if k != "layers"}}
-        refs = [measure_chunk.options(**opts).remote(chunk_spec, texts, rows, i, len(parts), queue)
+        refs = [measure_chunk.options(**opts).remote(chunk_spec, texts, rows, i, len(parts), queue, checked)
                 for i, rows in enumerate(parts)]
         values = np.zeros((len(ctx.layers), len(ctx.formats)))
         stderr: np.ndarray | None = np.zeros_like(values)
@@ -230,9 +203,12 @@ def _fan_out(spec_d: dict, texts: dict[str, str], n_chunks: int, queue):
 
 @ray.remote(num_cpus=1, max_retries=2)
 def run_job(spec_ds: list[dict], texts: dict[str, str], table_d: dict | None,  n_chunks: int, queue=None) -> Outcome:
-    """Run a job: one policy per budget point, one sensitivity table shared by all of them."""
+    """Run a job: one policy per budget point, one sensitivity table shared by all of them. The
+    API validated its specs at submission: they are parsed here once (``Checked.accepted``) and
+    the pipeline and the chunks take that instead of validating again."""
     from search.spec import SearchSpec
     from search.table import SensitivityTable
+    from search.validate import Checked
     from workers.pipeline import run_search
     from workers.sources import load_model
 
@@ -248,10 +224,12 @@ def run_job(spec_ds: list[dict], texts: dict[str, str], table_d: dict | None,  n
     try:
         table = SensitivityTable.from_dict(table_d) if table_d else None
         lm, out, computed = None, [], False
-        for i, raw in enumerate(spec_ds):
-            spec = SearchSpec(**_materialise(raw, texts))
+        specs = [SearchSpec(**_materialise(raw, texts)) for raw in spec_ds]
+        checked = Checked.accepted(specs)
+        for i, (raw, spec) in enumerate(zip(spec_ds, specs)):
             lm = lm or load_model(spec.model)
-            res = run_search(spec, progress, loaded=lm, table=table, compute_table=_fan_out(raw, texts, n_chunks, queue))
+            res = run_search(spec, progress, loaded=lm, table=table, checked=checked,
+                             compute_table=_fan_out(raw, texts, n_chunks, queue, checked))
             computed = computed or (table is None and res.table is not None)
             table = res.table or table  # the joint solver makes no table
             out.append(PointResult(json.loads(res.policy.to_json(None)), res.timings))

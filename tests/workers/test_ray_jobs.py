@@ -23,23 +23,6 @@ def test_more_chunks_than_rows_and_one_chunk():
     assert chunk_rows(5, 1) == [[0, 1, 2, 3, 4]]
 
 
-def test_prepared_key_depends_on_the_format_menu():
-    """A worker's cache served one job's formats to the next job with another menu: the key must
-    change with bits, group sizes and symmetry, and with everything else the value depends on."""
-    from search.spec import SearchSpec
-    from workers.ray_jobs import PREPARED_FIELDS, prepared_key
-
-    base = dict(model="builtin:digits-cnn", budgets={"avg_bits": 4.0})
-    keys = {prepared_key(SearchSpec(**base, **kw)) for kw in (
-        {}, {"bits": [2, 4]}, {"group_size": 64}, {"group_size": None}, {"symmetric": True}, {"seed": 1},
-        {"quantizer": "gptq"}, {"n_calib": 64})}
-    assert len(keys) == 8
-    # budgets, proxy and solver only change what is done with the prepared value
-    assert prepared_key(SearchSpec(**base)) == prepared_key(SearchSpec(
-        model="builtin:digits-cnn", budgets={"avg_bits": 3.0}, proxy="fisher", solver="lp"))
-    assert set(PREPARED_FIELDS) <= set(SearchSpec.model_fields)
-
-
 def test_two_menus_on_one_worker_get_their_own_formats():
     """In one process (one Ray worker), two specs on the same model and data with different
     menus get their own formats; the model itself is loaded once and shared."""
@@ -53,10 +36,10 @@ def test_two_menus_on_one_worker_get_their_own_formats():
     b = {**a, "bits": [3, 8], "group_size": 32}
     pa = ray_jobs._prepared(a)
     pb = ray_jobs._prepared(b)
-    assert [f.label for f in pa["formats"]] == [f.label for f in make_formats([2, 4], 16, False)]
-    assert [f.label for f in pb["formats"]] == [f.label for f in make_formats([3, 8], 32, False)]
-    assert pb["lm"] is pa["lm"]  # same reference: not reloaded
-    assert ray_jobs._prepared(a)["formats"] == pa["formats"]  # back to the first menu: its own formats again
+    assert [f.label for f in pa.formats] == [f.label for f in make_formats([2, 4], 16, False)]
+    assert [f.label for f in pb.formats] == [f.label for f in make_formats([3, 8], 32, False)]
+    assert pb.lm is pa.lm  # same reference: not reloaded
+    assert ray_jobs._prepared(a).formats == pa.formats  # back to the first menu: its own formats again
 
 
 @pytest.mark.integration
@@ -91,8 +74,8 @@ def test_two_jobs_with_different_menus_on_one_ray_worker_get_their_own_tables():
     from proxies.base import ProxyContext
     from proxies.registry import get_proxy
     p = ray_jobs._prepared(b)
-    ctx = ProxyContext(p["lm"].model, [q[0] for q in p["pairs"]], [q[1] for q in p["pairs"]], p["lm"].task, p["calib"],
-                       p["formats"], 0, None, p["lm"].sha256, p["info"], quantizer=p["quantizer"])
+    ctx = ProxyContext(p.lm.model, p.layers, p.modules, p.lm.task, p.calib, p.formats, 0, None, p.lm.sha256, p.info,
+                       quantizer=p.quantizer)
     fresh = get_proxy("measured", layers=[0, 1]).compute(ctx)
     np.testing.assert_allclose(np.array(tb["values"]), fresh.values[[0, 1]], rtol=1e-6, atol=1e-9)
     # a standard error of near-equal per-sample losses (~1e-8 here) moves in its third digit with
