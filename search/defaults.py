@@ -1,5 +1,6 @@
-"""The default recipe's refine settings, in a module with no imports, so the lean SDK
-(httpx + pydantic, no numpy) and the CLI's --help can show them."""
+"""The defaults a job falls back on (recipe, refine settings, format menu, phases), each defined
+once, in a module with no imports, so the lean SDK (httpx + pydantic, no numpy) and the CLI's
+--help can show them."""
 
 DEFAULT_REFINE_EVALS = 300   # refine's candidate policies, judged by measured loss on samples held
                              # apart from the table's (a racing judge: most candidates cost one batch).
@@ -25,3 +26,11 @@ REFINE_SECONDS = {"causal_lm": 420}
 JUDGE_SAMPLES = {"embedding": 256, "causal_lm": 16, "classifier": 256, "text_classifier": 128}
 # samples of the calibration source that GPTQ's Hessians read by default, per task kind
 HESSIAN_SAMPLES = {"embedding": 256, "causal_lm": 32, "classifier": 512, "text_classifier": 256}
+# The format menu of a job that names none (DESIGN §2): every bit-width at each group size.
+# Finer cost steps let the knapsack trade scale overhead against bits layer by layer; the
+# uniform baselines use the reference group size (the g64 format of each bit-width).
+DEFAULT_BITS = (2, 3, 4, 8)
+DEFAULT_GROUP_SIZES = (32, 64, 128)
+REFERENCE_GROUP = 64
+# a job's phases, in order (DESIGN §8): the pipeline runs them, the server reports them
+PHASES = ("load", "calibrate", "sensitivity", "solve", "evaluate", "refine")

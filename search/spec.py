@@ -1,5 +1,6 @@
-"""The search job specification: data, versioned, validated before any work starts. Shared by
-the CLI, the pipeline and (later) the service and SDK."""
+"""The search job specification: data, versioned, validated before any work starts (search/
+validate.py), and the one mapping from a job request in the API's names to specs. Shared by the
+CLI, the service and the pipeline."""
 from __future__ import annotations
 
 import re
@@ -8,19 +9,16 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from search.budgets import METRICS
+from search.defaults import DEFAULT_BITS, DEFAULT_GROUP_SIZES, REFERENCE_GROUP  # noqa: F401  (re-exported)
 from search.defaults import DEFAULT_RECIPE, DEFAULT_REFINE_EVALS, DEFAULT_REFINE_SECONDS, RECIPES, REFINE_SECONDS
 from search.defaults import DEVICE_PATTERN as DEVICE_PATTERN_TEXT
 from search.formats import FLOAT_BITS, MAX_BITS, MIN_BITS
+from search.layers import runtime_ties
 
 DEVICE_PATTERN = re.compile(DEVICE_PATTERN_TEXT)
-DEFAULT_PROXY = "measured"   # bitplan's recipe: measured sensitivities,
-DEFAULT_SOLVER = "ilp"       # exact allocation with a certificate,
+DEFAULT_PROXY = DEFAULT_RECIPE[0]  # bitplan's recipe: measured sensitivities,
+DEFAULT_SOLVER = "ilp"             # exact allocation with a certificate,
 # then refinement judged by measured loss on samples held apart from the table's (search/defaults.py)
-# Without a forced group size the menu is every bit-width at g32, g64 and g128: finer cost steps
-# let the knapsack trade scale overhead against bits layer by layer (the uniform baselines stay
-# at g64, the reference format).
-DEFAULT_GROUP_SIZES: list[int | None] = [32, 64, 128]
-REFERENCE_GROUP = 64
 
 
 class SearchSpec(BaseModel):
@@ -29,7 +27,7 @@ class SearchSpec(BaseModel):
     version: int = 1
     model: str
     budgets: dict[str, float]
-    bits: list[int] = Field(default_factory=lambda: [2, 3, 4, 8])
+    bits: list[int] = Field(default_factory=lambda: list(DEFAULT_BITS))
     group_size: int | None | list[int | None] = Field(default_factory=lambda: list(DEFAULT_GROUP_SIZES))
     symmetric: bool = False
     proxy: str | None = None
@@ -158,3 +156,38 @@ class SearchSpec(BaseModel):
     @property
     def do_refine(self) -> bool:
         return self.refine if self.refine is not None else (self.proxy is None and self.solver is None)
+
+
+# Where a job request (the API's JSON, ``service.schemas.JobCreate``) and a spec name a value
+# differently: the request nests the format menu and each data set, the spec keeps them flat.
+# Every other field has one name on both sides (model, budgets, proxy, solver, ties, quantizer, …)
+# and is copied as it is.
+REQUEST_NAMES: dict[tuple[str, str], str] = {
+    ("formats", "bits"): "bits", ("formats", "group_size"): "group_size", ("formats", "symmetric"): "symmetric",
+    ("calibration", "source"): "calib", ("calibration", "n_samples"): "n_calib", ("calibration", "seq_len"): "seq_len",
+    ("evaluation", "source"): "eval", ("evaluation", "n_samples"): "n_eval", ("evaluation", "seq_len"): "seq_len",
+}
+# request fields that become no spec field of the same name: the registered model's id (a spec
+# names the model's reference), the target runtime (it adds tie patterns), the nested groups above
+NOT_SPEC_FIELDS = ("model_id", "runtime", "budgets", *sorted({group for group, _ in REQUEST_NAMES}))
+
+
+def specs_from_request(request: dict, model: str, kind: str | None = None) -> list[SearchSpec]:
+    """A job request in the API's names → one SearchSpec per budget point (``budgets`` is one
+    budget or a list of them), with the recipe of the model ``kind`` when it is known.
+
+    The one mapping from a request to specs: the API at submission, the dispatcher at launch and
+    ``bitplan search`` (its flags written in the request's names) build their specs here.
+    ``model`` is the model's reference; data sources must already be the worker-side ones; inline
+    ``text`` is not a spec field (the worker writes it to a file source). A group's value absent
+    from the request keeps the spec's default; ``seq_len`` is the calibration's, else the
+    evaluation's. Raises pydantic's ValidationError (a ValueError) for a value the spec refuses."""
+    fields = {k: v for k, v in request.items() if k not in NOT_SPEC_FIELDS}
+    for (group, name), field in REQUEST_NAMES.items():
+        part = request.get(group) or {}
+        if name in part and fields.get(field) is None:
+            fields[field] = part[name]
+    fields["ties"] = runtime_ties(request.get("runtime"), request.get("ties") or [])
+    budgets = request["budgets"] if isinstance(request["budgets"], list) else [request["budgets"]]
+    specs = [SearchSpec(**fields, model=model, budgets=b) for b in budgets]
+    return [s.with_recipe(kind) for s in specs] if kind is not None else specs

@@ -1,26 +1,26 @@
 """Everything about a search spec that can be checked without the model's weights: proxy, solver
 and quantizer names and typed parameters, the format menu, and budgets against the feasible
 range of the layers recorded at registration. Torch-free, so the API process, the CLI and the
-pipeline run the same checks (the API without ever importing torch)."""
+pipeline run the same checks (the API without ever importing torch). ``validate`` is the entry
+point; it runs once per job and its ``Checked`` travels on."""
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Any
 
-from search.budgets import CostModel, check_budgets
+from search.budgets import CostModel
 from search.formats import Format, make_formats
-from search.params import joint_solver_params, proxy_params, quantizer_params
-from search.solvers import get_solver
+from search.layers import LayerInfo, find_tie_groups
+from search.params import check_proxy_model, proxy_params, quantizer_params
+from search.solvers import Solver, solver_for_job
 from search.spec import SearchSpec
-
-JOINT = "joint"
 
 
 @dataclass
 class StaticCheck:
     proxy: str                  # canonical name ("evolved" for evolved:<program>)
     proxy_params: dict[str, Any]  # full, typed
-    solver: Any                 # a registered solver, or the joint search's parsed parameters
+    solver: Solver              # the registered solver, built from the job's solver_params
     formats: list[Format]
     quantizer_params: dict[str, Any]
 
@@ -30,34 +30,19 @@ def static_check(spec: SearchSpec) -> StaticCheck:
     name = spec.proxy_name
     params = proxy_params(name, spec.proxy_params)
     canonical = "evolved" if name.startswith("evolved:") else name
-    if spec.solver_name == JOINT:
-        solver = joint_solver_params(spec.solver_params, spec.seed, spec.ties)
-    else:
-        if spec.solver_params:
-            raise ValueError(f"solver {spec.solver_name!r} takes no solver_params (only 'joint' does)")
-        try:
-            solver = get_solver(spec.solver_name)
-        except ValueError as e:
-            raise ValueError(f"{e}, {JOINT}") from None
+    solver = solver_for_job(spec.solver_name, spec.solver_params, spec.seed, spec.ties)
     formats = make_formats(spec.bits, spec.group_size, spec.symmetric)
     qparams = quantizer_params(spec.quantizer, spec.quantizer_params)
-    if spec.solver_name == JOINT and spec.quantizer != "rtn":
-        raise ValueError("joint: the joint search prunes and quantizes with RTN; GPTQ after pruning is not supported "
-                         "yet — use quantizer rtn with the joint solver")
+    solver.check_quantizer(spec.quantizer)
     return StaticCheck(canonical, params, solver, formats, qparams)
 
 
-def check_spec_budgets(spec: SearchSpec, costs: CostModel, ties, solver):
-    """Refuse budgets outside the feasible range of the spec's search space: the dense formats,
-    or for the joint solver the formats × pruning ratios (cheaper). Returns the joint space
-    (None for the other solvers). ``solver`` is what ``static_check`` returned as solver."""
-    if spec.solver_name != JOINT:
-        check_budgets(costs, spec.budgets, ties)
-        return None
-    from search.joint import JointSpace
-    space = JointSpace(costs, *solver[0])
-    space.check_budgets(spec.budgets)
-    return space
+def check_spec_budgets(spec: SearchSpec, costs: CostModel, ties, solver: Solver):
+    """Refuse budgets outside the feasible range of the solver's search space: the dense formats,
+    or for the joint solver the formats × pruning ratios (cheaper). Returns the space beyond the
+    formats (the joint space; None for the solvers of a table). ``solver`` is what
+    ``static_check`` returned as solver."""
+    return solver.check_budgets(costs, spec.budgets, ties)
 
 
 # Data sizes a job may ask for, per task kind. They bound a worker's memory whatever the request
@@ -105,3 +90,57 @@ def check_data_limits(kind: str, n_calib: int | None, n_eval: int | None, seq_le
         if n is not None and n * tokens_per > cap:
             raise ValueError(f"{what}: {n} samples × {tokens_per} tokens = {n * tokens_per:,} tokens is more than "
                              f"a job may use ({cap:,}); use at most {cap // tokens_per} samples at seq_len {tokens_per}")
+
+
+@dataclass
+class Checked:
+    """A job's specs after ``validate`` (one per budget point; they differ only in budgets) with
+    their parsed parts: what the CLI and the pipeline hand on instead of checking a spec again."""
+    specs: list[SearchSpec]
+    parts: StaticCheck
+
+    @classmethod
+    def accepted(cls, specs: list[SearchSpec]) -> "Checked":
+        """Specs that passed ``validate`` in another process (the API, at submission), on the
+        worker that runs them: parsed into their parts with the parse ``validate`` starts with
+        (a cheap invariant: their names and parameters still resolve here); ``validate``'s other
+        checks do not run again. The load phase still checks what needs the loaded model."""
+        return cls(list(specs), static_check(specs[0]))
+
+
+MAX_TABLE_CELLS = 200_000  # layers × formats of one sensitivity table
+
+
+def validate(specs: SearchSpec | list[SearchSpec], layers: list[LayerInfo] | None = None, *,
+             kind: str | None = None, max_positions: int | None = None) -> Checked:
+    """The one validation of a job, torch-free: proxy, solver and quantizer names and typed
+    parameters and the format menu; with the model's ``layers`` (and its task ``kind`` and the
+    positions it attends to) also data sizes, the table's size, the proxy against the model and
+    every budget against its feasible range.
+
+    Called once per job: by the API at submission (with the layers recorded at registration), by
+    ``bitplan search`` before torch loads (without layers: its load phase checks the budgets
+    against the loaded model), and by the pipeline only for a spec handed to it unchecked.
+    Raises ValueError (pydantic's ValidationError, BudgetError and FormatError are ValueErrors)
+    with a message that says what to change."""
+    specs = [specs] if isinstance(specs, SearchSpec) else list(specs)
+    checked = Checked(specs, static_check(specs[0]))
+    if layers is not None:
+        _check_layers(checked, layers, kind, max_positions)
+    return checked
+
+
+def _check_layers(checked: Checked, layers: list[LayerInfo], kind: str | None, max_positions: int | None) -> None:
+    spec, parts = checked.specs[0], checked.parts
+    check_data_limits(kind, spec.n_calib, spec.n_eval, spec.seq_len, max_positions, spec.judge_samples,
+                      parts.quantizer_params.get("n_samples"))
+    n_formats = len(parts.formats)
+    if not n_formats:
+        raise ValueError("formats: the menu is empty; give at least one bit-width")
+    if n_formats * max(len(layers), 1) > MAX_TABLE_CELLS:
+        raise ValueError(f"formats: {n_formats} formats × {len(layers)} layers is too large a table; use fewer formats")
+    check_proxy_model(parts.proxy, parts.proxy_params, len(layers), n_formats)
+    ties = find_tie_groups(layers, spec.ties)
+    costs = CostModel(layers, parts.formats, spec.a_bits, spec.latency_table)
+    for s in checked.specs:
+        check_spec_budgets(s, costs, ties, parts.solver)

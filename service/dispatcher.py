@@ -20,6 +20,7 @@ import ray
 from ray.util.queue import Queue
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
+from search.defaults import PHASES
 from service.config import Settings
 from service.schemas import JobCreate
 from service.store import Store
@@ -29,7 +30,7 @@ log = logging.getLogger("bitplan.dispatcher")
 
 # share of a budget point's progress bar per phase, from the default recipe's timings on MiniLM
 # (bench/speed.py): the sensitivity table and refine's judged candidates take most of the time
-WEIGHTS = {"load": 0.03, "calibrate": 0.03, "sensitivity": 0.45, "solve": 0.02, "evaluate": 0.1, "refine": 0.37}
+WEIGHTS = dict(zip(PHASES, (0.03, 0.03, 0.45, 0.02, 0.1, 0.37), strict=True))
 _START = {p: sum(list(WEIGHTS.values())[:i]) for i, p in enumerate(WEIGHTS)}
 
 
@@ -121,19 +122,19 @@ class Dispatcher:
             self.store.heartbeat(self.owner, list(self.running))
 
     def _launch(self, job) -> None:
-        from service.jobspec import plan_job
+        from service.jobspec import launch_specs
         from workers.ray_jobs import _gpu_options, run_job
 
         model = self.store.get_model(job.model_id)
-        req = JobCreate.model_validate(job.request)
-        plan = plan_job(req, model.ref, model.id, model.kind, model.info["layers"], model.info.get("max_positions"))
+        # the API validated the request when it created the job: map it to specs, check nothing again
+        specs, texts = launch_specs(JobCreate.model_validate(job.request), model.ref, model.kind, self.settings)
         cached = self.store.table_by_key(job.sensitivity_key)
         node = ray.get_runtime_context().get_node_id()
         queue = Queue(maxsize=10_000, actor_options={
             "num_cpus": 0, "scheduling_strategy": NodeAffinitySchedulingStrategy(node, soft=True)})
         chunks = self.settings.sensitivity_chunks or max(1, int(ray.cluster_resources().get("CPU", 1)))
-        ref = run_job.options(**_gpu_options()).remote(plan.specs, plan.texts, cached.data if cached else None, chunks, queue)
-        self.running[job.id] = Running(job.id, ref, queue, len(plan.specs), cached is not None)
+        ref = run_job.options(**_gpu_options()).remote(specs, texts, cached.data if cached else None, chunks, queue)
+        self.running[job.id] = Running(job.id, ref, queue, len(specs), cached is not None)
         msg = "sensitivity table reused from cache" if cached else f"dispatched to Ray ({chunks} sensitivity chunks)"
         self.store.progress(job.id, self.owner, "load", 0.0, msg, log=True)
 

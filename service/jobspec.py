@@ -1,11 +1,13 @@
-"""From an API request to engine specs, validated before anything is queued.
+"""From an API request to engine specs, validated once, before anything is queued.
 
 Everything that can be checked without running the model is checked here, so a bad request is a
 422 with a message instead of a job that fails minutes later: budgets against the model's
 feasible range (from the layers recorded at registration), format menu, proxy and solver names
 and parameters, data sources. The sensitivity key is derived from the request (model weights,
 proxy and its full parameters, calibration data, formats), so the server can find a cached table
-before it dispatches anything."""
+before it dispatches anything. Specs come from the one mapping (``search.spec.specs_from_request``)
+and are checked by the one validation (``search.validate.validate``); the dispatcher maps a stored
+request again (``launch_specs``) without checking it again."""
 from __future__ import annotations
 
 import hashlib
@@ -13,11 +15,10 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from search.budgets import CostModel
-from search.layers import LayerInfo, find_tie_groups, runtime_ties
-from search.params import check_proxy_model
-from search.spec import SearchSpec
-from search.validate import DATA_DEFAULTS, check_data_limits, check_spec_budgets, static_check
+from search.layers import LayerInfo
+from search.spec import SearchSpec, specs_from_request
+from search.validate import DATA_DEFAULTS, Checked, validate
+from service.config import Settings
 from service.schemas import JobCreate
 from service.uploads import resolve_data_source
 from workers.data import BUILTIN_TEXT, text_paragraphs
@@ -41,7 +42,7 @@ _KIND_WORDS = {"images": "images", "tensors": "tensors", "text": "text", "jsonl"
                "dataset": "a dataset"}
 
 
-def _data_source(kind: str, data, model_kind: str, upload_dir: Path | None = None) -> str | None:
+def _data_source(kind: str, data, model_kind: str, upload_dir: Path, model_root: Path | None) -> str | None:
     """The worker-side source of a request's calibration/evaluation data (None: the model's
     default), checked against what the model takes: image classifiers take ``digits``, images,
     tensors or datasets; text models take text."""
@@ -55,7 +56,7 @@ def _data_source(kind: str, data, model_kind: str, upload_dir: Path | None = Non
                              "upload your images/tensors with POST /v1/data and use the upload:<id> source it returns")
         return None
     source = data.source.strip()
-    resolved, found, samples = resolve_data_source(kind, source, upload_dir)
+    resolved, found, samples = resolve_data_source(kind, source, upload_dir, model_root)
     if samples is not None and data.n_samples is not None and data.n_samples > samples:
         raise ValueError(f"{kind}.n_samples={data.n_samples} is more than {source[:80]} holds ({samples} samples); "
                          "lower n_samples or upload more data")
@@ -121,63 +122,75 @@ def request_hash(req: JobCreate) -> str:
     return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
 
 
+def _request_specs(req: JobCreate, model_ref: str, model_kind: str, calib: str | None,
+                   evaluation: str | None) -> list[SearchSpec]:
+    """The request's specs (one per budget point, the model kind's recipe filled in) by the one
+    mapping, ``search.spec.specs_from_request``, with the worker-side data sources."""
+    body = req.model_dump()
+    body["calibration"]["source"], body["evaluation"]["source"] = calib, evaluation
+    return specs_from_request(body, model_ref, model_kind)
+
+
+def _texts(req: JobCreate) -> dict[str, str | None]:
+    return {"calib": req.calibration.text, "eval": req.evaluation.text}
+
+
+def launch_specs(req: JobCreate, model_ref: str, model_kind: str,
+                 settings: Settings | None = None) -> tuple[list[dict], dict[str, str | None]]:
+    """What the dispatcher sends to the workers for a job the API accepted: its specs (as JSON)
+    and inline texts. The store keeps the request, so its specs are mapped again, by the same
+    mapping as ``plan_job``'s, but not validated again: the job exists because ``plan_job`` passed
+    it. Data sources resolve to the worker's (an upload deleted since raises ValueError)."""
+    settings = settings if settings is not None else Settings()
+    calib, evaluation = (None if d.source is None else
+                         resolve_data_source(field, d.source.strip(), settings.upload_dir, settings.model_root)[0]
+                         for field, d in (("calibration", req.calibration), ("evaluation", req.evaluation)))
+    specs = _request_specs(req, model_ref, model_kind, calib, evaluation)
+    return [s.model_dump(mode="json") for s in specs], _texts(req)
+
+
 def plan_job(req: JobCreate, model_ref: str, model_id: str, model_kind: str, layers: list[dict],
-             max_positions: int | None = None, upload_dir: Path | None = None) -> JobPlan:
+             max_positions: int | None = None, upload_dir: Path | None = None,
+             settings: Settings | None = None) -> JobPlan:
     """Raises ValueError (pydantic's ValidationError is one) with a message a person can act on;
     uploads.PathNotAllowed (a ValueError) for a server-side data path outside the model root.
-    ``upload:<id>`` sources are looked up in ``upload_dir`` (default: BITPLAN_UPLOAD_DIR, else
-    BITPLAN_VAR_DIR/uploads). Torch-free: the API process validates jobs without importing the engine."""
+    Data sources resolve against the server's ``settings`` (default: Settings() read once here):
+    ``upload:<id>`` in ``upload_dir`` (default settings.upload_dir), server-side paths under
+    settings.model_root. Torch-free: the API process validates jobs without importing the engine."""
+    settings = settings if settings is not None else Settings()
+    upload_dir = upload_dir if upload_dir is not None else settings.upload_dir
     budgets = req.budgets if isinstance(req.budgets, list) else [req.budgets]
     if not budgets:
         raise ValueError("budgets: give at least one budget, e.g. {\"avg_bits\": 3.3}")
     if len(budgets) > 64:
         raise ValueError(f"budgets: {len(budgets)} budget points is too many for one job; use at most 64")
-    calib = _data_source("calibration", req.calibration, model_kind, upload_dir)
-    evaluation = _data_source("evaluation", req.evaluation, model_kind, upload_dir)
+    calib = _data_source("calibration", req.calibration, model_kind, upload_dir, settings.model_root)
+    evaluation = _data_source("evaluation", req.evaluation, model_kind, upload_dir, settings.model_root)
     _check_model_fields(req, model_kind, calib, evaluation)
-    f = req.formats
-    base = dict(model=model_ref, bits=f.bits, group_size=f.group_size, symmetric=f.symmetric, proxy=req.proxy,
-                proxy_params=req.proxy_params, solver=req.solver, solver_params=req.solver_params, refine=req.refine, refine_evals=req.refine_evals,
-                refine_seconds=req.refine_seconds, refine_method=req.refine_method,
-                judge_samples=req.judge_samples,
-                calib=calib, eval=evaluation, n_calib=req.calibration.n_samples, n_eval=req.evaluation.n_samples,
-                seq_len=req.calibration.seq_len or req.evaluation.seq_len, seed=req.seed,
-                ties=runtime_ties(req.runtime, req.ties),
-                latency_table=req.latency_table, quantizer=req.quantizer, quantizer_params=req.quantizer_params,
-                image_size=req.image_size, resize=req.resize, image_mean=req.image_mean, image_std=req.image_std,
-                data_column=req.data_column, label_column=req.label_column, fold_batchnorm=req.fold_batchnorm,
-                device=req.device, offload=req.offload)
-    specs = [SearchSpec(**base, budgets=b).with_recipe(model_kind) for b in budgets]
-    checked = static_check(specs[0])
-    solver, formats = checked.solver, checked.formats
-    check_data_limits(model_kind, specs[0].n_calib, specs[0].n_eval, specs[0].seq_len, max_positions,
-                      req.judge_samples, checked.quantizer_params.get("n_samples"))
+    specs = _request_specs(req, model_ref, model_kind, calib, evaluation)
     for field, data, other in (("calibration", req.calibration, req.evaluation),
                                ("evaluation", req.evaluation, req.calibration)):
         if data.text is not None:
             check_uploaded_text(field, data.text, model_kind, specs[0].seq_len, shared=other.text == data.text)
-    if not formats:
-        raise ValueError("formats: the menu is empty; give at least one bit-width")
-    if len(formats) * max(len(layers), 1) > 200_000:
-        raise ValueError(f"formats: {len(formats)} formats × {len(layers)} layers is too large a table; use fewer formats")
-    check_proxy_model(checked.proxy, checked.proxy_params, len(layers), len(formats))
-    infos = [LayerInfo.from_dict(d) for d in layers]
-    ties = find_tie_groups(infos, specs[0].ties)
-    costs = CostModel(infos, formats, specs[0].a_bits, specs[0].latency_table)
-    for s in specs:
-        check_spec_budgets(s, costs, ties, solver)
-    texts = {"calib": req.calibration.text, "eval": req.evaluation.text}
-    sha = lambda t: None if t is None else hashlib.sha256(t.encode()).hexdigest()
-    key_blob = {"v": SPEC_VERSION, "model": model_id, "proxy": checked.proxy, "params": checked.proxy_params,
+    checked = validate(specs, [LayerInfo.from_dict(d) for d in layers], kind=model_kind, max_positions=max_positions)
+    key = _sensitivity_key(req, model_id, checked, calib, evaluation)
+    return JobPlan([s.model_dump(mode="json") for s in specs], _texts(req), key, request_hash(req))
+
+
+def _sensitivity_key(req: JobCreate, model_id: str, checked: Checked, calib: str | None, evaluation: str | None) -> str:
+    """The content key of the job's sensitivity table: model weights, proxy and its full
+    parameters, calibration data, formats (what the table depends on, nothing more)."""
+    spec, parts, texts = checked.specs[0], checked.parts, _texts(req)
+    sha = lambda t: None if t is None else hashlib.sha256(t.encode()).hexdigest()  # noqa: E731
+    key_blob = {"v": SPEC_VERSION, "model": model_id, "proxy": parts.proxy, "params": parts.proxy_params,
                 "calib": calib, "calib_text": sha(texts["calib"]), "eval": evaluation, "eval_text": sha(texts["eval"]),
-                "n_calib": specs[0].n_calib, "seq_len": specs[0].seq_len, "seed": specs[0].seed,
-                "formats": [x.label for x in formats]}
+                "n_calib": spec.n_calib, "seq_len": spec.seq_len, "seed": spec.seed,
+                "formats": [x.label for x in parts.formats]}
     for f, default in NEW_FIELDS.items():  # unset: keys stay as they were, cached tables remain valid
         if getattr(req, f) != default:
             key_blob[f] = getattr(req, f)
     if req.quantizer != "rtn":  # RTN keys stay as they were, so existing cached tables remain valid
-        key_blob["quantizer"] = {"method": req.quantizer, **checked.quantizer_params}
-    if specs[0].solver_name == "joint":  # the joint search makes no sensitivity table: never reuse one
-        key_blob = {"v": SPEC_VERSION, "joint": request_hash(req)}
-    key = hashlib.sha256(json.dumps(key_blob, sort_keys=True, default=str).encode()).hexdigest()
-    return JobPlan([s.model_dump(mode="json") for s in specs], texts, key, request_hash(req))
+        key_blob["quantizer"] = {"method": req.quantizer, **parts.quantizer_params}
+    if not parts.solver.needs_table:  # the joint search measures policies, no sensitivity table: never reuse one
+        key_blob = {"v": SPEC_VERSION, parts.solver.name: request_hash(req)}
+    return hashlib.sha256(json.dumps(key_blob, sort_keys=True, default=str).encode()).hexdigest()

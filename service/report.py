@@ -9,6 +9,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from search.spec import SearchSpec
+from search.validate import Checked
 from workers.pipeline import SearchResult, run_search
 
 QUALITY_EXTRAS = ("perplexity", "top1_agreement")  # shown beside the job's metric when the task reports them
@@ -16,7 +17,9 @@ QUALITY_EXTRAS = ("perplexity", "top1_agreement")  # shown beside the job's metr
 console = Console(stderr=True)
 
 
-def run_with_progress(spec: SearchSpec) -> SearchResult:
+def run_with_progress(spec: SearchSpec, checked: Checked | None = None) -> SearchResult:
+    """``run_search`` with a progress bar per phase; ``checked``: the spec's validation (the CLI
+    validates before torch loads, so the pipeline does not check it again)."""
     with Progress(TextColumn("[bold]{task.fields[phase]:<11}"), BarColumn(), TextColumn("{task.percentage:>3.0f}%"),
                   TimeElapsedColumn(), TextColumn("{task.description}"), console=console, transient=False) as prog:
         tasks: dict[str, int] = {}
@@ -27,7 +30,7 @@ def run_with_progress(spec: SearchSpec) -> SearchResult:
             prog.update(tasks[phase], completed=fraction, description=message[:60])
 
         try:
-            return run_search(spec, update)
+            return run_search(spec, update, checked=checked)
         except BaseException:
             # the error is reported as one line on stderr: take the bars away first (and skip the
             # blank line rich's stop() prints on a non-terminal)

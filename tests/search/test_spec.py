@@ -47,3 +47,65 @@ def test_devices_accepted(device):
 def test_devices_refused(device):
     with pytest.raises(ValidationError, match="is not one of auto, cpu, cuda"):
         spec(device=device)
+
+
+# ------------------------------------------------------------------ the one request → spec mapping
+def _request_value(field: str):
+    """A value for a mapped field that no default has."""
+    return {"bits": [2, 4], "group_size": [64, None], "symmetric": True, "calib": "tinyshakespeare", "n_calib": 7,
+            "seq_len": 48, "eval": "pydoc", "n_eval": 9}[field]
+
+
+def test_every_mapped_name_lands_on_its_spec_field_and_maps_back():
+    """Each (group, name) of the request reaches the spec field REQUEST_NAMES names, and reading
+    the spec back through the same table gives the request's values again."""
+    from search.spec import REQUEST_NAMES, specs_from_request
+    request: dict = {"budgets": {"avg_bits": 3.3}, "formats": {}, "calibration": {}, "evaluation": {}}
+    for (group, name), field in REQUEST_NAMES.items():
+        if (group, name) != ("evaluation", "seq_len"):  # one seq_len: the calibration's wins (next test)
+            request[group][name] = _request_value(field)
+    (s,) = specs_from_request(request, "builtin:smollm2-135m")
+    assert set(REQUEST_NAMES.values()) <= set(SearchSpec.model_fields)
+    for (group, name), field in REQUEST_NAMES.items():
+        assert getattr(s, field) == _request_value(field), field
+    back = {group: {name: getattr(s, field) for (g, name), field in REQUEST_NAMES.items() if g == group}
+            for group in ("formats", "calibration", "evaluation")}
+    assert all(back[g][n] == request[g][n] for g in request if g != "budgets" for n in request[g])
+
+
+def test_seq_len_is_the_calibrations_else_the_evaluations():
+    from search.spec import specs_from_request
+    base = {"budgets": {"avg_bits": 3.3}}
+    both = {"calibration": {"seq_len": 64}, "evaluation": {"seq_len": 128}}
+    assert specs_from_request({**base, **both}, "m")[0].seq_len == 64
+    assert specs_from_request({**base, "evaluation": {"seq_len": 128}}, "m")[0].seq_len == 128
+    assert specs_from_request(base, "m")[0].seq_len is None
+
+
+def test_absent_formats_keep_the_default_menu_and_null_means_per_channel():
+    from search.defaults import DEFAULT_BITS, DEFAULT_GROUP_SIZES
+    from search.spec import specs_from_request
+    base = {"budgets": {"avg_bits": 3.3}}
+    (s,) = specs_from_request(base, "m")
+    assert s.bits == list(DEFAULT_BITS) and s.group_size == list(DEFAULT_GROUP_SIZES)
+    assert specs_from_request({**base, "formats": {"group_size": None}}, "m")[0].group_size is None
+
+
+def test_same_named_fields_are_copied_and_the_rest_is_refused():
+    """Fields with one name on both sides pass as they are; the runtime adds its ties; a name
+    the spec does not know is an error, never dropped silently."""
+    from pydantic import ValidationError
+
+    from search.spec import specs_from_request
+    base = {"model_id": "abc", "budgets": [{"avg_bits": 3.3}, {"avg_bits": 4.2}], "proxy": "fisher", "seed": 5,
+            "quantizer": "gptq", "quantizer_params": {"damp": 0.05}, "ties": ["qkv"], "runtime": "vllm",
+            "fold_batchnorm": True, "calibration": {"text": "inline text is not a spec field"}}
+    specs = specs_from_request(base, "builtin:smollm2-135m", "causal_lm")
+    assert [s.budgets for s in specs] == [{"avg_bits": 3.3}, {"avg_bits": 4.2}]
+    s = specs[0]
+    assert (s.model, s.proxy, s.seed, s.quantizer, s.quantizer_params, s.fold_batchnorm) == (
+        "builtin:smollm2-135m", "fisher", 5, "gptq", {"damp": 0.05}, True)
+    assert {"qkv", "gate_up"} <= set(s.ties)
+    assert s.refine_method == "moves"  # the kind's recipe was applied (a named proxy: moves)
+    with pytest.raises(ValidationError, match="colour"):
+        specs_from_request({"budgets": {"avg_bits": 3.3}, "colour": "red"}, "m")

@@ -78,3 +78,39 @@ def test_a_causal_lms_recipe_is_keyed_by_the_proxy_it_runs():
     assert recipe.sensitivity_key == plan(proxy="fisher").sensitivity_key  # the same table as asking for fisher
     enc = plan(kind="embedding", max_positions=512)
     assert enc.specs[0]["proxy"] == "measured" and enc.specs[0]["refine_method"] == "moves"
+
+
+def test_a_request_and_a_spec_name_each_value_once():
+    """DESIGN §2, one name per concept: a request field is a spec field of the same name, a group
+    whose names REQUEST_NAMES maps, or one of the few that are no spec field; the spec holds no
+    field under a second name."""
+    from search.spec import NOT_SPEC_FIELDS, REQUEST_NAMES, SearchSpec
+    from service.schemas import Data, Formats
+    spec_fields = set(SearchSpec.model_fields)
+    for name in JobCreate.model_fields:
+        assert name in spec_fields or name in NOT_SPEC_FIELDS, name
+    groups = {"formats": Formats, "calibration": Data, "evaluation": Data}
+    for (group, name), field in REQUEST_NAMES.items():
+        assert name in groups[group].model_fields and field in spec_fields
+    renamed = set(REQUEST_NAMES.values())
+    assert not renamed & set(JobCreate.model_fields), "a spec field reached under two names"
+    # inline text is the one group field left: the worker writes it to a file source
+    assert {n for m in groups.values() for n in m.model_fields} - {n for _, n in REQUEST_NAMES} == {"text"}
+
+
+@pytest.mark.parametrize("body", [
+    {},
+    {"budgets": [{"avg_bits": 3.3}, {"avg_bits": 4.2}], "formats": {"bits": [2, 4], "group_size": None},
+     "calibration": {"source": "tinyshakespeare", "n_samples": 4, "seq_len": 64}, "evaluation": {"n_samples": 6},
+     "runtime": "vllm", "proxy": "fisher", "quantizer": "gptq"},
+    {"calibration": {"text": "one paragraph.\n\nanother paragraph " * 40}, "seed": 3},
+])
+def test_the_dispatcher_maps_a_stored_request_to_the_specs_the_api_checked(body):
+    """``launch_specs`` (the dispatcher) and ``plan_job`` (the API) map through the same function:
+    the same specs and texts, without the dispatcher validating anything."""
+    from service.jobspec import launch_specs
+    req = JobCreate.model_validate({"model_id": "m", "budgets": {"avg_bits": 4.0}, **body})
+    planned = plan_job(req, "builtin:smollm2-135m", "m", "causal_lm", LAYERS, 8192)
+    stored = JobCreate.model_validate(req.model_dump(mode="json"))
+    specs, texts = launch_specs(stored, "builtin:smollm2-135m", "causal_lm")
+    assert specs == planned.specs and texts == planned.texts
