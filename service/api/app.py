@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import gc
 import logging
+import mimetypes
 import os
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -152,7 +153,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.include_router(router, prefix=f"/{API_VERSION}", dependencies=[Depends(auth)] if token else [],
                            responses=errors(401) if token else {})
 
-    # the dashboard: static files that talk only to /v1 (no token needed to load the page itself)
+    # the dashboard: static files that talk only to /v1 (no token needed to load the page itself);
+    # its ES modules load only when served as JavaScript, whatever the host's mime.types says
+    mimetypes.add_type("text/javascript", ".js")
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
     app.get("/", include_in_schema=False)(dashboard)
     return app

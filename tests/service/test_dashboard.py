@@ -5,6 +5,7 @@ through 500 jobs, and see the banner when the server goes away. Screenshots of e
 to test-artifacts/dashboard/."""
 from __future__ import annotations
 
+import re
 import shutil
 import time
 from pathlib import Path
@@ -108,6 +109,27 @@ def test_submit_watch_and_inspect_a_policy(page, dash):
     with pg.expect_download() as dl:
         pg.click("#dl-policy")
     assert dl.value.suggested_filename.startswith("policy-")
+    # the page restates no server definition: export buttons are the registry's, format labels
+    # come from POST /v1/cost, and so do the uniform baselines' avg bits of a policy that does not
+    # record them (one made before they were recorded): the same numbers as the recorded ones
+    exporters = pg.evaluate("() => [...document.querySelectorAll('[data-export]')].map(b => b.dataset.export)")
+    from search.exports import EXPORTERS
+    assert exporters == sorted(EXPORTERS) and "torchao" in exporters
+    assert re.search(r"\bw[2-8](g\d+|pc)[as] × \d", pg.inner_text("#bits-legend"))  # the server's labels
+    uniform_x = "() => Chart.getChart(document.querySelector('#tradeoff-chart')).data.datasets[1].data.map(p => p.x)"
+    recorded = pg.evaluate(uniform_x)
+
+    def without_uniform_avg_bits(route):
+        response = route.fetch()
+        body = response.json()
+        body["measured"].pop("uniform_avg_bits", None)
+        route.fulfill(response=response, json=body)
+    pg.route("**/v1/policies/*", without_uniform_avg_bits)
+    with pg.expect_request("**/v1/cost"):
+        pg.reload()
+    pg.wait_for_selector("#heatmap[data-cells]", timeout=30_000)
+    assert pg.evaluate(uniform_x) == pytest.approx(recorded)
+    pg.unroute("**/v1/policies/*")
 
 
 def test_validation_error_appears_next_to_the_field(page, dash):

@@ -20,6 +20,8 @@ def test_page_loads_only_local_assets():
     html = (STATIC / "index.html").read_text()
     refs = re.findall(r'(?:src|href)="([^"]+)"', html)
     assert refs and all(r.startswith(("/static/", "#", "/docs", "data:")) for r in refs), refs
-    js = (STATIC / "app.js").read_text()
+    modules = sorted((STATIC / "js").glob("*.js"))
+    assert '<script type="module" src="/static/js/main.js">' in html and modules
+    js = "\n".join(m.read_text() for m in modules)
     assert "http://" not in js and "https://" not in js
     assert "/v1/" in js and "/internal" not in js  # only the public API

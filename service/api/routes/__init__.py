@@ -2,6 +2,7 @@
 document (and in the docs UI, which groups operations by tag in order of appearance)."""
 from __future__ import annotations
 
-from service.api.routes import data, jobs, meta, models, policies, sensitivities
+from service.api.routes import cost, data, jobs, meta, models, policies, sensitivities
 
-V1_ROUTERS = (models.router, data.router, jobs.router, policies.router, sensitivities.router, meta.router)
+V1_ROUTERS = (models.router, data.router, jobs.router, policies.router, cost.router, sensitivities.router,
+              meta.router)
