@@ -25,25 +25,30 @@ about to return:
 
 The result is never worse than the operating point by the judge, which is a uniform policy
 that fits the budget: the loop starts there. Pure numpy: ``measure`` and ``judge`` are
-callables, so this is testable without torch."""
+callables, so this is testable without torch. The cell choices and the proxy's rescaling are in
+search/local_cells.py, the local table in search/local_table.py; this module runs the rounds."""
 from __future__ import annotations
 
 import math
 import time
-from itertools import zip_longest
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
 
-from search.refine import Judge, fitting_uniforms, reset_judge
 from search.formats import Format
+from search.local_cells import margin_sides, neighbours, operating_point, proxy_scale
+from search.local_table import LocalTable, Solve
 from search.problem import Problem
+from search.refine import Judge, reset_judge
 
 # measure(base choice, {layer: [format indices]}) → (values, stderr): an L×K array with the
 # measured loss(base with layer → format) − loss(base) in the asked cells and NaN elsewhere
 Measure = Callable[[np.ndarray, dict[int, list[int]]], tuple[np.ndarray, np.ndarray | None]]
-Solve = Callable[[Problem], np.ndarray]
+JUDGE_CELLS = 4.0  # a judgement costs about this many cells (one forward over the judge's samples)
+
+__all__ = ["LoopResult", "Measure", "Solve", "margin_sides", "neighbours", "operating_point", "operating_point_loop",
+           "proxy_scale"]
 
 
 @dataclass
@@ -67,63 +72,6 @@ class LoopResult:
                 "rounds": self.rounds}
 
 
-def operating_point(problem: Problem) -> int | None:
-    """Index of the dearest uniform format that keeps every budget (None when none does)."""
-    fits = fitting_uniforms(problem)
-    return fits[0] if fits else None
-
-
-def neighbours(formats: list[Format], cost_row: np.ndarray, k: int, direction: int = 0) -> list[int]:
-    """The cells a layer in format ``k`` is measured in: one bit-level down (its dearest format
-    there), one up (its cheapest), and at the same bit-width the nearest cheaper and dearer
-    group size. With a one-group menu that is one step down and one up the bit ladder; with
-    g32/g64/g128 it adds the neighbouring scale overheads, the finer trades the knapsack makes.
-    ``direction`` +1 keeps only the dearer cells (a layer the solver would upgrade), -1 only the
-    cheaper ones (one it would downgrade): the other side would not be used this round, and
-    skipping it measures twice the rows in the same time."""
-    levels = sorted({f.bits for f in formats})
-    j = levels.index(formats[k].bits)
-    at = {b: [i for i, f in enumerate(formats) if f.bits == b] for b in levels}
-    out = set()
-    if j > 0 and direction <= 0:
-        out.add(max(at[levels[j - 1]], key=lambda i: cost_row[i]))
-    if j + 1 < len(levels) and direction >= 0:
-        out.add(min(at[levels[j + 1]], key=lambda i: cost_row[i]))
-    same = [i for i in at[levels[j]] if i != k]
-    below = [i for i in same if cost_row[i] < cost_row[k]]
-    above = [i for i in same if cost_row[i] > cost_row[k]]
-    if below and direction <= 0:
-        out.add(max(below, key=lambda i: cost_row[i]))
-    if above and direction >= 0:
-        out.add(min(above, key=lambda i: cost_row[i]))
-    return sorted(out)
-
-
-def margin_sides(est: np.ndarray, cost: np.ndarray, base: np.ndarray, m: int,
-                 exclude: set[int] = frozenset()) -> tuple[list[int], list[int]]:
-    """The ``m`` layers with the best upgrade per bit and the ``m`` with the cheapest downgrade
-    per bit from ``base`` under the estimate ``est`` (relative to ``base``): the rows the
-    solver's next trade would touch, each side in order (best first)."""
-    L = est.shape[0]
-    rows = np.arange(L)
-    dc = cost - cost[rows, base][:, None]
-    up = np.where(dc > 1e-12, -est / np.where(dc > 1e-12, dc, 1.0), -np.inf).max(axis=1)
-    down = np.where(dc < -1e-12, est / np.where(dc < -1e-12, -dc, 1.0), np.inf).min(axis=1)
-    ups = [int(i) for i in np.argsort(-up, kind="stable") if np.isfinite(up[i]) and i not in exclude][:m]
-    downs = [int(i) for i in np.argsort(down, kind="stable") if np.isfinite(down[i]) and i not in exclude][:m]
-    return ups, downs
-
-
-def proxy_scale(pairs: list[tuple[float, float]]) -> float:
-    """Least-squares factor s with measured ≈ s · proxy (through the origin); 1 when unknown."""
-    if not pairs:
-        return 1.0
-    p, q = np.array(pairs, dtype=float).T
-    den = float(p @ p)
-    s = float(p @ q) / den if den > 0 else 1.0
-    return s if s > 0 and math.isfinite(s) else 1.0
-
-
 def operating_point_loop(problem: Problem, formats: list[Format], measure: Measure, judge: Judge, solve: Solve,
                          max_rounds: int = 50, margin: int | None = None, max_rows: int | None = 24,
                          max_seconds: float | None = None, start: np.ndarray | None = None,
@@ -136,177 +84,141 @@ def operating_point_loop(problem: Problem, formats: list[Format], measure: Measu
     ``max_seconds``, not a whole round after it)."""
     t0 = clock()
     deadline = math.inf if max_seconds is None else t0 + max_seconds
-    L, K = problem.loss.shape
+    L = problem.loss.shape[0]
     k0 = operating_point(problem)
     if k0 is None:
         raise ValueError("no uniform format keeps every budget: the operating-point loop needs one to start from")
-    cost = problem.costs.matrix(next(iter(problem.budgets)))
     margin = max(4, L // 20) if margin is None else margin
-    rows_idx = np.arange(L)
-    proxy = problem.loss
-    base = np.full(L, k0)
-    reset_judge(judge)
-    base_loss = judge(base)
-    uniform_loss, began = base_loss, "uniform"
-    if start is not None and problem.feasible(start) and not np.array_equal(start, base):
-        # the proxy's own solution may already be better than uniform (a second-order table is
-        # good at gentle budgets): start from whichever the judge prefers
-        loss = judge(np.asarray(start, dtype=np.int64))
-        if loss < base_loss:
-            base, base_loss, began = np.asarray(start, dtype=np.int64).copy(), loss, "solver"
-    measured = np.full((L, K), np.nan)  # relative to ``base`` for rows measured at (a previous) base
-    fresh: set[int] = set()             # rows measured at the current base
-    pending: set[int] = set()           # rows a rejected candidate moved on older measurements
-    # (proxy, measured) per direction: a second-order proxy misjudges bits given up (large
-    # perturbations) and bits bought (small ones) by different factors, so each gets its own
-    pairs: dict[bool, list[tuple[float, float]]] = {True: [], False: []}  # key: the cell costs more than base
-    result = LoopResult(base.copy(), formats[k0].label, uniform_loss, base_loss, began=began)
-    judged: set[bytes] = {base.tobytes(), np.full(L, k0).tobytes()}
-    per_cell: float | None = None  # seconds one measured cell took (known after the first round)
-    judge_cells = 4.0  # a judgement costs about this many cells (one forward over the judge's samples)
-
-    def estimate() -> np.ndarray:
-        up = cost > cost[rows_idx, base][:, None]
-        est = np.where(up, proxy_scale(pairs[True]), proxy_scale(pairs[False])) * (proxy - proxy[rows_idx, base][:, None])
-        has = ~np.isnan(measured)
-        est[has] = measured[has]
-        return est
-
-    def solve_est(only_measured: bool = False, no_up: set[int] | None = None) -> np.ndarray:
-        """The solver's answer on the estimate; with ``only_measured`` every cell not measured
-        is priced out, so a judged candidate moves only where a measurement says it pays, and
-        the rows in ``no_up`` may not move to a dearer format (a shorter step)."""
-        est = estimate()
-        if only_measured:
-            out = np.isnan(measured)
-            if no_up:
-                rows = np.array(sorted(no_up))
-                out[rows] |= cost[rows] > cost[rows, base[rows]][:, None]
-            out[rows_idx, base] = False
-            # above every gain the measured cells could add up to, and no larger (HiGHS dislikes
-            # coefficients many orders apart)
-            kept = np.where(out, np.inf, est)
-            gain = float(np.clip(-kept.min(axis=1), 0, None).sum())
-            est[out] = 2.0 * gain + float(np.abs(est[~out]).max()) + 1e-12
-        return np.asarray(solve(problem.with_loss(est)), dtype=np.int64)
-
-    def recentre(cand: np.ndarray) -> None:
-        """A row keeps its measurement relative to its own format (shifted where that format
-        moved, NaN where the new cell was not measured); the context changed for every row, so
-        rows are measured again when they matter."""
-        for i in rows_idx:
-            measured[i, :] = measured[i, :] - measured[i, cand[i]]
-
-    def judged_entry(r: int, cand: np.ndarray, cells: int, step: str) -> tuple[dict, float]:
-        est = estimate()
-        entry = {"round": r, "step": step, "measured_rows": cells, "changed_rows": int((cand != base).sum()),
-                 "predicted_delta": float(est[rows_idx, cand].sum()), "judge_loss": None, "accepted": False}
-        result.rounds.append(entry)
-        judged.add(cand.tobytes())
-        loss = judge(cand)
-        entry["judge_loss"] = loss if math.isfinite(loss) else None
-        # the prediction gap a user reads: the local table's predicted change vs the judged one
-        entry["judged_delta"] = loss - base_loss if math.isfinite(loss) else None
-        entry["accepted"] = bool(loss < base_loss)
-        return entry, loss
-
+    loop = _Loop(problem, formats, measure, judge, solve, k0, start, clock, deadline)
     for r in range(1, max_rounds + 1):
-        if clock() >= deadline:
-            result.stopped_by = "time"
+        stop = loop.round(r, max_rounds, margin, max_rows, progress)
+        if stop is not None:
+            loop.result.stopped_by = stop
             break
-        cand = solve_est()
-        changed = {int(i) for i in np.flatnonzero(cand != base)}
-        est = estimate()
-        # the solver's changes first (largest predicted effect first), then the margin, the best
-        # upgrade and the cheapest downgrade in turn; at most ``max_rows`` per round, the rest
-        # waits for the next round. A row is measured on the side it would move to.
-        first = sorted(pending - fresh, key=lambda i: -abs(est[i, cand[i]]) if i in changed else 0.0)
-        first += sorted(changed - fresh - pending, key=lambda i: -abs(est[i, cand[i]]))
-        side = {i: int(np.sign(cost[i, cand[i]] - cost[i, base[i]])) if i in changed else 0 for i in first}
-        ups, downs = margin_sides(est, cost, base, margin, exclude=fresh | changed)
-        for pair in zip_longest(ups, downs):
-            for i, d in zip(pair, (1, -1)):
-                if i is not None:
-                    side[i] = d if side.get(i, d) == d else 0
-        todo = list(side)
-        todo = todo[:max_rows] if max_rows else todo
-        cells = {i: sorted((set(neighbours(formats, cost[i], int(base[i]), side[i])) | {int(cand[i])}) - {int(base[i])})
-                 for i in todo}
-        cells = {i: ks for i, ks in cells.items() if ks}
-        # measured in chunks, the first small: a cell's cost is learnt before the round commits
-        # to all its rows, and no round runs far past ``max_seconds`` (on a slow CPU one round of
-        # 24 rows on whole SmolLM2 took 13 minutes)
+    else:
+        loop.result.stopped_by = "rounds"
+    result, table = loop.result, loop.table
+    result.choice, result.final_loss, result.scale = table.base, loop.base_loss, table.scale()
+    result.table = table.estimate()
+    result.seconds = clock() - t0
+    return result
+
+
+class _Loop:
+    """One run of the loop: the local table, the judge's loss of its current policy, the
+    candidates judged so far (never judged twice) and the time one measured cell takes."""
+
+    def __init__(self, problem: Problem, formats: list[Format], measure: Measure, judge: Judge, solve: Solve,
+                 k0: int, start: np.ndarray | None, clock: Callable[[], float], deadline: float):
+        self.formats, self.measure, self.judge = formats, measure, judge
+        self.clock, self.deadline = clock, deadline
+        L = problem.loss.shape[0]
+        base = np.full(L, k0)
+        reset_judge(judge)
+        base_loss = judge(base)
+        uniform_loss, began = base_loss, "uniform"
+        if start is not None and problem.feasible(start) and not np.array_equal(start, base):
+            # the proxy's own solution may already be better than uniform (a second-order table is
+            # good at gentle budgets): start from whichever the judge prefers
+            loss = judge(np.asarray(start, dtype=np.int64))
+            if loss < base_loss:
+                base, base_loss, began = np.asarray(start, dtype=np.int64).copy(), loss, "solver"
+        self.table = LocalTable(problem, solve, base)
+        self.base_loss = base_loss
+        self.result = LoopResult(base.copy(), formats[k0].label, uniform_loss, base_loss, began=began)
+        self.judged: set[bytes] = {base.tobytes(), np.full(L, k0).tobytes()}
+        self.per_cell: float | None = None  # seconds one measured cell took (known after the first round)
+
+    def round(self, r: int, max_rounds: int, margin: int, max_rows: int | None,
+              progress: Callable[[int, int, str], None] | None) -> str | None:
+        """Measure, solve, judge: None to go on, else why the loop stops."""
+        if self.clock() >= self.deadline:
+            return "time"
+        t = self.table
+        cells = t.cells_to_measure(t.solve(), self.formats, margin, max_rows)
+        done = self.measure_round(cells)
+        if cells and not done:
+            return "time"
+        cand = t.solve(only_measured=True)
+        if progress:
+            progress(r, max_rounds, f"round {r}: {len(done)} rows measured, {int((cand != t.base).sum())} layers change")
+        if np.array_equal(cand, t.base) or cand.tobytes() in self.judged:
+            self.result.rounds.append({"round": r, "step": "measure", "measured_rows": len(done), "changed_rows": 0,
+                                       "predicted_delta": 0.0, "judge_loss": None, "accepted": False})
+            # nothing measured pays yet; the next round measures more of what the solver wants
+            return None if done else "converged"
+        entry, loss = self.judge_step(r, cand, len(done), "solve")
+        if not entry["accepted"]:
+            stale = set(int(i) for i in np.flatnonzero(cand != t.base)) - t.fresh
+            if stale:  # measured at an earlier policy: measure again here first
+                t.pending |= stale
+                return None
+            cand, entry, loss = self.shorten(r, cand, entry, loss)
+            if not entry["accepted"]:
+                return "judge"
+        t.move_to(cand)
+        self.base_loss = loss
+        return None
+
+    def measure_round(self, cells: dict[int, list[int]]) -> dict[int, list[int]]:
+        """Measure ``cells`` at the current policy in chunks, the first small: a cell's cost is
+        learnt before the round commits to all its rows, and no round runs far past the
+        deadline (on a slow CPU one round of 24 rows on whole SmolLM2 took 13 minutes).
+        Returns the cells measured."""
         done: dict[int, list[int]] = {}
         left = list(cells)
         while left:
             room = math.inf
-            if per_cell is not None and math.isfinite(deadline):  # leave time to judge what is measured
-                room = (deadline - clock()) / per_cell - judge_cells
+            if self.per_cell is not None and math.isfinite(self.deadline):  # leave time to judge what is measured
+                room = (self.deadline - self.clock()) / self.per_cell - JUDGE_CELLS
             chunk, n = {}, 0
-            for i in left[: 4 if per_cell is None else 8]:
+            for i in left[: 4 if self.per_cell is None else 8]:
                 if n + len(cells[i]) > room:
                     break
                 chunk[i], n = cells[i], n + len(cells[i])
             if not chunk:
                 break
             left = left[len(chunk):]
-            tm = clock()
-            vals, _ = measure(base.copy(), chunk)
-            per_cell = (clock() - tm) / n
-            for i, ks in chunk.items():
-                measured[i, :] = np.nan
-                measured[i, base[i]] = 0.0
-                for k in ks:
-                    measured[i, k] = vals[i, k]
-                    pairs[bool(cost[i, k] > cost[i, base[i]])].append((float(proxy[i, k] - proxy[i, base[i]]), float(vals[i, k])))
-                fresh.add(i)
-            result.measured_cells += n
+            tm = self.clock()
+            vals, _ = self.measure(self.table.base.copy(), chunk)
+            self.per_cell = (self.clock() - tm) / n
+            self.table.record(chunk, vals)
+            self.result.measured_cells += n
             done.update(chunk)
-        if cells and not done:
-            result.stopped_by = "time"
-            break
-        cells = done
-        cand = solve_est(only_measured=True)
-        if progress:
-            progress(r, max_rounds, f"round {r}: {len(cells)} rows measured, {int((cand != base).sum())} layers change")
-        if np.array_equal(cand, base) or cand.tobytes() in judged:
-            result.rounds.append({"round": r, "step": "measure", "measured_rows": len(cells), "changed_rows": 0,
-                                  "predicted_delta": 0.0, "judge_loss": None, "accepted": False})
-            if cells:  # nothing measured pays yet; the next round measures more of what the solver wants
-                continue
-            result.stopped_by = "converged"
-            break
-        entry, loss = judged_entry(r, cand, len(cells), "solve")
-        if not entry["accepted"]:
-            stale = set(int(i) for i in np.flatnonzero(cand != base)) - fresh
-            if stale:  # measured at an earlier policy: measure again here first
-                pending |= stale
-                continue
-            # every change was measured at this policy and the whole step still lost: the local
-            # table over-predicts a long step (the layers' errors interact), so shorten it, the
-            # better half of its upgrades by measured gain per bit, until the judge agrees
-            while clock() < deadline:
-                est = estimate()
-                up = [int(i) for i in np.flatnonzero(cost[rows_idx, cand] > cost[rows_idx, base])]
-                if len(up) < 2:
-                    break
-                up.sort(key=lambda i: est[i, cand[i]] / (cost[i, cand[i]] - cost[i, base[i]]))
-                short = solve_est(only_measured=True, no_up=set(range(L)) - set(up[: len(up) // 2]))
-                if np.array_equal(short, base) or short.tobytes() in judged:
-                    break
-                cand = short
-                entry, loss = judged_entry(r, cand, 0, "shorter")
-                if entry["accepted"]:
-                    break
-            if not entry["accepted"]:
-                result.stopped_by = "judge"
+        return done
+
+    def judge_step(self, r: int, cand: np.ndarray, cells: int, step: str) -> tuple[dict, float]:
+        """Ask the judge about ``cand`` and log the round: the prediction gap a user reads is the
+        local table's predicted change against the judged one."""
+        t = self.table
+        est = t.estimate()
+        entry = {"round": r, "step": step, "measured_rows": cells, "changed_rows": int((cand != t.base).sum()),
+                 "predicted_delta": float(est[t.rows, cand].sum()), "judge_loss": None, "accepted": False}
+        self.result.rounds.append(entry)
+        self.judged.add(cand.tobytes())
+        loss = self.judge(cand)
+        entry["judge_loss"] = loss if math.isfinite(loss) else None
+        entry["judged_delta"] = loss - self.base_loss if math.isfinite(loss) else None
+        entry["accepted"] = bool(loss < self.base_loss)
+        return entry, loss
+
+    def shorten(self, r: int, cand: np.ndarray, entry: dict, loss: float) -> tuple[np.ndarray, dict, float]:
+        """Every change was measured at this policy and the whole step still lost: the local
+        table over-predicts a long step (the layers' errors interact), so shorten it, the better
+        half of its upgrades by measured gain per bit, until the judge agrees (or time is up)."""
+        t = self.table
+        L = len(t.rows)
+        while self.clock() < self.deadline:
+            est = t.estimate()
+            up = [int(i) for i in np.flatnonzero(t.cost[t.rows, cand] > t.cost[t.rows, t.base])]
+            if len(up) < 2:
                 break
-        recentre(cand)
-        fresh, pending = set(), set()
-        base, base_loss = cand, loss
-    else:
-        result.stopped_by = "rounds"
-    result.choice, result.final_loss, result.scale = base, base_loss, proxy_scale(pairs[True] + pairs[False])
-    result.table = estimate()
-    result.seconds = clock() - t0
-    return result
+            up.sort(key=lambda i: est[i, cand[i]] / (t.cost[i, cand[i]] - t.cost[i, t.base[i]]))
+            short = t.solve(only_measured=True, no_up=set(range(L)) - set(up[: len(up) // 2]))
+            if np.array_equal(short, t.base) or short.tobytes() in self.judged:
+                break
+            cand = short
+            entry, loss = self.judge_step(r, cand, 0, "shorter")
+            if entry["accepted"]:
+                break
+        return cand, entry, loss

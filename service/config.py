@@ -82,11 +82,17 @@ class Settings:
     max_running: int = _number_field("BITPLAN_MAX_RUNNING", 2)
     sensitivity_chunks: int = _number_field("BITPLAN_SENSITIVITY_CHUNKS", 0)
     poll_seconds: float = _number_field("BITPLAN_POLL_SECONDS", 0.25, float)
+    # stored evolved proxies (proxy=evolved:<name>), shared with the Ray workers; unset:
+    # var_dir/evolved
+    evolved_dir: Path | None = field(default_factory=lambda: _path("BITPLAN_EVOLVED_DIR"),
+                                     metadata=_env("BITPLAN_EVOLVED_DIR"))
 
     def __post_init__(self) -> None:
         if not self.database_url:
             url = os.environ.get("BITPLAN_DATABASE_URL") or f"sqlite:///{self.var_dir / 'bitplan.db'}"
             object.__setattr__(self, "database_url", url)
+        if self.evolved_dir is None:
+            object.__setattr__(self, "evolved_dir", self.var_dir / "evolved")
         if self.max_extracted_bytes <= 0:
             object.__setattr__(self, "max_extracted_bytes", 4 * self.max_upload_bytes)
         if self.api_threads < 1:
@@ -95,8 +101,3 @@ class Settings:
     @property
     def upload_dir(self) -> Path:
         return self.var_dir / "uploads"
-
-    @property
-    def evolved_dir(self) -> Path:
-        """Stored evolved proxies (proxy=evolved:<name>), shared with the Ray workers."""
-        return Path(os.environ.get("BITPLAN_EVOLVED_DIR") or self.var_dir / "evolved")

@@ -11,10 +11,9 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from search.defaults import DEFAULT_REFINE_EVALS, DEFAULT_REFINE_SECONDS, DEVICE_PATTERN, REFINE_SECONDS
+from search.defaults import (DEFAULT_BITS, DEFAULT_GROUP_SIZES, DEFAULT_REFINE_EVALS, DEFAULT_REFINE_SECONDS,
+                             DEVICE_PATTERN, PHASES, REFINE_SECONDS)
 from service.jobstate import TERMINAL, TRANSITIONS, JobStatus  # noqa: F401  (TERMINAL: the SDK's name)
-
-PHASES: tuple[str, ...] = ("load", "calibrate", "sensitivity", "solve", "evaluate", "refine")
 
 
 class _Strict(BaseModel):
@@ -48,8 +47,8 @@ class ModelOut(BaseModel):
 
 
 class Formats(_Strict):
-    bits: list[int] = Field(default_factory=lambda: [2, 3, 4, 8], max_length=16)
-    group_size: int | None | list[int | None] = Field(default_factory=lambda: [32, 64, 128])
+    bits: list[int] = Field(default_factory=lambda: list(DEFAULT_BITS), max_length=16)
+    group_size: int | None | list[int | None] = Field(default_factory=lambda: list(DEFAULT_GROUP_SIZES))
     symmetric: bool = False
 
 
@@ -199,14 +198,90 @@ class ReadyOut(BaseModel):
     checks: dict[str, str]
 
 
+class FormatMenuMeta(BaseModel):
+    """The format menu as the server defines it (DESIGN §2)."""
+    default: Formats = Field(description="the menu of a job that gives no ``formats``")
+    min_bits: int = Field(description="the fewest weight bits a format may have")
+    max_bits: int = Field(description="the most weight bits a quantized format may have")
+    float_bits: int = Field(description="``bits`` of a layer kept in float (a format of its own)")
+    reference_group_size: int = Field(description="group size of the uniform baselines (the reference format), "
+                                                  "when the job's menu has it")
+
+
+class RecipeStep(BaseModel):
+    proxy: str
+    refine_method: str
+
+
+class RecipeMeta(BaseModel):
+    """What a job that names no proxy and no solver runs."""
+    by_kind: dict[str, RecipeStep] = Field(description="model kinds with a recipe of their own")
+    default: RecipeStep = Field(description="every other model kind")
+    solver: str = Field(description="the solver of a job that names none")
+
+
 class MetaOut(BaseModel):
-    """The server's own definitions, so clients (the dashboard) never restate them."""
+    """The server's own definitions, so clients (the dashboard) never restate them. Fields after
+    ``phases`` were added later: an older server leaves them at their empty defaults."""
     job_statuses: dict[str, JobStatus] = Field(description="every job status, by name")
     terminal: list[JobStatus] = Field(description="statuses a job never leaves")
     transitions: dict[JobStatus, list[JobStatus]] = Field(description="the statuses each status may move to")
     phases: list[str] = Field(description="a job's phases, in order")
+    formats: FormatMenuMeta | None = Field(default=None, description="the format menu's defaults and bounds")
+    budget_metrics: list[str] = Field(default_factory=list, description="what a budget may constrain")
+    exporters: list[str] = Field(default_factory=list, description="every registered export format "
+                                 "(GET /v1/policies/{id}/export?format=…)")
+    builtin_models: list[str] = Field(default_factory=list, description="references POST /v1/models accepts as is")
+    data_sources: list[str] = Field(default_factory=list, description="builtin calibration/evaluation data sources")
+    proxies: list[str] = Field(default_factory=list, description="registered sensitivity proxies")
+    solvers: list[str] = Field(default_factory=list, description="registered solvers")
+    quantizers: list[str] = Field(default_factory=list, description="weight quantizers; the first is the default")
+    recipe: RecipeMeta | None = Field(default=None, description="what a job that names no proxy and no solver runs")
 
 
 def meta() -> MetaOut:
     return MetaOut(job_statuses={s.name: s for s in JobStatus}, terminal=list(TERMINAL),
                    transitions={s: sorted(t) for s, t in TRANSITIONS.items()}, phases=list(PHASES))
+
+
+class FormatChoice(_Strict):
+    """One format (DESIGN §2): ``bits`` 2..8, or 16 = kept in float; ``group_size`` null = one
+    scale per output channel."""
+    bits: int
+    group_size: int | None
+    symmetric: bool = False
+
+
+class LayerChoice(FormatChoice):
+    name: str = Field(min_length=1, max_length=1024)
+    numel: int | None = Field(default=None, ge=1, description="when given, checked against the registered layer, "
+                                                              "so a policy's ``layers`` can be sent as they are")
+
+
+class CostRequest(_Strict):
+    """``POST /v1/cost``: price a layer → format choice on a registered model, and uniform
+    policies in given formats, with the server's cost model."""
+    model_id: str = Field(min_length=1, max_length=128)
+    layers: list[LayerChoice] = Field(default_factory=list, max_length=100_000, description=(
+        "layer → format as in a policy: layers absent stay in float"))
+    formats: list[FormatChoice] = Field(default_factory=list, max_length=64, description=(
+        "formats to price as uniform policies (every layer in that format)"))
+
+
+class FormatCost(BaseModel):
+    bits: int
+    group_size: int | None
+    symmetric: bool
+    label: str = Field(description="the format's short name, e.g. w4g64a, w3pcs (symmetric, per channel), fp16")
+    cost: dict[str, float] = Field(description="the uniform policy in this format, under every budget metric")
+
+
+class CostOut(BaseModel):
+    """Costs under every budget metric: ``avg_bits`` (bits per weight over the quantizable
+    layers, scales and zero points included), ``size_bytes``, ``bops`` (Σ macs·w_bits·a_bits per
+    sample or token, 16-bit activations)."""
+    model_id: str
+    n_layers: int = Field(description="quantizable layers of the model")
+    n_weights: int = Field(description="weights in the quantizable layers: avg_bits' denominator")
+    cost: dict[str, float] = Field(description="the cost of ``layers`` (the others in float)")
+    formats: list[FormatCost] = Field(description="one per requested format, in the order asked")

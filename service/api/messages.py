@@ -11,6 +11,8 @@ from typing import Any
 from fastapi.routing import APIRoute
 from pydantic import BaseModel
 
+from search.exports import EXPORTERS
+
 # --------------------------------------------------------------------------- validation messages
 _SOURCES = ("body", "query", "path", "header")
 _UNION_TAG = re.compile(r"^[a-z-]+\[.*\]$|^(int|float|str|bool|none)$")  # pydantic's union-member loc parts
@@ -22,7 +24,7 @@ _EXPECTED = {"int_type": "an integer", "int_parsing": "an integer", "int_from_fl
 _EXAMPLES = {"budgets": 'e.g. {"avg_bits": 3.3} (or a list of such objects)',
              "model_id": "the id that POST /v1/models returned",
              "ref": 'e.g. "builtin:digits-cnn"',
-             "format": "one of gptqmodel, compressed-tensors, llmcompressor-recipe, llamacpp, modelopt"}
+             "format": "one of " + ", ".join(EXPORTERS)}
 
 
 def _where(loc: typing.Sequence) -> list:

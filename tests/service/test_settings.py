@@ -28,7 +28,7 @@ def _table() -> dict[str, str]:
 
 
 def _config_variables() -> set[str]:
-    """Every variable service/config.py reads: the fields' and the properties' (evolved_dir)."""
+    """Every variable service/config.py reads (each field of Settings names one)."""
     return set(re.findall(r'"((?:BITPLAN|RAY)_[A-Z_]+)"', (ROOT / "service" / "config.py").read_text()))
 
 

@@ -257,7 +257,7 @@ def stored(client, settings) -> dict[str, str]:
 
 def _plan(settings, kind="classifier", ref="export:/m.pt2", **body):
     req = JobCreate.model_validate({"model_id": "m", "budgets": {"avg_bits": 4.0}, **body})
-    return plan_job(req, ref, "m", kind, LAYERS, upload_dir=settings.upload_dir)
+    return plan_job(req, ref, "m", kind, LAYERS, settings=settings)
 
 
 def test_upload_sources_resolve_to_worker_paths(settings, stored):
@@ -316,6 +316,7 @@ def test_server_data_paths_live_under_the_model_root(settings, tmp_path, monkeyp
     (root / "x.npz").write_bytes(npz(inputs=np.zeros((2, 3), np.float32)))
     (root / "ds").mkdir()
     monkeypatch.setenv("BITPLAN_MODEL_ROOT", str(root))
+    settings = Settings(var_dir=settings.var_dir)  # the root comes from the settings, read once
     spec = _plan(settings, calibration={"source": "images:photos"}, evaluation={"source": "tensors:x.npz"}).specs[0]
     assert spec["calib"] == f"images:{root.resolve() / 'photos'}" and spec["eval"] == f"tensors:{root.resolve() / 'x.npz'}"
     spec = _plan(settings, calibration={"source": "dataset:ds"}, data_column="img", label_column="y").specs[0]
@@ -328,7 +329,7 @@ def test_server_data_paths_live_under_the_model_root(settings, tmp_path, monkeyp
         _plan(settings, calibration={"source": "images:nope"})
     monkeypatch.delenv("BITPLAN_MODEL_ROOT")
     with pytest.raises(PathNotAllowed, match="BITPLAN_MODEL_ROOT"):
-        _plan(settings, calibration={"source": "images:photos"})
+        _plan(Settings(var_dir=settings.var_dir), calibration={"source": "images:photos"})
 
 
 def test_gptq_is_accepted_for_torchscript_and_export(settings):

@@ -1,5 +1,5 @@
 """/v1/data: upload calibration/evaluation data (validated, then stored by the sha256 of its
-bytes; service/uploads.py knows the formats) and read an upload's record."""
+bytes; service/uploads/ knows the formats) and read an upload's record."""
 from __future__ import annotations
 
 from pathlib import Path

@@ -69,7 +69,7 @@ def submit_job(body: JobCreate, request: Request, st: StoreDep, settings: Settin
         raise ApiError(404, "unknown_model", f"no model {body.model_id[:80]!r}{hint}")
     try:
         plan = plan_job(body, model.ref, model.id, model.kind, model.info["layers"], model.info.get("max_positions"),
-                        upload_dir=settings.upload_dir)
+                        settings=settings)
     except ValidationError as e:
         raise ApiError(422, "invalid_request", validation_message(e.errors())) from None
     except PathNotAllowed as e:

@@ -7,6 +7,7 @@ import hashlib
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import JSONResponse, Response
 
+from search.exports import EXPORTERS
 from service.api.common import stored
 from service.api.deps import StoreDep
 from service.api.errors import ApiError, errors
@@ -28,8 +29,7 @@ def get_policy(policy_id: str, st: StoreDep):
             responses={200: {"description": "the policy in the target's config format", "content": _EXPORT_TYPES},
                        304: {"description": "If-None-Match named this export's ETag"}, **errors(404, 422)})
 def export_policy(policy_id: str, request: Request, st: StoreDep,
-                  format: str = Query(..., description="gptqmodel | compressed-tensors | llmcompressor-recipe | "
-                                                       "llamacpp | modelopt")):
+                  format: str = Query(..., description=" | ".join(EXPORTERS) + " (GET /v1/meta: exporters)")):
     """Policies never change, so exports are immutable: an ETag lets clients revalidate."""
     from search.exports import ExportError, export
     from search.policy import Policy
