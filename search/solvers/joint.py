@@ -18,6 +18,7 @@ from search.solvers.base import Solver
 
 
 class JointSolver(Solver):
+    """APQ: bits + pruning, predictor-guided."""
     name = "joint"
     takes_params = True
     needs_table = False

@@ -1,6 +1,6 @@
 """``bitplan`` command line. ``bitplan search`` runs the engine locally (no server); ``evolve``,
 ``export`` and ``import-measurement`` are local tools; ``serve``, ``submit``, ``status``,
-``policy``, ``cancel`` and ``data`` work with a server (service/cli_remote.py).
+``policy``, ``cancel`` and ``data`` work with a server (service/cli_remote/).
 
 Bad arguments print one line and exit with code 2; heavy imports (torch) happen only after the
 arguments have been validated, so ``--help`` and usage errors are instant. Modules: ``args``

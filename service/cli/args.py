@@ -144,8 +144,9 @@ def add_data_args(s, remote: bool = False) -> None:
 
 
 def data_kwargs(args) -> dict:
-    """The preprocessing fields given on the command line (unset ones left out)."""
-    out = {k: getattr(args, k) for k in DATA_FIELDS if getattr(args, k) is not None}
-    if args.fold_batchnorm:
+    """The image/dataset fields given on the command line, for ``search`` and ``submit`` (unset
+    ones left out: the request's, or the server's, defaults hold)."""
+    out = {k: getattr(args, k, None) for k in DATA_FIELDS if getattr(args, k, None) is not None}
+    if getattr(args, "fold_batchnorm", None):
         out["fold_batchnorm"] = True
     return out

@@ -1,6 +1,6 @@
 """The ``bitplan`` argument parser: the local commands (``search``, ``evolve``, ``export``,
-``import-measurement``) here, the server commands from service/cli_remote.py. Defaults and help
-texts come from their single definitions (search/defaults.py, the exporter registry)."""
+``import-measurement``) here, the server commands from service/cli_remote/. Defaults and help
+texts come from their single definitions (search/defaults.py, the solver and exporter registries)."""
 from __future__ import annotations
 
 import argparse
@@ -54,7 +54,7 @@ def _add_search(sub) -> None:
     s.add_argument("--symmetric", action="store_true", help="symmetric quantization (no zero points); default asymmetric")
     s.add_argument("--proxy", help="hessian_trace | fisher | orthogonality | output_error | measured")
     s.add_argument("--proxy-param", action="append", type=kv, default=[], metavar="KEY=VALUE", help="proxy parameter, e.g. tol=0.05")
-    s.add_argument("--solver", help="ilp | lp | convex | pareto | joint (APQ: bits + pruning, predictor-guided)")
+    s.add_argument("--solver", help=_solver_help())
     s.add_argument("--solver-param", action="append", type=kv, default=[], metavar="KEY=VALUE",
                    help="joint solver parameter, e.g. ratios=[0,0.25,0.5] generations=20")
     s.add_argument("--quantizer", choices=["rtn", "gptq"], default="rtn",
@@ -136,6 +136,14 @@ def _add_tools(sub) -> None:
     m.add_argument("--model", help="the measured checkpoint folder (hf:<dir> or <dir>); weight counts come from its "
                                    "safetensors headers, no weights are loaded")
     m.add_argument("--out", type=Path, help="write the imported table (and the solution) as JSON")
+
+
+def _solver_help() -> str:
+    """The registered solvers' names (search.solvers); one that measures policies instead of
+    solving a sensitivity table (the joint search) adds its class docstring's first line."""
+    from search.solvers import SOLVERS
+    return " | ".join(n if c.needs_table or not c.__doc__ else f"{n} ({c.__doc__.strip().splitlines()[0].rstrip('.')})"
+                      for n, c in SOLVERS.items())
 
 
 def _listed(values) -> str:

@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 from service.cli_remote.parser import GROUPS_NOT_GIVEN
-from service.cli_remote.request import budgets, data_fields, describe_data, request_data
+from service.cli_remote.request import budgets, describe_data, request_data
 from service.jobstate import JobStatus
 
 EXIT_USAGE, EXIT_UNAVAILABLE = 2, 1
@@ -88,8 +88,10 @@ def _formats(args) -> dict:
 
 def _submit(c, args) -> int:
     from pydantic import ValidationError
+
+    from service.cli.args import data_kwargs  # on use: service.cli imports this package at its import
     try:
-        points, formats, extra = budgets(args), _formats(args), data_fields(args)
+        points, formats, extra = budgets(args), _formats(args), data_kwargs(args)
     except (ValueError, ValidationError) as e:
         return _fail(str(e).splitlines()[0])
     model_id = _resolve_model(c, args.model)

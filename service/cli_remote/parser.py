@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from search.defaults import DEFAULT_BITS
 from service.jobstate import JobStatus
 
 # --group-size not given; None itself means per-channel, so it cannot mark "not given". It lives
@@ -48,7 +49,8 @@ def _add_submit(sub, bits_type, group_type, kv_type, data_args) -> None:
                    help="avg_bits=3.3, size_bytes=…, bops=…; repeat for several constraints (all must hold)")
     s.add_argument("--sweep", metavar="METRIC=V1,V2,…",
                    help="extra budget points on one metric (one policy each, one shared sensitivity table)")
-    s.add_argument("--bits", type=bits_type, default=None, help="candidate bit-widths (default 2,3,4,8)")
+    s.add_argument("--bits", type=bits_type, default=None,
+                   help=f"candidate bit-widths (default {','.join(map(str, DEFAULT_BITS))})")
     s.add_argument("--group-size", type=group_type, default=GROUPS_NOT_GIVEN,
                    help="group size(s), e.g. 64 or 32,64,128, or per-channel")
     s.add_argument("--symmetric", action="store_true")

@@ -1,6 +1,7 @@
-"""From ``submit``'s arguments to the job request: budgets (with ``--sweep`` points), the
-image/dataset fields, and ``--calib``/``--eval`` values, where a local file or folder is
-uploaded first and named by the ``upload:<id>`` the server returns."""
+"""From ``submit``'s arguments to the job request: budgets (with ``--sweep`` points) and
+``--calib``/``--eval`` values, where a local file or folder is uploaded first and named by the
+``upload:<id>`` the server returns. The image/dataset fields come from the one function that
+``search`` uses too (service.cli.args.data_kwargs)."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -31,15 +32,6 @@ def describe_data(rec) -> str:
     classes = f", {len(rec.classes)} classes ({', '.join(rec.classes[:8])}{', …' if len(rec.classes) > 8 else ''})" \
         if rec.classes else ""
     return f"{rec.kind}, {rec.samples} samples{classes}, {rec.bytes} bytes"
-
-
-def data_fields(args) -> dict:
-    """The image/dataset fields given on the command line (none: the server's defaults)."""
-    out = {k: getattr(args, k, None) for k in ("image_size", "resize", "image_mean", "image_std", "data_column",
-                                               "label_column") if getattr(args, k, None) is not None}
-    if getattr(args, "fold_batchnorm", None):
-        out["fold_batchnorm"] = True
-    return out
 
 
 def budgets(args) -> dict | list[dict]:

@@ -15,12 +15,14 @@ from service.api.deps import SettingsDep, StoreDep
 from service.api.errors import ApiError, errors
 from service.api.messages import validation_message
 from service.api.refs import root_hide, scrub
+from service.jobstate import JobStatus
 from service.schemas import TERMINAL, JobCreate, JobEvent, JobOut, JobPage
 from service.store import BadCursor, Conflict, Store, decode_cursor
 
 router = APIRouter()
 
 MAX_SEQ = 2**31 - 1  # job_events.seq is a 32-bit INTEGER on PostgreSQL
+STATUS_PATTERN = f"^({'|'.join(s.value for s in JobStatus)})$"  # ?status= takes a status by its value
 
 
 def _job_json(row, policy_ids: list[str]) -> dict:
@@ -88,7 +90,7 @@ def submit_job(body: JobCreate, request: Request, st: StoreDep, settings: Settin
 
 @router.get("/jobs", response_model=JobPage, tags=["jobs"], responses=errors(422))
 def list_jobs(st: StoreDep,
-              status: str | None = Query(default=None, pattern="^(queued|running|succeeded|failed|cancelled)$"),
+              status: str | None = Query(default=None, pattern=STATUS_PATTERN),
               model_id: str | None = Query(default=None, max_length=128), cursor: str | None = None,
               limit: int = Query(default=50, ge=1, le=500)):
     if model_id is not None and not ID.fullmatch(model_id):
