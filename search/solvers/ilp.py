@@ -4,18 +4,21 @@ bound is the certificate: objective, lower bound and relative gap are reported."
 from __future__ import annotations
 
 import numpy as np
-from scipy.optimize import Bounds, LinearConstraint, linprog, milp
-from scipy.sparse import csr_matrix, kron, identity
 
 from search.problem import InfeasibleError, Problem, Solution, relative_gap
 from search.solvers.base import Solver
 from search.solvers.repair import repair_and_fill
 
+# scipy is imported where a problem is solved: the solver registry is read by every CLI command's
+# --help and by the API process, which should not pay scipy's import for listing names.
 
-def knapsack_constraints(problem: Problem, keep: np.ndarray | None = None) -> tuple[list[LinearConstraint], float]:
+
+def knapsack_constraints(problem: Problem, keep: np.ndarray | None = None) -> tuple[list, float]:
     """Constraints of the (relaxed or integer) program over flattened group × format variables
     (only the columns in ``keep`` when given), with each budget row divided by its limit so
     HiGHS sees numbers near one. Returns the constraints and the loss scale of the objective."""
+    from scipy.optimize import LinearConstraint
+    from scipy.sparse import csr_matrix, identity, kron
     G, K = problem.group_loss.shape
     one_per_group = kron(identity(G, format="csr"), np.ones((1, K)), format="csc")
     rows = [problem.group_cost[m].ravel() / lim for m, lim in problem.budgets.items()]
@@ -55,6 +58,7 @@ class ILPSolver(Solver):
         self.time_limit = time_limit
 
     def _solve(self, problem: Problem) -> Solution:
+        from scipy.optimize import Bounds, milp
         G, K = problem.group_loss.shape
         cons, scale = knapsack_constraints(problem)
         c = problem.group_loss.ravel() / scale
@@ -84,6 +88,7 @@ class ILPSolver(Solver):
 
     def _reduce(self, problem: Problem, cons, c: np.ndarray) -> tuple[np.ndarray, np.ndarray | None, dict]:
         """Columns that may appear in an optimal policy, an incumbent, and the LP bound."""
+        from scipy.optimize import linprog
         G, K = problem.group_loss.shape
         eq, *ub = cons
         kw = {"A_ub": ub[0].A, "b_ub": ub[0].ub} if ub else {}
