@@ -168,11 +168,11 @@ def plan_job(req: JobCreate, model_ref: str, model_id: str, model_kind: str, lay
     evaluation = _data_source("evaluation", req.evaluation, model_kind, upload_dir, settings.model_root)
     _check_model_fields(req, model_kind, calib, evaluation)
     specs = _request_specs(req, model_ref, model_kind, calib, evaluation)
+    checked = validate(specs, [LayerInfo.from_dict(d) for d in layers], kind=model_kind, max_positions=max_positions)
     for field, data, other in (("calibration", req.calibration, req.evaluation),
                                ("evaluation", req.evaluation, req.calibration)):
         if data.text is not None:
             check_uploaded_text(field, data.text, model_kind, specs[0].seq_len, shared=other.text == data.text)
-    checked = validate(specs, [LayerInfo.from_dict(d) for d in layers], kind=model_kind, max_positions=max_positions)
     key = _sensitivity_key(req, model_id, checked, calib, evaluation)
     return JobPlan([s.model_dump(mode="json") for s in specs], _texts(req), key, request_hash(req))
 

@@ -258,13 +258,16 @@ class LayerChoice(FormatChoice):
                                                               "so a policy's ``layers`` can be sent as they are")
 
 
+MAX_COST_FORMATS = 256  # distinct formats one /v1/cost request may price (a job's menu can exceed 64)
+
+
 class CostRequest(_Strict):
     """``POST /v1/cost``: price a layer → format choice on a registered model, and uniform
     policies in given formats, with the server's cost model."""
     model_id: str = Field(min_length=1, max_length=128)
     layers: list[LayerChoice] = Field(default_factory=list, max_length=100_000, description=(
         "layer → format as in a policy: layers absent stay in float"))
-    formats: list[FormatChoice] = Field(default_factory=list, max_length=64, description=(
+    formats: list[FormatChoice] = Field(default_factory=list, max_length=MAX_COST_FORMATS, description=(
         "formats to price as uniform policies (every layer in that format)"))
 
 

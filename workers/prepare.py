@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 import torch
 
 from proxies.base import Proxy
-from proxies.device import place_model, resolve_device
+from proxies.device import model_device, place_model, resolve_device
 from proxies.discovery import discover_layers
 from proxies.quantizers import WeightQuantizer, build_quantizer, check_quantizer
 from proxies.registry import get_proxy
@@ -179,7 +179,7 @@ class PrepareCache:
     def get(self, key: str) -> Prepared | None:
         return self.value if self.key == key else None
 
-    def put(self, key: str, value: Prepared) -> None:
+    def put(self, key: str | None, value: Prepared | None) -> None:
         self.key, self.value = key, value
 
 
@@ -200,6 +200,9 @@ def prepare(spec: SearchSpec, progress: Progress = _noop, loaded: LoadedModel | 
         key = prepare_key(spec, lm.sha256, with_evals)
         if (hit := cache.get(key)) is not None:
             return _reused(hit, spec, proxy, solver, formats, progress, t)
+        # the load below moves the shared model (placement, folds): a value cached before it
+        # would describe a model that is no longer where it says, were this prepare to fail
+        cache.put(None, None)
     ld = load_and_check(spec, proxy, solver, formats, lm)
     recipe, proxy = _recipe(spec, ld.lm.kind, proxy, solver, progress)
     timings = {"load": time.perf_counter() - t}
@@ -285,6 +288,8 @@ def load_and_check(spec: SearchSpec, proxy, solver, formats, loaded: LoadedModel
     shape, no quantizable layers, proxy vs model size, budgets against the feasible range);
     fold BatchNorms when the spec asks."""
     lm = loaded or load_model(spec.model)
+    if model_device(lm.model).type != "cpu":  # a cached model another job placed: checks run on the host
+        place_model(lm.model, torch.device("cpu"), False)
     _needs_data(lm, spec)
     plan = plan_from_spec(lm, spec)
     x = example_input(lm, plan)

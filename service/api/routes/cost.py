@@ -8,10 +8,10 @@ from fastapi import APIRouter
 from service.api.common import ID
 from service.api.deps import StoreDep
 from service.api.errors import ApiError, errors
+from service.schemas import MAX_COST_FORMATS as MAX_FORMATS
 from service.schemas import CostOut, CostRequest, FormatChoice, FormatCost
 
 router = APIRouter()
-MAX_FORMATS = 256  # distinct formats in one request (the cost matrices are layers × formats)
 
 
 def _format(f: FormatChoice, where: str):
