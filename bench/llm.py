@@ -11,7 +11,7 @@ loop (search/local.py) within ``--refine-seconds``; and, with ``--recipe``, a wh
 table at the operating point + ilp + refine — hours on 2 cores for the whole model.
 
     python bench/llm.py [--n-calib 8] [--seq-len 256] [--n-eval 64] [--bits 2,3,4,8] [--group-sizes 64]
-                        [--loop] [--loop-rows 24] [--hawq] [--recipe] [--quantizer gptq] [--device cuda]
+                        [--loop] [--loop-rows 24] [--hawq [--hawq-probes 8]] [--recipe] [--quantizer gptq] [--device cuda]
                         [--no-baselines] [--extra-budgets 2.5] [--uniform-bits 3,4]
 """
 from __future__ import annotations
@@ -57,6 +57,8 @@ def main() -> None:
     ap.add_argument("--group-sizes", default="64")
     ap.add_argument("--extra-budgets", default="2.5", help="avg_bits budgets beside uniform 3- and 4-bit's costs")
     ap.add_argument("--hawq", action="store_true", help="also hessian_trace + ilp (Hutchinson probes: slow)")
+    ap.add_argument("--hawq-probes", type=int, help="Hutchinson probes for --hawq (default: the proxy's, up to 64; "
+                    "the whole SmolLM2 did not finish 64 in 40 min on 2 cores)")
     ap.add_argument("--recipe", action="store_true", help="also the default recipe (measured at the operating point)")
     ap.add_argument("--loop", action="store_true", help="also the operating-point loop from the fisher table (search/local.py)")
     ap.add_argument("--uniform-bits", help="measure only these uniform rows, e.g. 3,4 (default every bit-width)")
@@ -122,7 +124,9 @@ def main() -> None:
         ctx = ProxyContext(lm.model, layers, modules, lm.task, calib, formats, 0, None, lm.sha256, info,
                                quantizer=quantizer)
         t = time.perf_counter()
-        tables[proxy] = (get_proxy(proxy).compute(ctx), time.perf_counter() - t)
+        params = ({"min_probes": args.hawq_probes, "max_probes": args.hawq_probes}
+                  if proxy == "hessian_trace" and args.hawq_probes else {})
+        tables[proxy] = (get_proxy(proxy, **params).compute(ctx), time.perf_counter() - t)
         print(f"  {proxy} table: {tables[proxy][1]:.0f}s", flush=True)
     judge = None
     for budget in budgets:
