@@ -57,8 +57,8 @@ def main() -> None:
     ap.add_argument("--group-sizes", default="64")
     ap.add_argument("--extra-budgets", default="2.5", help="avg_bits budgets beside uniform 3- and 4-bit's costs")
     ap.add_argument("--hawq", action="store_true", help="also hessian_trace + ilp (Hutchinson probes: slow)")
-    ap.add_argument("--hawq-probes", type=int, help="Hutchinson probes for --hawq (default: the proxy's, up to 64; "
-                    "the whole SmolLM2 did not finish 64 in 40 min on 2 cores)")
+    ap.add_argument("--hawq-probes", type=int, help="Hutchinson probes for --hawq (default: the proxy's adaptive 8..64; "
+                    "on whole SmolLM2 and 2 cores, 64 probes take ~8 min, 8 take ~1 min)")
     ap.add_argument("--recipe", action="store_true", help="also the default recipe (measured at the operating point)")
     ap.add_argument("--loop", action="store_true", help="also the operating-point loop from the fisher table (search/local.py)")
     ap.add_argument("--uniform-bits", help="measure only these uniform rows, e.g. 3,4 (default every bit-width)")
