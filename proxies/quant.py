@@ -62,6 +62,10 @@ def rtn(w: torch.Tensor, fmt: Format) -> torch.Tensor:
     if fmt.is_float:
         return w.clone()
     rows, cols = w.shape
+    if fmt.runtime:  # a runtime's own format: its numerics, in the type this row length gets
+        from proxies.numerics import fake_quant
+        eff = fmt.stored_as(cols)
+        return w.clone() if eff.is_float else fake_quant(w, eff.runtime).to(w.dtype)
     x = grouped(w.float(), fmt.group_size or cols)
     xh = quantize_on_grid(x, *group_params(x, fmt))
     return xh.reshape(rows, -1)[:, :cols].to(w.dtype)

@@ -64,12 +64,13 @@ class CostModel:
         total = float(sum(l.numel for l in self.layers))
         self.total_bits = bits
         self.total_numel = total
-        w_bits = np.array([f.bits for f in self.formats], dtype=np.float64)
+        # element bits of the format each layer is really stored in (a GGUF type's fallback)
+        w_bits = np.array([[f.stored_as(l.in_features).bits for f in self.formats] for l in self.layers], dtype=np.float64)
         macs = np.array([l.macs for l in self.layers], dtype=np.float64)
         self.matrices = {
             "avg_bits": bits / total,
             "size_bytes": bits / 8.0,
-            "bops": np.outer(macs, w_bits) * self.a_bits,
+            "bops": macs[:, None] * w_bits * self.a_bits,
         }
         if self.latency_table is not None:
             self.matrices["latency_ms"] = np.array(

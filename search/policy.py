@@ -11,6 +11,7 @@ from typing import Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_serializer
 
+from search import runtime_formats as rf
 from search.formats import FLOAT_BITS, MAX_BITS, MIN_BITS, Format
 from search.layers import LayerInfo
 
@@ -50,11 +51,22 @@ class Quantizer(_Strict):
 
 
 class LayerFormat(_Strict):
+    """One quantized layer. ``runtime`` names a runtime's own format (``q4_K``, ``nvfp4``; bits,
+    group size and symmetry then restate its element bits and block); ``stored_as`` is the type a
+    runtime really stores the layer in when it differs (llama.cpp's fallback for rows its block
+    does not divide), which is what the costs and the measurements assumed."""
     name: str
     bits: int
     group_size: int | None = None
     symmetric: bool = False
     numel: int = Field(ge=1)
+    runtime: str | None = None
+    stored_as: str | None = None
+
+    @model_serializer(mode="wrap")
+    def _drop_unset(self, handler):
+        # an integer-format layer reads as DESIGN §2 shows it
+        return {k: v for k, v in handler(self).items() if v is not None or k not in ("runtime", "stored_as")}
 
     @field_validator("bits")
     @classmethod
@@ -63,8 +75,17 @@ class LayerFormat(_Strict):
             raise ValueError(f"bits must be {MIN_BITS}..{MAX_BITS} (float layers are left out of 'layers'), got {v}")
         return v
 
+    @field_validator("runtime", "stored_as")
+    @classmethod
+    def _runtime(cls, v: str | None) -> str | None:
+        if v is not None and v != "f16":
+            rf.get(v)  # an unknown name raises with the list of known ones
+        return v
+
     @property
     def format(self) -> Format:
+        if self.runtime:
+            return Format.named(self.runtime)
         return Format(self.bits, self.group_size, self.symmetric)
 
 
@@ -155,6 +176,11 @@ class Policy(_Strict):
         return {l.name: l.format for l in self.layers}
 
 
+def _stored_as(f: Format, layer: LayerInfo) -> str | None:
+    eff = f.stored_as(layer.in_features)
+    return None if eff == f else ("f16" if eff.is_float else eff.runtime)
+
+
 def build_policy(model_ref: str, model_sha256: str, layers: list[LayerInfo], formats: list[Format],
                  choice: np.ndarray, budget: dict[str, float], cost: dict[str, float],
                  ties: list[list[str]] | None = None, **extra) -> Policy:
@@ -162,7 +188,8 @@ def build_policy(model_ref: str, model_sha256: str, layers: list[LayerInfo], for
     chosen = [(l, formats[int(k)]) for l, k in zip(layers, choice)]
     return Policy(
         model=ModelRef(ref=model_ref, sha256=model_sha256),
-        layers=[LayerFormat(name=l.name, bits=f.bits, group_size=f.group_size, symmetric=f.symmetric, numel=l.numel)
+        layers=[LayerFormat(name=l.name, bits=f.bits, group_size=f.group_size, symmetric=f.symmetric, numel=l.numel,
+                            runtime=f.runtime or None, stored_as=_stored_as(f, l))
                 for l, f in chosen if f.bits != FLOAT_BITS],
         float_layers=[l.name for l, f in chosen if f.bits == FLOAT_BITS],
         ties=ties or [], budget=budget, cost={**{"bops": None}, **cost}, **extra)

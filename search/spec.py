@@ -12,8 +12,9 @@ from search.budgets import METRICS
 from search.defaults import DEFAULT_BITS, DEFAULT_GROUP_SIZES, REFERENCE_GROUP  # noqa: F401  (re-exported)
 from search.defaults import DEFAULT_RECIPE, DEFAULT_REFINE_EVALS, DEFAULT_REFINE_SECONDS, RECIPES, REFINE_SECONDS
 from search.defaults import DEVICE_PATTERN as DEVICE_PATTERN_TEXT
-from search.formats import FLOAT_BITS, MAX_BITS, MIN_BITS
+from search.formats import FLOAT_BITS, MAX_BITS, MIN_BITS, make_formats, parse_formats
 from search.layers import runtime_ties
+from search.targets import get_target
 
 DEVICE_PATTERN = re.compile(DEVICE_PATTERN_TEXT)
 DEFAULT_PROXY = DEFAULT_RECIPE[0]  # bitplan's recipe: measured sensitivities,
@@ -30,6 +31,12 @@ class SearchSpec(BaseModel):
     bits: list[int] = Field(default_factory=lambda: list(DEFAULT_BITS))
     group_size: int | None | list[int | None] = Field(default_factory=lambda: list(DEFAULT_GROUP_SIZES))
     symmetric: bool = False
+    # an explicit menu by label (runtime names such as q4_K / nvfp4, integer labels such as
+    # w4g128s, f16) instead of bits × group sizes; None: the target's menu, else bits × groups
+    format_names: list[str] | None = None
+    # the runtime the policy is for (search/targets.py): its legal menu, its fused-layer ties,
+    # its quantizer and its exporter
+    target: str | None = None
     proxy: str | None = None
     proxy_params: dict = Field(default_factory=dict)
     solver: str | None = None
@@ -131,7 +138,24 @@ class SearchSpec(BaseModel):
             raise ValueError(f"device {self.device!r} is not one of auto, cpu, cuda, cuda:N, mps")
         if "latency_ms" in self.budgets and not self.latency_table:
             raise ValueError("a latency_ms budget needs a per-layer latency table")
+        if self.format_names is not None and "bits" in self.model_fields_set:
+            raise ValueError("give the menu either as formats (e.g. q3_K,q4_K,q6_K) or as bits (with group sizes), "
+                             "not both")
+        if self.target is not None:
+            target = get_target(self.target)
+            missing = [t for t in target.ties if t not in self.ties]
+            if missing:  # the runtime fuses these siblings: every consumer of the spec sees the ties
+                self.ties = sorted(set(self.ties) | set(missing))
         return self
+
+    def menu(self) -> list:
+        """The job's candidate formats: the explicit list, else the target's menu, else every
+        bit-width × group size. A target's legality is checked in search.validate."""
+        if self.format_names is not None:
+            return parse_formats(self.format_names)
+        if self.target is not None and "bits" not in self.model_fields_set:
+            return get_target(self.target).menu_formats()
+        return make_formats(self.bits, self.group_size, self.symmetric)
 
     @property
     def proxy_name(self) -> str:
@@ -164,6 +188,7 @@ class SearchSpec(BaseModel):
 # and is copied as it is.
 REQUEST_NAMES: dict[tuple[str, str], str] = {
     ("formats", "bits"): "bits", ("formats", "group_size"): "group_size", ("formats", "symmetric"): "symmetric",
+    ("formats", "names"): "format_names",
     ("calibration", "source"): "calib", ("calibration", "n_samples"): "n_calib", ("calibration", "seq_len"): "seq_len",
     ("evaluation", "source"): "eval", ("evaluation", "n_samples"): "n_eval", ("evaluation", "seq_len"): "seq_len",
 }
@@ -185,7 +210,8 @@ def specs_from_request(request: dict, model: str, kind: str | None = None) -> li
     fields = {k: v for k, v in request.items() if k not in NOT_SPEC_FIELDS}
     for (group, name), field in REQUEST_NAMES.items():
         part = request.get(group) or {}
-        if name in part and fields.get(field) is None:
+        # null is a value only for group_size (per channel); elsewhere it means "not given"
+        if name in part and (part[name] is not None or name == "group_size") and fields.get(field) is None:
             fields[field] = part[name]
     fields["ties"] = runtime_ties(request.get("runtime"), request.get("ties") or [])
     budgets = request["budgets"] if isinstance(request["budgets"], list) else [request["budgets"]]

@@ -9,7 +9,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from search.budgets import CostModel
-from search.formats import Format, make_formats
+from search.formats import Format
+from search.targets import get_target
 from search.layers import LayerInfo, find_tie_groups
 from search.params import check_proxy_model, proxy_params, quantizer_params
 from search.solvers import Solver, solver_for_job
@@ -31,10 +32,26 @@ def static_check(spec: SearchSpec) -> StaticCheck:
     params = proxy_params(name, spec.proxy_params)
     canonical = "evolved" if name.startswith("evolved:") else name
     solver = solver_for_job(spec.solver_name, spec.solver_params, spec.seed, spec.ties)
-    formats = make_formats(spec.bits, spec.group_size, spec.symmetric)
+    formats = spec.menu()
     qparams = quantizer_params(spec.quantizer, spec.quantizer_params)
     solver.check_quantizer(spec.quantizer)
+    check_target(spec, formats)
     return StaticCheck(canonical, params, solver, formats, qparams)
+
+
+def check_target(spec: SearchSpec, formats: list[Format]) -> None:
+    """The menu against the target runtime, and the quantizer against the formats: a runtime's
+    own format is quantized with that runtime's rounding (RTN-like), which GPTQ's
+    error-compensating pass over bitplan's integer grid does not reproduce."""
+    if spec.target is not None:
+        target = get_target(spec.target)
+        target.check(formats)
+        if spec.quantizer not in target.quantizers:
+            raise ValueError(f"--target {target.name} quantizes with {' or '.join(target.quantizers)}, not {spec.quantizer}")
+    named = [f.label for f in formats if f.runtime]
+    if named and spec.quantizer != "rtn":
+        raise ValueError(f"the {spec.quantizer} quantizer works on bitplan's integer grid; {', '.join(named)} use their "
+                         "runtime's own rounding: use --quantizer rtn with these formats")
 
 
 def check_spec_budgets(spec: SearchSpec, costs: CostModel, ties, solver: Solver):

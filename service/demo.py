@@ -52,7 +52,9 @@ def main(argv: list[str] | None = None) -> int:
             policy = c.policy(job.policy_ids[0])
             args.out.write_text(json.dumps(policy, indent=2))
             m = policy["measured"]
-            uni = ", ".join(f"uniform {b}-bit {v:.4g}" for b, v in sorted(m["uniform"].items(), key=lambda x: int(x[0])))
+            cost = m.get("uniform_avg_bits", {})
+            uni = ", ".join(f"uniform {b}{'-bit' if b.isdigit() else ''} {v:.4g}"
+                            for b, v in sorted(m["uniform"].items(), key=lambda x: cost.get(x[0], 0.0)))
             print(f"policy {job.policy_ids[0]} → {args.out}: avg_bits {policy['cost']['avg_bits']:.4f} "
                   f"(budget {args.budget}), {m['metric']} {m['value']:.4g} (float {m['float']:.4g}; {uni})")
             print("timings: " + ", ".join(f"{k} {v:.1f}s" for k, v in job.timings.items()))

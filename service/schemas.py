@@ -11,6 +11,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from search.targets import TARGETS
 from search.defaults import (DEFAULT_BITS, DEFAULT_GROUP_SIZES, DEFAULT_REFINE_EVALS, DEFAULT_REFINE_SECONDS,
                              DEVICE_PATTERN, PHASES, REFINE_SECONDS)
 from service.jobstate import TERMINAL, TRANSITIONS, JobStatus  # noqa: F401  (TERMINAL: the SDK's name)
@@ -26,6 +27,9 @@ class ErrorBody(BaseModel):
     code: str
     message: str
     detail: Any = None
+
+
+TargetName = Literal.__getitem__(tuple(TARGETS))  # search/targets.py's registry
 
 
 class ModelCreate(_Strict):
@@ -47,9 +51,14 @@ class ModelOut(BaseModel):
 
 
 class Formats(_Strict):
-    bits: list[int] = Field(default_factory=lambda: list(DEFAULT_BITS), max_length=16)
+    """The candidate menu: bit-widths × group sizes of bitplan's integer grid, or ``names``: an
+    explicit menu of runtime formats and integer labels (q4_K, nvfp4, fp8_pc, w4g128s, f16; GET
+    /v1/meta lists them). With a ``target`` and neither ``bits`` nor ``names``, the target's menu."""
+    bits: list[int] | None = Field(default=None, max_length=16, description=f"null: {list(DEFAULT_BITS)} (or the target's menu)")
     group_size: int | None | list[int | None] = Field(default_factory=lambda: list(DEFAULT_GROUP_SIZES))
     symmetric: bool = False
+    names: list[Annotated[str, Field(min_length=1, max_length=32)]] | None = Field(default=None, max_length=64, description=(
+        "an explicit menu by name instead of bits × group sizes"))
 
 
 class Data(_Strict):
@@ -93,6 +102,9 @@ class JobCreate(_Strict):
     seed: int = Field(default=0, ge=0, le=2**31 - 1)
     ties: list[str] = Field(default_factory=list, max_length=8)
     runtime: str | None = Field(default=None, max_length=32, description="vllm/sglang: tie q/k/v, gate/up and the experts of each MoE block")
+    target: TargetName | None = Field(default=None, description=(
+        "the runtime the policy is for: its legal format menu (the default menu when formats are not given), "
+        "the layers it fuses (tied), its quantizer and exporter; a format it cannot serve is refused"))
     latency_table: dict[str, dict[str, float]] | None = None
     device: str = Field(default="auto", pattern=DEVICE_PATTERN, description=(
         "where the worker runs the forward passes: auto (the GPU Ray granted the job's task, else the CPU), "
@@ -206,6 +218,10 @@ class FormatMenuMeta(BaseModel):
     float_bits: int = Field(description="``bits`` of a layer kept in float (a format of its own)")
     reference_group_size: int = Field(description="group size of the uniform baselines (the reference format), "
                                                   "when the job's menu has it")
+    runtime: dict[str, dict] = Field(default_factory=dict, description="runtime formats by name (GGUF types, "
+                                     "NVFP4/MX/FP8): family, element bits, block, bits per weight, llama.cpp's fallback")
+    targets: dict[str, dict] = Field(default_factory=dict, description="deployment targets: default menu, tied "
+                                     "fused layers, exporters, quantizers")
 
 
 class RecipeStep(BaseModel):
@@ -231,6 +247,8 @@ class MetaOut(BaseModel):
     budget_metrics: list[str] = Field(default_factory=list, description="what a budget may constrain")
     exporters: list[str] = Field(default_factory=list, description="every registered export format "
                                  "(GET /v1/policies/{id}/export?format=…)")
+    exporter_kinds: dict[str, str] = Field(default_factory=dict, description="what each export format hands over: a "
+                                           "config the runtime's own tool applies, or the quantized files (artifact)")
     builtin_models: list[str] = Field(default_factory=list, description="references POST /v1/models accepts as is")
     data_sources: list[str] = Field(default_factory=list, description="builtin calibration/evaluation data sources")
     proxies: list[str] = Field(default_factory=list, description="registered sensitivity proxies")
@@ -246,14 +264,18 @@ def meta() -> MetaOut:
 
 class FormatChoice(_Strict):
     """One format (DESIGN §2): ``bits`` 2..8, or 16 = kept in float; ``group_size`` null = one
-    scale per output channel."""
+    scale per output channel; or ``runtime``, a runtime's own format (q4_K, nvfp4, fp8_pc, …),
+    whose bits and block are its own (the other fields are then ignored)."""
     bits: int
     group_size: int | None
     symmetric: bool = False
+    runtime: str | None = Field(default=None, max_length=32)
 
 
 class LayerChoice(FormatChoice):
     name: str = Field(min_length=1, max_length=1024)
+    stored_as: str | None = Field(default=None, max_length=32, description="as a policy states it; the server "
+                                  "derives the stored type itself")
     numel: int | None = Field(default=None, ge=1, description="when given, checked against the registered layer, "
                                                               "so a policy's ``layers`` can be sent as they are")
 
@@ -275,6 +297,7 @@ class FormatCost(BaseModel):
     bits: int
     group_size: int | None
     symmetric: bool
+    runtime: str | None = None
     label: str = Field(description="the format's short name, e.g. w4g64a, w3pcs (symmetric, per channel), fp16")
     cost: dict[str, float] = Field(description="the uniform policy in this format, under every budget metric")
 

@@ -199,11 +199,16 @@ def reference_formats(formats: list[Format]) -> list[Format]:
     else the first group size listed for that bit-width."""
     out: dict[int, Format] = {}
     for f in formats:
-        if f.is_float:
+        if f.is_float or f.runtime:
             continue
         if f.bits not in out or (f.group_size == REFERENCE_GROUP and out[f.bits].group_size != REFERENCE_GROUP):
             out[f.bits] = f
-    return [out[b] for b in sorted(out)]
+    return [out[b] for b in sorted(out)] + [f for f in formats if f.runtime]
+
+
+def baseline_key(f: Format) -> str:
+    """A uniform baseline's name: its bit-width for integer formats, the runtime's name else."""
+    return f.runtime or str(f.bits)
 
 
 def _baselines(ev: Evaluator, formats: list[Format], costs: CostModel, evals, progress) -> dict:
@@ -213,6 +218,6 @@ def _baselines(ev: Evaluator, formats: list[Format], costs: CostModel, evals, pr
     out = {"float": ev.task.evaluate(ev.model, evals), "uniform": {}, "uniform_cost": {}}
     for i, f in enumerate(reference_formats(formats)):
         progress(i / max(len(formats), 1), f"uniform {f.label}")
-        out["uniform"][str(f.bits)] = ev.metrics([f] * n_layers, evals)
-        out["uniform_cost"][str(f.bits)] = costs.cost(np.full(n_layers, formats.index(f)))["avg_bits"]
+        out["uniform"][baseline_key(f)] = ev.metrics([f] * n_layers, evals)
+        out["uniform_cost"][baseline_key(f)] = costs.cost(np.full(n_layers, formats.index(f)))["avg_bits"]
     return out

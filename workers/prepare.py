@@ -44,7 +44,7 @@ Progress = Callable[[str, float, str], None]
 # The spec fields the data part depends on: the model, the format menu (formats, quantizer
 # scales), the data plan and batches, the layer selection, the quantizer and its Hessians, the
 # BatchNorm folding and where the model is placed. ``version`` says how every field is read.
-PREPARE_FIELDS = ("version", "model", "bits", "group_size", "symmetric", "calib", "eval", "n_calib", "n_eval",
+PREPARE_FIELDS = ("version", "model", "bits", "group_size", "symmetric", "format_names", "target", "calib", "eval", "n_calib", "n_eval",
                   "seq_len", "seed", "include_embeddings", "include_head", "quantizer", "quantizer_params",
                   "image_size", "resize", "image_mean", "image_std", "data_column", "label_column",
                   "fold_batchnorm", "device", "offload")

@@ -22,11 +22,17 @@ class Exported:
 
 Exporter = Callable[[Policy], Exported]
 EXPORTERS: dict[str, Exporter] = {}
+# what each exporter hands over (every one here is a config the runtime's own tool applies; the
+# quantized files themselves come from workers/artifacts) and the runtime formats it can express
+DESCRIBES: dict[str, str] = {}
+RUNTIMES: dict[str, frozenset[str]] = {}
 
 
-def register(name: str) -> Callable[[Exporter], Exporter]:
+def register(name: str, describes: str, runtimes: tuple[str, ...] = ()) -> Callable[[Exporter], Exporter]:
     def deco(fn: Exporter) -> Exporter:
         EXPORTERS[name] = fn
+        DESCRIBES[name] = describes
+        RUNTIMES[name] = frozenset(runtimes)
         return fn
     return deco
 
@@ -43,7 +49,13 @@ def export(policy: Policy, fmt: str) -> Exported:
     if policy.sparsity:
         raise ExportError(f"{fmt}: the policy prunes {len(policy.sparsity)} layer(s) (joint search); quantizer configs "
                           "cannot express pruning — prune the model first, then export a quantization-only policy")
-    return get_exporter(fmt)(policy)
+    exporter = get_exporter(fmt)
+    for l in policy.layers:
+        if l.runtime and l.runtime not in RUNTIMES[fmt]:
+            able = sorted(n for n, r in RUNTIMES.items() if l.runtime in r)
+            raise ExportError(f"{fmt}: {l.name} is in {l.runtime}, which {fmt} cannot express"
+                              + (f"; export it with --format {' or '.join(able)}" if able else ""))
+    return exporter(policy)
 
 
 def anchored(name: str) -> str:
@@ -72,7 +84,7 @@ def anchored_any(names: list[str]) -> str:
 
 def check_ties(policy: Policy) -> None:
     """Fused layers must share one format (vLLM refuses fused projections whose schemes differ)."""
-    fmt = {l.name: (l.bits, l.group_size, l.symmetric) for l in policy.layers}
+    fmt = {l.name: (l.bits, l.group_size, l.symmetric, l.runtime) for l in policy.layers}
     for group in policy.ties:
         seen = {fmt.get(n, "float") for n in group}
         if len(seen) > 1:
@@ -80,12 +92,13 @@ def check_ties(policy: Policy) -> None:
                               "tie (bitplan search --tie …) so fused projections share one format")
 
 
-def groups_of(policy: Policy) -> list[tuple[tuple[int, int | None, bool], list[str]]]:
-    """Layers grouped by (bits, group_size, symmetric), most weights first, model order kept."""
+def groups_of(policy: Policy, runtime: bool = False) -> list[tuple[tuple, list[str]]]:
+    """Layers grouped by (bits, group_size, symmetric) — with the runtime format's name appended
+    when ``runtime`` — most weights first, model order kept."""
     out: dict[tuple, list[str]] = {}
     weight: dict[tuple, int] = {}
     for l in policy.layers:
-        key = (l.bits, l.group_size, l.symmetric)
+        key = (l.bits, l.group_size, l.symmetric) + ((l.runtime,) if runtime else ())
         out.setdefault(key, []).append(l.name)
         weight[key] = weight.get(key, 0) + l.numel
     return sorted(out.items(), key=lambda kv: -weight[kv[0]])

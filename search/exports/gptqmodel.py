@@ -12,7 +12,7 @@ from search.policy import Policy
 BITS = (2, 3, 4, 8)
 
 
-@register("gptqmodel")
+@register("gptqmodel", "config: GPTQModel quantizes the model itself with these per-module overrides")
 def gptqmodel(policy: Policy) -> Exported:
     groups = groups_of(policy)
     if not groups:

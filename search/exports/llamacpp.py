@@ -1,13 +1,16 @@
 """llama.cpp ``--tensor-type-file``: one ``<anchored regex>=<ggml type>`` line per tensor, on GGUF
-tensor names (Llama-family HF → GGUF name map). bits → nearest ggml type at or above the
-policy's bits (the k-quants carry their own super-block scales, so group size and symmetry are
-not expressible and are stated as such): 2→q2_K, 3→q3_K, 4→q4_K, 5→q5_K, 6→q6_K, 7/8→q8_0,
-float→f16."""
+tensor names (Llama-family HF → GGUF name map), for ``llama-quantize`` to apply. A policy planned
+in ggml types (``--target llamacpp``) is written type for type — the fallback a row length forces
+is llama-quantize's own choice too, and the file says where it happens. An integer-format policy
+maps bits to the nearest ggml type at or above them (2→q2_K … 6→q6_K, 7/8→q8_0), which rounds and
+costs differently from what was measured; the file says so. ``bitplan export --format gguf``
+writes the quantized file itself."""
 from __future__ import annotations
 
 import re
 
 from search.exports.base import ExportError, Exported, register
+from search.runtime_formats import GGUF_TYPES
 from search.policy import Policy
 
 GGML = {2: "q2_K", 3: "q3_K", 4: "q4_K", 5: "q5_K", 6: "q6_K", 7: "q8_0", 8: "q8_0", 16: "f16"}
@@ -32,12 +35,19 @@ def gguf_name(hf: str) -> str:
                       "(model.layers.N.self_attn.{q,k,v,o}_proj, mlp.{gate,up,down}_proj, embed_tokens, lm_head)")
 
 
-@register("llamacpp")
+@register("llamacpp", "config: llama-quantize --tensor-type-file applies these ggml types", GGUF_TYPES + ("mxfp4",))
 def llamacpp(policy: Policy) -> Exported:
-    lines = [f"# bitplan policy for {policy.model.ref}: bits → ggml type {GGML}; group sizes and symmetry are "
-             "not expressible (k-quants use their own super-blocks)"]
+    if all(l.runtime for l in policy.layers):
+        lines = [f"# bitplan policy for {policy.model.ref}: the ggml types it was planned and measured in"]
+    else:
+        lines = [f"# bitplan policy for {policy.model.ref}: integer formats → ggml type {GGML}; llama.cpp rounds and "
+                 "stores these differently from what bitplan measured (plan with --target llamacpp for exact types)"]
+    fell_back = [l for l in policy.layers if l.stored_as]
+    if fell_back:
+        lines.append(f"# {len(fell_back)} tensor(s) have rows their type's block does not divide: llama-quantize stores "
+                     f"them in its fallback type, as priced and measured (e.g. {fell_back[0].name}: {fell_back[0].stored_as})")
     for l in policy.layers:
-        lines.append(f"^{re.escape(gguf_name(l.name))}$={GGML[l.bits]}")
+        lines.append(f"^{re.escape(gguf_name(l.name))}$={l.runtime or GGML[l.bits]}")
     for name in policy.float_layers:
         lines.append(f"^{re.escape(gguf_name(name))}$=f16")
     return Exported("\n".join(lines) + "\n", "text/plain", "tensor-types.txt")

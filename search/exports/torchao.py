@@ -25,15 +25,22 @@ def _layer(bits: int, group_size: int | None, symmetric: bool) -> dict:
         "intx_choose_qparams_algorithm": {"_type": "IntxChooseQParamsAlgorithm", "_data": "AFFINE"}}}
 
 
+def _float8() -> dict:
+    """fp8_pc: torchao's float8 weight-only config (E4M3, one scale per row)."""
+    return {"_type": "Float8WeightOnlyConfig", "_version": 2, "_data": {
+        "weight_dtype": {"_type": "torch.dtype", "_data": "float8_e4m3fn"}}}
+
+
 def fqn_to_config(policy: Policy) -> dict:
-    table: dict[str, dict | None] = {l.name: _layer(l.bits, l.group_size, l.symmetric) for l in policy.layers}
+    table: dict[str, dict | None] = {l.name: _float8() if l.runtime == "fp8_pc" else
+                                     _layer(l.bits, l.group_size, l.symmetric) for l in policy.layers}
     table.update({n: None for n in policy.float_layers})
     if not policy.layers:
         raise ExportError("torchao: the policy quantizes no layer")
     return {"_type": "FqnToConfig", "_version": 1, "_data": {"fqn_to_config": table}}
 
 
-@register("torchao")
+@register("torchao", "config: transformers' TorchAoConfig quantizes the model itself on load", ("fp8_pc",))
 def torchao(policy: Policy) -> Exported:
     doc = {"quant_method": "torchao", "quant_type": {"default": fqn_to_config(policy)}}
     return Exported(json.dumps(doc, indent=2), "application/json", "torchao_config.json")

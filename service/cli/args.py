@@ -64,6 +64,14 @@ def bits(text: str) -> list[int]:
         raise argparse.ArgumentTypeError(f"{text!r}: give comma-separated integers such as 2,3,4,8") from None
 
 
+def names(text: str) -> list[str]:
+    """Comma-separated format names (``q4_K,q6_K,w4g128s,f16``), checked by the spec."""
+    out = [n.strip() for n in text.split(",") if n.strip()]
+    if not out:
+        raise argparse.ArgumentTypeError("give comma-separated format names such as q3_K,q4_K,q6_K")
+    return out
+
+
 def _one_group(text: str) -> int | None:
     if text.lower() in ("none", "pc", "per-channel", "0"):
         return None

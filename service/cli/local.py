@@ -18,7 +18,7 @@ if TYPE_CHECKING:  # the engine's imports stay lazy so --help and usage errors a
     from search.validate import Checked
 
 # the flags that carry a request field under the field's own name
-SAME_NAMES = ("proxy", "solver", "refine", "refine_evals", "refine_seconds", "refine_method", "judge_samples", "seed",
+SAME_NAMES = ("target", "proxy", "solver", "refine", "refine_evals", "refine_seconds", "refine_method", "judge_samples", "seed",
               "quantizer", "device", "offload", "runtime", "include_embeddings", "include_head")
 
 
@@ -27,7 +27,7 @@ def request_from_args(args) -> dict:
     plus ``include_embeddings``/``include_head``, which only a local run may change). Raises
     ValueError for a budget that is not METRIC=VALUE or a latency table that cannot be read."""
     from search.budgets import parse_budget
-    formats = {"bits": args.bits, "symmetric": args.symmetric}
+    formats = {"bits": args.bits, "symmetric": args.symmetric, "names": args.formats}
     if args.group_size is not GROUPS_NOT_GIVEN:
         formats["group_size"] = args.group_size  # None: one scale per output channel
     return {**{f: getattr(args, f) for f in SAME_NAMES},

@@ -8,7 +8,9 @@ from pathlib import Path
 
 from search.defaults import (DEFAULT_BITS, DEFAULT_GROUP_SIZES, DEFAULT_REFINE_EVALS, DEFAULT_REFINE_SECONDS,
                              JUDGE_SAMPLES, RECIPES, REFERENCE_GROUP, REFINE_SECONDS)
-from service.cli.args import DATA_HELP, MODEL_HELP, Parser, add_data_args, bits, group, kv
+from search.runtime_formats import RUNTIME_FORMATS
+from search.targets import TARGETS
+from service.cli.args import DATA_HELP, MODEL_HELP, Parser, add_data_args, bits, group, kv, names
 from service.cli_remote import GROUPS_NOT_GIVEN
 
 EPILOG = """examples:
@@ -45,13 +47,21 @@ def _add_search(sub) -> None:
     s.add_argument("--model", required=True, help=MODEL_HELP)
     s.add_argument("--budget", action="append", required=True, metavar="METRIC=VALUE",
                    help="avg_bits=3.3, size_bytes=…, bops=…, latency_ms=…; repeat for several (all must hold)")
-    s.add_argument("--bits", type=bits, default=list(DEFAULT_BITS),
+    s.add_argument("--target", choices=list(TARGETS),
+                   help="the runtime the policy is for: its format menu (unless --formats/--bits say otherwise), the "
+                        "layers it fuses (tied), its quantizer and exporter; " + "; ".join(
+                            f"{t.name}: {','.join(t.menu)}" for t in TARGETS.values()))
+    s.add_argument("--formats", type=names, default=None, metavar="F1,F2,…",
+                   help="an explicit menu by name: runtime formats (" + ",".join(RUNTIME_FORMATS) + "), integer "
+                        "labels (w4g128s = 4-bit, groups of 128, symmetric; w8pca = per channel, asymmetric) or f16")
+    s.add_argument("--bits", type=bits, default=None,
                    help=f"candidate bit-widths, 2..8, 16 = keep float (default {_listed(DEFAULT_BITS)})")
     s.add_argument("--group-size", type=group, default=GROUPS_NOT_GIVEN,
                    help="scale group size along the input dim, or 'per-channel' (also 0 or none); several (e.g. "
                         "32,64,128) give every bit-width in each group size (default: the recipe's menu "
                         f"{_listed(DEFAULT_GROUP_SIZES)}; uniform baselines use {REFERENCE_GROUP})")
-    s.add_argument("--symmetric", action="store_true", help="symmetric quantization (no zero points); default asymmetric")
+    s.add_argument("--symmetric", action="store_true", default=None,
+                   help="symmetric quantization (no zero points); default asymmetric")
     s.add_argument("--proxy", help="hessian_trace | fisher | orthogonality | output_error | measured")
     s.add_argument("--proxy-param", action="append", type=kv, default=[], metavar="KEY=VALUE", help="proxy parameter, e.g. tol=0.05")
     s.add_argument("--solver", help=_solver_help())

@@ -72,6 +72,7 @@ def test_untied_fused_layers_are_refused():
     ("modelopt", lambda: llama_policy(), "asymmetric"),
     ("modelopt", lambda: _with_bits(3, symmetric=True), "not deployable"),
     ("llamacpp", lambda: _rename("transformer.h.0.attn"), "no GGUF name"),
+    ("mlx", lambda: _with_bits(7), "MLX takes bits"),
 ])
 def test_refused_policies(fmt, policy, words):
     with pytest.raises(ExportError, match=words):

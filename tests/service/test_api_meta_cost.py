@@ -60,9 +60,17 @@ def test_meta_serves_the_format_menu_and_the_recipe(client):
     from search.defaults import DEFAULT_RECIPE, RECIPES
     from search.spec import DEFAULT_SOLVER, REFERENCE_GROUP
     from service.schemas import Formats
+    from search.defaults import DEFAULT_BITS
+    from search.runtime_formats import RUNTIME_FORMATS
+    from search.targets import TARGETS
     m = client.get("/v1/meta").json()
-    assert m["formats"] == {"default": Formats().model_dump(), "min_bits": 2, "max_bits": 8, "float_bits": 16,
-                            "reference_group_size": REFERENCE_GROUP}
+    runtime, targets = m["formats"].pop("runtime"), m["formats"].pop("targets")
+    assert m["formats"] == {"default": Formats(bits=list(DEFAULT_BITS)).model_dump(), "min_bits": 2, "max_bits": 8,
+                            "float_bits": 16, "reference_group_size": REFERENCE_GROUP}
+    assert list(runtime) == list(RUNTIME_FORMATS) and runtime["q4_K"]["bits_per_weight"] == 4.5
+    assert runtime["q4_K"]["fallback"] == "q5_0"
+    assert targets["llamacpp"]["exporters"][0] == "gguf" and set(targets) == set(TARGETS)
+    assert m["exporter_kinds"]["llamacpp"].startswith("config:")
     assert m["recipe"]["solver"] == DEFAULT_SOLVER
     assert m["recipe"]["default"] == {"proxy": DEFAULT_RECIPE[0], "refine_method": DEFAULT_RECIPE[1]}
     assert m["recipe"]["by_kind"] == {k: {"proxy": p, "refine_method": r} for k, (p, r) in RECIPES.items()}

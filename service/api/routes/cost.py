@@ -15,10 +15,10 @@ router = APIRouter()
 
 
 def _format(f: FormatChoice, where: str):
-    from search.formats import Format, FormatError
+    from search.formats import Format
     try:
-        return Format(f.bits, f.group_size, f.symmetric)
-    except FormatError as e:
+        return Format.named(f.runtime) if f.runtime else Format(f.bits, f.group_size, f.symmetric)
+    except ValueError as e:
         raise ApiError(422, "invalid_request", f"{where}: {e}") from None
 
 

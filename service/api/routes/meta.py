@@ -15,19 +15,27 @@ router = APIRouter()
 def _registries() -> dict:
     """Names as the registries hold them, never restated lists."""
     from search.exports import EXPORTERS
+    from search.exports.base import DESCRIBES
     from search.params import PROXY_PARAMS, QUANTIZER_PARAMS
     from search.solvers import SOLVERS
     from service.schemas import JobCreate
     default = JobCreate.model_fields["quantizer"].default
-    return {"exporters": sorted(EXPORTERS), "proxies": sorted(PROXY_PARAMS), "solvers": list(SOLVERS),
+    return {"exporters": sorted(EXPORTERS), "exporter_kinds": {n: DESCRIBES[n] for n in sorted(EXPORTERS)}, "proxies": sorted(PROXY_PARAMS), "solvers": list(SOLVERS),
             "quantizers": sorted(QUANTIZER_PARAMS, key=lambda q: q != default)}  # the default first
 
 
 def _formats() -> dict:
     from search.formats import FLOAT_BITS, MAX_BITS, MIN_BITS
-    from search.spec import REFERENCE_GROUP
+    from search.runtime_formats import RUNTIME_FORMATS
+    from search.spec import DEFAULT_BITS, REFERENCE_GROUP
+    from search.targets import TARGETS
     from service.schemas import Formats
-    return {"default": Formats(), "min_bits": MIN_BITS, "max_bits": MAX_BITS, "float_bits": FLOAT_BITS,
+    return {"default": Formats(bits=list(DEFAULT_BITS)), "runtime": {
+                n: {"family": f.family, "bits": f.bits, "block": f.block, "bits_per_weight": f.bits_per_weight,
+                    "fallback": f.fallback, "doc": f.doc} for n, f in RUNTIME_FORMATS.items()},
+            "targets": {t.name: {"menu": list(t.menu), "ties": list(t.ties), "exporters": list(t.exporters),
+                                 "quantizers": list(t.quantizers)} for t in TARGETS.values()},
+            "min_bits": MIN_BITS, "max_bits": MAX_BITS, "float_bits": FLOAT_BITS,
             "reference_group_size": REFERENCE_GROUP}
 
 

@@ -24,7 +24,7 @@ function request(job) {
   return `<div class="card"><dl class="kv">
     <dt>model</dt><dd>${esc(m ? m.ref : job.model_id)} <span class="mono muted">${short(job.model_id)}</span></dd>
     <dt>budget</dt><dd class="mono">${esc(budgetText(r.budgets))}</dd>
-    <dt>formats</dt><dd class="mono">bits ${esc(r.formats.bits.join(","))} × group ${esc(JSON.stringify(r.formats.group_size))}${r.formats.symmetric ? " symmetric" : ""}</dd>
+    <dt>formats</dt><dd class="mono">${r.formats.names ? esc(r.formats.names.join(",")) : r.formats.bits ? `bits ${esc(r.formats.bits.join(","))} × group ${esc(JSON.stringify(r.formats.group_size))}${r.formats.symmetric ? " symmetric" : ""}` : r.target ? `the ${esc(r.target)} menu` : "the default menu"}${r.target ? ` · target ${esc(r.target)}` : ""}</dd>
     <dt>proxy / solver</dt><dd>${esc(r.proxy || "recipe (by model kind)")} / ${esc(r.solver || META.recipe.solver)}${r.refine === false ? "" : " + refine"}</dd>
     <dt>sensitivity</dt><dd>${job.sensitivity_id ? `<span class="mono">${short(job.sensitivity_id)}</span> ${job.sensitivity_cached ? "(reused from cache)" : "(computed)"}` : "—"}</dd>
     <dt>timings</dt><dd class="mono">${Object.entries(job.timings).map(([k, v]) => `${k} ${v.toFixed(2)}s`).join(" · ") || "—"}</dd>
@@ -36,7 +36,7 @@ function policies(job, pols) {
   const rows = pols.map((p, i) => `<tr><td class="mono"><a href="#/policies/${esc(job.policy_ids[i])}">${short(job.policy_ids[i])}</a></td>
     <td class="mono">${esc(budgetText(p.budget))}</td><td>${fmtNum(p.cost.avg_bits, 5)}</td><td>${esc(p.measured?.metric)}</td>
     <td><b>${fmtNum(p.measured?.value)}</b></td><td>${fmtNum(p.measured?.float)}</td>
-    <td class="mono">${Object.entries(p.measured?.uniform || {}).map(([b, v]) => `${b}b ${fmtNum(v, 3)}`).join(" · ")}</td></tr>`).join("");
+    <td class="mono">${Object.entries(p.measured?.uniform || {}).map(([b, v]) => `${/^\d+$/.test(b) ? b + "b" : b} ${fmtNum(v, 3)}`).join(" · ")}</td></tr>`).join("");
   return `<h2>Policies</h2>
     <table id="policies"><thead><tr><th>policy</th><th>budget</th><th>avg bits</th><th>metric</th><th>value</th><th>float</th><th>uniform</th></tr></thead><tbody>
     ${rows || `<tr><td colspan="7" class="muted">${job.status === S.SUCCEEDED ? "none" : "available when the job succeeds"}</td></tr>`}

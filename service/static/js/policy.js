@@ -31,7 +31,7 @@ function summary(policy, jobId) {
     <dt>job</dt><dd>${jobId ? `<a class="mono" href="#/jobs/${esc(jobId)}">${short(jobId)}</a>` : "—"}</dd>
     <dt>budget</dt><dd class="mono">${esc(budgetText(policy.budget))}</dd>
     <dt>cost</dt><dd class="mono">${Object.entries(policy.cost).filter(([, v]) => v !== null).map(([k, v]) => `${k} ${fmtNum(v, 6)}`).join(" · ")}</dd>
-    <dt>measured</dt><dd><b>${esc(m.metric)} ${fmtNum(m.value)}</b>${m.extra?.kl_stderr != null ? ` ± ${fmtNum(m.extra.kl_stderr, 2)}` : ""} (float ${fmtNum(m.float)}; ${Object.entries(m.uniform || {}).map(([b, v]) => `uniform ${b}-bit ${fmtNum(v, 3)}`).join(", ")})</dd>
+    <dt>measured</dt><dd><b>${esc(m.metric)} ${fmtNum(m.value)}</b>${m.extra?.kl_stderr != null ? ` ± ${fmtNum(m.extra.kl_stderr, 2)}` : ""} (float ${fmtNum(m.float)}; ${Object.entries(m.uniform || {}).map(([b, v]) => `uniform ${/^\d+$/.test(b) ? b + "-bit" : esc(b)} ${fmtNum(v, 3)}`).join(", ")})</dd>
     <dt>predicted</dt><dd id="predicted">${esc(policy.predicted?.proxy)} loss increase ${fmtNum(policy.predicted?.loss_increase)}${policy.predicted?.measured_increase != null ? `; measured on calibration ${fmtNum(policy.predicted.measured_increase)} over the ${esc(policy.predicted.reference)} model` : ""}</dd>
     ${loop ? `<dt>loop</dt><dd id="loop">uniform ${esc(loop.start)}${loop.began === "solver" ? ", begun at the solver's policy (judged better)" : ""}: judge loss ${fmtNum(loop.start_measured)} → ${fmtNum(loop.final_measured)} in ${loop.n_rounds ?? loop.rounds.length} rounds, ${loop.measured_cells} cells measured at the current policy (${esc(loop.stopped_by)})</dd>` : ""}
     ${policy.refine?.uniform_check?.chosen ? `<dt>uniform check</dt><dd>uniform ${esc(policy.refine.uniform_check.chosen)} judged better than the mixed policy: this policy is uniform</dd>` : ""}
@@ -70,7 +70,8 @@ function unpricedUniform(policy, job) {
   const m = policy.measured || {}, known = m.uniform_avg_bits || {};
   const symmetric = !!job?.request.formats.symmetric;
   return Object.keys(m.uniform || {}).filter((b) => known[b] === undefined)
-    .map((b) => ({ bits: Number(b), group_size: META.formats.reference_group_size, symmetric }));
+    .map((b) => (/^\d+$/.test(b) ? { bits: Number(b), group_size: META.formats.reference_group_size, symmetric }
+      : { runtime: b }));
 }
 
 export async function policyView(view, id) {
@@ -89,7 +90,7 @@ export async function policyView(view, id) {
   const order = table ? table.layers.map((l) => l.name) : policy.layers.map((l) => l.name).concat(policy.float_layers || []);
   const chosen = {}; order.forEach((n) => (chosen[n] = priced(layerFormat(n)).label));
   const m = policy.measured || {};
-  const avgBits = Object.fromEntries(uniform.map((f) => [String(f.bits), priced(f).cost.avg_bits]));
+  const avgBits = Object.fromEntries(uniform.map((f) => [f.runtime || String(f.bits), priced(f).cost.avg_bits]));
   Object.assign(avgBits, m.uniform_avg_bits || {});
   const uni = Object.entries(m.uniform || {}).map(([b, v]) => ({ x: avgBits[b], y: v, b }));
 

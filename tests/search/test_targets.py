@@ -1,0 +1,65 @@
+"""Targets pick the legal menu, the runtime's ties and quantizer, and refuse what the runtime
+cannot serve before any measurement."""
+import pytest
+from pydantic import ValidationError
+
+from search.spec import SearchSpec, specs_from_request
+from search.targets import TARGETS, get_target
+from search.validate import validate
+
+
+def spec(**kw) -> SearchSpec:
+    return SearchSpec(model="builtin:smollm2-135m", budgets={"avg_bits": 4.5}, **kw)
+
+
+@pytest.mark.parametrize("name", list(TARGETS))
+def test_each_target_menu_is_legal_for_it_and_validates(name):
+    s = spec(target=name)
+    formats = validate(s).parts.formats
+    assert [f.label for f in formats] == [f.label for f in get_target(name).menu_formats()]
+    get_target(name).check(formats)
+
+
+def test_llamacpp_menu_is_ggml_types_and_ties_nothing():
+    s = spec(target="llamacpp")
+    assert {f.runtime for f in s.menu()} >= {"q2_K", "q3_K", "q4_K", "q5_K", "q6_K", "q8_0", "q4_0"}
+    assert s.ties == []
+
+
+def test_vllm_and_modelopt_tie_the_projections_they_fuse():
+    for name in ("vllm", "modelopt"):
+        assert {"qkv", "gate_up", "experts"} <= set(spec(target=name).ties)
+    assert set(spec(target="vllm", ties=["qkv"]).ties) == {"qkv", "gate_up", "experts"}
+
+
+@pytest.mark.parametrize("kw,words", [
+    ({"target": "llamacpp", "bits": [4]}, "cannot serve w4g32a: llama.cpp stores ggml types"),
+    ({"target": "vllm", "format_names": ["q4_K"]}, "cannot serve q4_K"),
+    ({"target": "vllm", "bits": [3], "group_size": 128}, "4/8-bit integers, not 3-bit"),
+    ({"target": "modelopt", "format_names": ["w4g64s"]}, "INT4 in groups of 128"),
+    ({"target": "modelopt", "format_names": ["nvfp4"], "quantizer": "gptq"}, "quantizes with rtn, not gptq"),
+    ({"target": "torchao", "format_names": ["w4g128s"]}, "asymmetric only"),
+    ({"target": "mlx", "format_names": ["nvfp4"]}, "MLX quantizes affine integers"),
+    ({"format_names": ["q4_K", "q6_K"], "quantizer": "gptq"}, "use --quantizer rtn"),
+])
+def test_what_a_runtime_cannot_serve_is_refused_with_the_reason(kw, words):
+    with pytest.raises(ValueError, match=words):
+        validate(spec(**kw))
+
+
+def test_unknown_target_and_format_names_are_refused():
+    with pytest.raises(ValidationError, match="unknown target 'ollama'"):
+        spec(target="ollama")
+    with pytest.raises(ValueError, match="unknown format 'q4_k'"):
+        validate(spec(format_names=["q4_k"]))
+    with pytest.raises(ValidationError, match="not both"):
+        spec(format_names=["q4_K"], bits=[4])
+
+
+def test_a_request_names_target_and_formats():
+    (s,) = specs_from_request({"budgets": {"avg_bits": 5}, "target": "llamacpp",
+                               "formats": {"names": ["q4_K", "q6_K"], "group_size": [32, 64, 128]}}, "m")
+    assert [f.label for f in s.menu()] == ["q4_K", "q6_K"] and s.target == "llamacpp"
+    (s,) = specs_from_request({"budgets": {"avg_bits": 5}, "target": "modelopt",
+                               "formats": {"group_size": [32, 64, 128], "symmetric": False}}, "m")
+    assert [f.label for f in s.menu()] == [f.label for f in TARGETS["modelopt"].menu_formats()]
