@@ -31,6 +31,31 @@ class Target:
     def menu_formats(self) -> list[Format]:
         return parse_formats(list(self.menu))
 
+    def why_not_layer(self, f: Format, cols: int) -> str | None:
+        """Why the runtime cannot store a layer whose rows hold ``cols`` weights in ``f``: its
+        kernels and checkpoint formats need whole groups/blocks along a row (llama.cpp instead
+        falls back to another type, which the cost model prices)."""
+        if f.is_float or self.name == "llamacpp" or f.group_size is None or cols % f.group_size == 0:
+            return None
+        return f"{f.label} needs rows of a multiple of {f.group_size} weights"
+
+    def fit(self, formats: list[Format], layers, explicit: bool) -> list[Format]:
+        """The menu on a model's layers: a format some layer cannot be stored in is refused when
+        the job named it, and left out of the target's default menu (a layer takes one format
+        for the whole table)."""
+        out = []
+        for f in formats:
+            bad = next((l for l in layers if self.why_not_layer(f, l.in_features)), None)
+            if bad is None:
+                out.append(f)
+            elif explicit:
+                raise ValueError(f"--target {self.name} cannot store {bad.name} ({bad.in_features} inputs) in "
+                                 f"{f.label}: {self.why_not_layer(f, bad.in_features)}; choose a smaller group")
+        if not any(not f.is_float for f in out):
+            raise ValueError(f"--target {self.name}: no format of its menu fits every layer of this model "
+                             f"({', '.join(f.label for f in formats)}); name formats that do with --formats")
+        return out
+
     def check(self, formats: list[Format]) -> None:
         """Raise ValueError naming the first format this runtime cannot serve and why."""
         for f in formats:
@@ -88,7 +113,7 @@ def _mlx(f: Format) -> str | None:
 TARGETS: dict[str, Target] = {t.name: t for t in (
     Target("llamacpp", ("q2_K", "q3_K", "q4_K", "q5_K", "q6_K", "q8_0", "q4_0", "q4_1", "q5_0", "q5_1"),
            _llamacpp, (), ("gguf", "llamacpp")),
-    Target("vllm", ("w4g128s", "w4g128a", "w8pcs", "fp8_pc", "nvfp4"), _vllm, ("qkv", "gate_up", "experts"),
+    Target("vllm", ("w4g128a", "w4g64a", "w4g32a", "w8pcs", "fp8_pc", "nvfp4"), _vllm, ("qkv", "gate_up", "experts"),
            ("compressed-tensors", "llmcompressor-recipe"), ("rtn", "gptq")),
     Target("modelopt", ("nvfp4", "fp8", "w4g128s"), _modelopt, ("qkv", "gate_up", "experts"), ("modelopt",)),
     Target("torchao", ("w4g32a", "w4g64a", "w4g128a", "w8pcs", "fp8_pc"), _torchao, (), ("torchao",), ("rtn", "gptq")),

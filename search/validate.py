@@ -54,6 +54,16 @@ def check_target(spec: SearchSpec, formats: list[Format]) -> None:
                          "runtime's own rounding: use --quantizer rtn with these formats")
 
 
+def fit_menu(spec: SearchSpec, formats: list[Format], layers: list[LayerInfo]) -> list[Format]:
+    """The menu the target can store on these layers (search.targets.Target.fit); unchanged
+    without a target. Deterministic in the spec and the layers, so the API's check and the
+    worker's load phase arrive at the same menu."""
+    if spec.target is None:
+        return formats
+    explicit = spec.format_names is not None or "bits" in spec.model_fields_set
+    return get_target(spec.target).fit(formats, layers, explicit)
+
+
 def check_spec_budgets(spec: SearchSpec, costs: CostModel, ties, solver: Solver):
     """Refuse budgets outside the feasible range of the solver's search space: the dense formats,
     or for the joint solver the formats × pruning ratios (cheaper). Returns the space beyond the
@@ -149,6 +159,7 @@ def validate(specs: SearchSpec | list[SearchSpec], layers: list[LayerInfo] | Non
 
 def _check_layers(checked: Checked, layers: list[LayerInfo], kind: str | None, max_positions: int | None) -> None:
     spec, parts = checked.specs[0], checked.parts
+    parts.formats[:] = fit_menu(spec, parts.formats, layers)
     check_data_limits(kind, spec.n_calib, spec.n_eval, spec.seq_len, max_positions, spec.judge_samples,
                       parts.quantizer_params.get("n_samples"))
     n_formats = len(parts.formats)

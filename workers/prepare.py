@@ -35,7 +35,7 @@ from search.formats import FLOAT_BITS, Format
 from search.layers import find_tie_groups
 from search.policy import Preprocess
 from search.spec import SearchSpec
-from search.validate import Checked, check_spec_budgets, validate
+from search.validate import Checked, check_spec_budgets, fit_menu, validate
 from workers.batches import DataPlan, hessian_batches, plan_from_spec, prepared_batches
 from workers.sources import LoadedModel, load_model, weights_sha256
 
@@ -309,6 +309,8 @@ def check_job(spec: SearchSpec, ld: Loaded, proxy, solver, formats) -> Loaded:
     """The job part of the load phase on loaded layers: the proxy against the model size, tie
     groups, the cost model and the budgets against their feasible range (the joint space for the
     joint solver). No data pass; depends on ``JOB_FIELDS``, so it runs again on a cached value."""
+    # the target's menu on these layers, in place: the caller's list is the job's menu from here on
+    formats[:] = fit_menu(spec, formats, ld.layers)
     proxy.check_model(len(ld.layers), len(formats))
     ties = find_tie_groups(ld.layers, spec.ties)
     costs = CostModel(ld.layers, formats, spec.a_bits, spec.latency_table)

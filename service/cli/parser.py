@@ -135,10 +135,20 @@ def _add_tools(sub) -> None:
                    help="built-in proxies to compare on the same held-out policies ('' for none)")
     e.add_argument("--seed", type=int, default=0)
     e.add_argument("--out", type=Path, help="write the comparison as JSON")
-    x = sub.add_parser("export", help="write a policy in a quantizer's config format")
+    from search.exports.base import DESCRIBES
+    x = sub.add_parser("export", help="write a policy as a runtime's config, or (--model) as the quantized model files",
+                       formatter_class=argparse.RawDescriptionHelpFormatter,
+                       epilog="formats:\n" + "\n".join(f"  {n}: {DESCRIBES[n]}" for n in sorted(EXPORTERS))
+                       + "\n  gguf --model REF: a mixed GGUF file, every tensor in its planned ggml type"
+                       + "\n  compressed-tensors --model REF: the quantized checkpoint directory")
     x.add_argument("policy", type=Path, help="a bitplan.policy/v1 JSON file")
-    x.add_argument("--format", required=True, help=" | ".join(EXPORTERS))
-    x.add_argument("--out", type=Path, help="output file (default: standard output)")
+    x.add_argument("--format", required=True, help=" | ".join(sorted([*EXPORTERS, "gguf"])))
+    x.add_argument("--model", help="the float model the policy was found for: write the quantized files themselves "
+                                   "(gguf, compressed-tensors) with the numerics bitplan measured")
+    x.add_argument("--out", type=Path, help="output file or directory (default: standard output for a config)")
+    x.add_argument("--float-type", choices=["f16", "bf16", "f32"], default="f16",
+                   help="gguf: the type of the tensors the policy leaves in float, embedding and norms' neighbours "
+                        "included (default f16, as llama.cpp; f32 reproduces an fp32 model's measurement exactly)")
     m = sub.add_parser("import-measurement", help="solve an exllamav2 measurement.json with bitplan's exact ILP")
     m.add_argument("measurement", type=Path, help="measurement.json written by exllamav2's convert.py")
     m.add_argument("--budget", action="append", default=[], metavar="METRIC=VALUE",

@@ -20,6 +20,11 @@ def cmd_export(args) -> int:
             policy = Policy.from_json(args.policy.read_text())
         except ValidationError as e:
             raise ValueError(f"{args.policy} is not a complete bitplan.policy/v1 file: {one_line(e)}") from None
+        if args.model is not None:
+            return _export_artifact(policy, args)
+        if args.format == "gguf":
+            raise ValueError("--format gguf writes the quantized model file: give --model REF (the float model the "
+                             "policy was found for) and --out model.gguf")
         out = export(policy, args.format)
         if args.out and not args.out.parent.exists():
             raise ValueError(f"--out {args.out}: folder {str(args.out.parent)!r} does not exist")
@@ -30,6 +35,28 @@ def cmd_export(args) -> int:
         print(f"wrote {args.out} ({args.format})")
     else:
         sys.stdout.write(out.text)
+    return 0
+
+
+def _export_artifact(policy, args) -> int:
+    """``--model``: the quantized files themselves (a GGUF file, a compressed-tensors checkpoint)."""
+    from workers.artifacts import ARTIFACTS
+    if args.format not in ARTIFACTS:
+        raise ValueError(f"--model writes quantized files for --format {' or '.join(ARTIFACTS)}; {args.format} is a "
+                         "config: leave out --model")
+    if args.out is None:
+        raise ValueError(f"--format {args.format} --model writes files: give --out (a .gguf file or a directory)")
+    if not args.out.parent.exists():
+        raise ValueError(f"--out {args.out}: folder {str(args.out.parent)!r} does not exist")
+    from search.exports.base import ExportError
+    from workers.artifacts import write_artifact
+    from workers.errors import USER_ERRORS
+    try:
+        summary = write_artifact(policy, args.format, args.model, args.out, args.float_type)
+    except (ExportError, *USER_ERRORS) as e:
+        return fail(one_line(e))
+    size = summary.get("file_bytes") or summary.get("total_bytes")
+    print(f"wrote {args.out} ({args.format}{f', {size / 1e6:.1f} MB' if size else ''})")
     return 0
 
 

@@ -9,7 +9,7 @@ from search.validate import validate
 
 
 def spec(**kw) -> SearchSpec:
-    return SearchSpec(model="builtin:smollm2-135m", budgets={"avg_bits": 4.5}, **kw)
+    return SearchSpec(**{"model": "builtin:smollm2-135m", "budgets": {"avg_bits": 4.5}, **kw})
 
 
 @pytest.mark.parametrize("name", list(TARGETS))
@@ -63,3 +63,15 @@ def test_a_request_names_target_and_formats():
     (s,) = specs_from_request({"budgets": {"avg_bits": 5}, "target": "modelopt",
                                "formats": {"group_size": [32, 64, 128], "symmetric": False}}, "m")
     assert [f.label for f in s.menu()] == [f.label for f in TARGETS["modelopt"].menu_formats()]
+
+
+def test_a_target_menu_keeps_only_what_every_layer_can_be_stored_in():
+    from search.layers import LayerInfo
+    layers = [LayerInfo("a", "linear", (576, 576), 576 * 576, 576, 576 * 576),
+              LayerInfo("b", "linear", (576, 1536), 576 * 1536, 1536, 576 * 1536)]
+    checked = validate(spec(target="vllm", budgets={"avg_bits": 6.0}), layers)
+    assert {f.label for f in checked.parts.formats} == {"w4g32a", "w4g64a", "nvfp4", "w8pcs", "fp8_pc"}
+    with pytest.raises(ValueError, match=r"cannot store a \(576 inputs\) in w4g128s"):
+        validate(spec(target="vllm", format_names=["w4g128s", "w8pcs"], budgets={"avg_bits": 6.0}), layers)
+    # llama.cpp stores a row its block does not divide in a fallback type: nothing is left out
+    assert len(validate(spec(target="llamacpp", budgets={"avg_bits": 6.0}), layers).parts.formats) == 10

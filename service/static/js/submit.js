@@ -41,6 +41,7 @@ function jobCard() {
       ${field("bits", `bits (comma-separated, ${f.min_bits}–${f.max_bits}, ${f.float_bits} = float)`, `<input name="bits" value="${esc(d.bits.join(","))}">`)}
       ${field("groups", "group sizes (or pc)", `<input name="groups" value="${esc(groupsText(d.group_size))}">`)}
       ${field("symmetric", "symmetric", `<input type="checkbox" name="symmetric" ${d.symmetric ? "checked" : ""}>`)}
+      ${field("target", "target runtime (its own format menu)", `<select name="target"><option value="">none: the bits × groups menu</option>${Object.entries(f.targets || {}).map(([n, t]) => `<option value="${esc(n)}" title="${esc(t.menu.join(", "))}">${esc(n)}: ${esc(t.menu.join(", "))}</option>`).join("")}</select>`)}
     </div>
     ${field("budgets", `budgets — one policy per line; constraints on a line must all hold (${META.budget_metrics.join(", ")})`, `<textarea name="budgets">avg_bits=3.3</textarea>`)}
     <div class="row">
@@ -124,6 +125,10 @@ function jobRequest(jform) {
     formats: { bits: parseInts(jform.bits.value, "bits"), group_size: groups.length === 1 ? groups[0] : groups, symmetric: jform.symmetric.checked },
     seed: Number(jform.seed.value || 0),
   };
+  if (jform.target.value) {  // the target's menu replaces the bits × groups one
+    body.target = jform.target.value;
+    body.formats = {};
+  }
   if (jform.proxy.value) body.proxy = jform.proxy.value;
   if (jform.solver.value) body.solver = jform.solver.value;
   if (jform.quantizer.value !== META.quantizers[0]) body.quantizer = jform.quantizer.value;
