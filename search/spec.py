@@ -28,7 +28,7 @@ class SearchSpec(BaseModel):
     version: int = 1
     model: str
     budgets: dict[str, float]
-    bits: list[int] = Field(default_factory=lambda: list(DEFAULT_BITS))
+    bits: list[int] | None = None  # None: DEFAULT_BITS, or the target's menu
     group_size: int | None | list[int | None] = Field(default_factory=lambda: list(DEFAULT_GROUP_SIZES))
     symmetric: bool = False
     # an explicit menu by label (runtime names such as q4_K / nvfp4, integer labels such as
@@ -98,7 +98,9 @@ class SearchSpec(BaseModel):
 
     @field_validator("bits")
     @classmethod
-    def _bits(cls, v: list[int]) -> list[int]:
+    def _bits(cls, v: list[int] | None) -> list[int] | None:
+        if v is None:
+            return None
         if not v:
             raise ValueError("give at least one bit-width, e.g. 2,3,4,8")
         bad = [b for b in v if b != FLOAT_BITS and not MIN_BITS <= b <= MAX_BITS]
@@ -138,7 +140,7 @@ class SearchSpec(BaseModel):
             raise ValueError(f"device {self.device!r} is not one of auto, cpu, cuda, cuda:N, mps")
         if "latency_ms" in self.budgets and not self.latency_table:
             raise ValueError("a latency_ms budget needs a per-layer latency table")
-        if self.format_names is not None and "bits" in self.model_fields_set:
+        if self.format_names is not None and self.bits is not None:
             raise ValueError("give the menu either as formats (e.g. q3_K,q4_K,q6_K) or as bits (with group sizes), "
                              "not both")
         if self.target is not None:
@@ -153,9 +155,9 @@ class SearchSpec(BaseModel):
         bit-width × group size. A target's legality is checked in search.validate."""
         if self.format_names is not None:
             return parse_formats(self.format_names)
-        if self.target is not None and "bits" not in self.model_fields_set:
+        if self.target is not None and self.bits is None:
             return get_target(self.target).menu_formats()
-        return make_formats(self.bits, self.group_size, self.symmetric)
+        return make_formats(self.bits or list(DEFAULT_BITS), self.group_size, self.symmetric)
 
     @property
     def proxy_name(self) -> str:

@@ -60,7 +60,7 @@ def fit_menu(spec: SearchSpec, formats: list[Format], layers: list[LayerInfo]) -
     worker's load phase arrive at the same menu."""
     if spec.target is None:
         return formats
-    explicit = spec.format_names is not None or "bits" in spec.model_fields_set
+    explicit = spec.format_names is not None or spec.bits is not None
     return get_target(spec.target).fit(formats, layers, explicit)
 
 

@@ -88,7 +88,8 @@ def test_absent_formats_keep_the_default_menu_and_null_means_per_channel():
     from search.spec import specs_from_request
     base = {"budgets": {"avg_bits": 3.3}}
     (s,) = specs_from_request(base, "m")
-    assert s.bits == list(DEFAULT_BITS) and s.group_size == list(DEFAULT_GROUP_SIZES)
+    assert s.bits is None and s.group_size == list(DEFAULT_GROUP_SIZES)
+    assert {f.bits for f in s.menu()} == set(DEFAULT_BITS) and {f.group_size for f in s.menu()} == set(DEFAULT_GROUP_SIZES)
     assert specs_from_request({**base, "formats": {"group_size": None}}, "m")[0].group_size is None
 
 

@@ -75,3 +75,12 @@ def test_a_target_menu_keeps_only_what_every_layer_can_be_stored_in():
         validate(spec(target="vllm", format_names=["w4g128s", "w8pcs"], budgets={"avg_bits": 6.0}), layers)
     # llama.cpp stores a row its block does not divide in a fallback type: nothing is left out
     assert len(validate(spec(target="llamacpp", budgets={"avg_bits": 6.0}), layers).parts.formats) == 10
+
+
+def test_the_menu_survives_the_trip_to_a_worker():
+    """Specs travel as JSON (API → dispatcher → Ray task): a target's default menu and a named
+    menu must come back the same, not as the integer menu or a conflict."""
+    for kw in ({"target": "llamacpp"}, {"format_names": ["fp8", "w4pcs"]}, {"target": "vllm", "bits": [4]}):
+        s = spec(**kw)
+        back = SearchSpec(**s.model_dump(mode="json"))
+        assert [f.label for f in back.menu()] == [f.label for f in s.menu()], kw

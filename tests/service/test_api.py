@@ -89,6 +89,10 @@ BAD = [
     ("negative judge samples", {"json": {"budgets": {"avg_bits": 3.3}, "judge_samples": -1}}, 422, "invalid_request", "judge_samples"),
     ("no refine time", {"json": {"budgets": {"avg_bits": 3.3}, "refine_seconds": 0}}, 422, "invalid_request", "refine_seconds"),
     ("unknown device", {"json": {"budgets": {"avg_bits": 3.3}, "device": "tpu"}}, 422, "invalid_request", "device"),
+    ("a target refuses what it cannot serve", {"json": {"budgets": {"avg_bits": 4.5}, "target": "llamacpp", "formats": {"bits": [4]}}}, 422, "invalid_request", "cannot serve w4g32a"),
+    ("unknown runtime format", {"json": {"budgets": {"avg_bits": 4.5}, "formats": {"names": ["q9_K"]}}}, 422, "invalid_request", "unknown format 'q9_K'"),
+    ("unknown target", {"json": {"budgets": {"avg_bits": 4.5}, "target": "ollama"}}, 422, "invalid_request", "target"),
+    ("runtime formats with gptq", {"json": {"budgets": {"avg_bits": 6}, "formats": {"names": ["fp8", "nvfp4"]}, "quantizer": "gptq"}}, 422, "invalid_request", "use --quantizer rtn"),
     ("text data for a classifier", {"json": {"budgets": {"avg_bits": 3.3}, "calibration": {"text": "hello"}}}, 422, "invalid_request", "digits"),
 ]
 
@@ -367,6 +371,21 @@ def test_joint_solver_through_the_service(server, digits_id):
             c.submit(digits_id, {"avg_bits": 3.0}, solver="joint", solver_params={"ratios": [0, 1]})
         with pytest.raises(InvalidRequest, match="below the cheapest joint policy"):
             c.submit(digits_id, {"avg_bits": 0.5}, solver="joint")
+
+
+def test_a_menu_of_runtime_formats_through_the_service(server, digits_id):
+    """FP8 per tensor and per channel beside per-channel int4: the policy names the runtime
+    formats, each has its uniform baseline, and the exporters that cannot express them say so."""
+    with server.client() as c:
+        job = c.wait(c.submit(digits_id, {"avg_bits": 6.5}, formats={"names": ["fp8", "fp8_pc", "w4pcs"]},
+                              proxy="fisher", refine=False).id, timeout=300)
+        pol = c.policy(job.policy_ids[0])
+        assert {l.get("runtime") for l in pol["layers"]} <= {"fp8", "fp8_pc", None}
+        assert any(l.get("runtime") for l in pol["layers"]) and pol["cost"]["avg_bits"] <= 6.5 + 1e-9
+        assert {"fp8", "fp8_pc", "4"} <= set(pol["measured"]["uniform"])
+        r = httpx.get(f"{server.url}/v1/policies/{job.policy_ids[0]}/export", params={"format": "gptqmodel"},
+                      headers=_auth(server))
+        assert r.status_code == 422 and "cannot express" in r.text
 
 
 def test_policy_export_is_immutable_with_an_etag(server, digits_id):
