@@ -542,12 +542,19 @@ def _q2_K(x: torch.Tensor) -> Blocks:
     dmin = _fp16(torch.where(has_m, _div(max_min, 15.0), torch.zeros_like(max_min)))
     dl = d.float()[:, None] * (sc & 0xF).float()                  # (nb, 16)
     ml = dmin.float()[:, None] * (sc >> 4).float()
-    ok = (dl != 0)[:, :, None]
-    dls = torch.where(dl != 0, dl, torch.ones_like(dl))
-    l = torch.clamp(_nearest_int(torch.div(x.view(nb, 16, 16) + ml[:, :, None], dls[:, :, None])), 0, 3)
-    L = torch.where(ok, l.float(), L)
+    L = _final_codes(x.view(nb, 16, 16), dl, L, 0, 3, ml)
     return Blocks("q2_K", (0, 0), L.reshape(nb, 256).to(torch.uint8), d, dmin=dmin,
                   scales=sc.to(torch.uint8))
+
+
+def _final_codes(xb: torch.Tensor, dl: torch.Tensor, L: torch.Tensor, lo: int, hi: int,
+                 ml: torch.Tensor | None = None, shift: int = 0) -> torch.Tensor:
+    """llama.cpp's second pass: codes recomputed from the stored (quantized) sub-block scale
+    ``dl`` and min ``ml``; a sub-block whose stored scale is 0 keeps the search's codes ``L``."""
+    dls = torch.where(dl != 0, dl, torch.ones_like(dl))
+    num = xb if ml is None else xb + ml[:, :, None]
+    lq = torch.clamp(_nearest_int(torch.div(num, dls[:, :, None])), lo, hi) + shift
+    return torch.where((dl != 0)[:, :, None], lq.float(), L)
 
 
 def _q3_K(x: torch.Tensor) -> Blocks:
@@ -566,10 +573,7 @@ def _q3_K(x: torch.Tensor) -> Blocks:
     sc = _pack_q3_scales(l)
     d = _fp16(torch.where(has, _div(1.0, isc), torch.zeros_like(isc)))
     dl = d.float()[:, None] * (_unpack_q3_scales(sc) - 32).float()
-    ok = (dl != 0)[:, :, None]
-    dls = torch.where(dl != 0, dl, torch.ones_like(dl))
-    lq = torch.clamp(_nearest_int(torch.div(x.view(nb, 16, 16), dls[:, :, None])), -4, 3) + 4
-    L = torch.where(ok, lq.float(), L)
+    L = _final_codes(x.view(nb, 16, 16), dl, L, -4, 3, shift=4)
     return Blocks("q3_K", (0, 0), L.reshape(nb, 256).to(torch.uint8), d, scales=sc)
 
 
@@ -599,10 +603,7 @@ def _q45_K(x: torch.Tensor, name: str) -> Blocks:
     dmin = _fp16(_div(max_min, 63.0))
     dl = d.float()[:, None] * ls.float()
     ml = dmin.float()[:, None] * lm.float()
-    ok = (dl != 0)[:, :, None]
-    dls = torch.where(dl != 0, dl, torch.ones_like(dl))
-    lq = torch.clamp(_nearest_int(torch.div(x.view(nb, 8, 32) + ml[:, :, None], dls[:, :, None])), 0, nmax)
-    L = torch.where(ok, lq.float(), L)
+    L = _final_codes(x.view(nb, 8, 32), dl, L, 0, nmax, ml)
     return Blocks(name, (0, 0), L.reshape(nb, 256).to(torch.uint8), d, dmin=dmin, scales=sc)
 
 
