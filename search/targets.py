@@ -115,7 +115,7 @@ TARGETS: dict[str, Target] = {t.name: t for t in (
            _llamacpp, (), ("gguf", "llamacpp")),
     Target("vllm", ("w4g128a", "w4g64a", "w4g32a", "w8pcs", "fp8_pc", "nvfp4"), _vllm, ("qkv", "gate_up", "experts"),
            ("compressed-tensors", "llmcompressor-recipe"), ("rtn", "gptq")),
-    Target("modelopt", ("nvfp4", "fp8", "w4g128s"), _modelopt, ("qkv", "gate_up", "experts"), ("modelopt",)),
+    Target("modelopt", ("nvfp4", "fp8", "w4g128s", "f16"), _modelopt, ("qkv", "gate_up", "experts"), ("modelopt",)),
     Target("torchao", ("w4g32a", "w4g64a", "w4g128a", "w8pcs", "fp8_pc"), _torchao, (), ("torchao",), ("rtn", "gptq")),
     Target("mlx", ("w2g64a", "w3g64a", "w4g64a", "w6g64a", "w8g64a"), _mlx, (), ("mlx",), ("rtn", "gptq")),
 )}
