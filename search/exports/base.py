@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 from search.layers import EXPERT, FUSED_NAME
 from search.policy import Policy
+from search.runtime_formats import GGUF_TYPES
 
 
 class ExportError(ValueError):
@@ -53,6 +54,8 @@ def export(policy: Policy, fmt: str) -> Exported:
     for l in policy.layers:
         if l.runtime and l.runtime not in RUNTIMES[fmt]:
             able = sorted(n for n, r in RUNTIMES.items() if l.runtime in r)
+            if l.runtime in GGUF_TYPES:
+                able.append("gguf (the file itself, with --model)")
             raise ExportError(f"{fmt}: {l.name} is in {l.runtime}, which {fmt} cannot express"
                               + (f"; export it with --format {' or '.join(able)}" if able else ""))
     return exporter(policy)
