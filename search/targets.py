@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 from search import runtime_formats as rf
 from search.formats import Format, parse_formats
+from search.layers import RUNTIME_TIES
 
 
 @dataclass(frozen=True)
@@ -27,6 +28,9 @@ class Target:
     ties: tuple[str, ...]            # tie presets (search.layers.TIE_PRESETS) the runtime's fusion needs
     exporters: tuple[str, ...]       # the artifact or config it loads, first the one to use
     quantizers: tuple[str, ...] = ("rtn",)
+    # the runtime stores a row its format's block does not divide in another type (llama.cpp's
+    # fallback, which Format.stored_as prices) instead of refusing the layer
+    falls_back: bool = False
 
     def menu_formats(self) -> list[Format]:
         return parse_formats(list(self.menu))
@@ -35,7 +39,7 @@ class Target:
         """Why the runtime cannot store a layer whose rows hold ``cols`` weights in ``f``: its
         kernels and checkpoint formats need whole groups/blocks along a row (llama.cpp instead
         falls back to another type, which the cost model prices)."""
-        if f.is_float or self.name == "llamacpp" or f.group_size is None or cols % f.group_size == 0:
+        if f.is_float or self.falls_back or f.group_size is None or cols % f.group_size == 0:
             return None
         return f"{f.label} needs rows of a multiple of {f.group_size} weights"
 
@@ -110,12 +114,15 @@ def _mlx(f: Format) -> str | None:
     return _int_weight_only(f, (2, 3, 4, 5, 6, 8), (32, 64, 128), (False,), "MLX's affine quantization")
 
 
+# what vLLM/SGLang fuse (search.layers, also behind --runtime); TensorRT-LLM fuses the same
+FUSED = tuple(RUNTIME_TIES["vllm"])
+
 TARGETS: dict[str, Target] = {t.name: t for t in (
     Target("llamacpp", ("q2_K", "q3_K", "q4_K", "q5_K", "q6_K", "q8_0", "q4_0", "q4_1", "q5_0", "q5_1"),
-           _llamacpp, (), ("gguf", "llamacpp")),
-    Target("vllm", ("w4g128a", "w4g64a", "w4g32a", "w8pcs", "fp8_pc", "nvfp4"), _vllm, ("qkv", "gate_up", "experts"),
+           _llamacpp, (), ("gguf", "llamacpp"), falls_back=True),
+    Target("vllm", ("w4g128a", "w4g64a", "w4g32a", "w8pcs", "fp8_pc", "nvfp4"), _vllm, FUSED,
            ("compressed-tensors", "llmcompressor-recipe"), ("rtn", "gptq")),
-    Target("modelopt", ("nvfp4", "fp8", "w4g128s", "f16"), _modelopt, ("qkv", "gate_up", "experts"), ("modelopt",)),
+    Target("modelopt", ("nvfp4", "fp8", "w4g128s", "f16"), _modelopt, FUSED, ("modelopt",)),
     Target("torchao", ("w4g32a", "w4g64a", "w4g128a", "w8pcs", "fp8_pc"), _torchao, (), ("torchao",), ("rtn", "gptq")),
     Target("mlx", ("w2g64a", "w3g64a", "w4g64a", "w6g64a", "w8g64a"), _mlx, (), ("mlx",), ("rtn", "gptq")),
 )}

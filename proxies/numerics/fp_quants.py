@@ -83,28 +83,17 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
+from search import runtime_formats as rf
+
 
 class FPFormat(NamedTuple):
     block: int | None          # elements per scale block along a row; None: per tensor / per row
     bits_per_weight: float     # exact for a full block, every scale included except per-tensor/row ones
 
 
-FP_FORMATS: dict[str, FPFormat] = {
-    "nvfp4": FPFormat(16, 4 + 8 / 16),    # + 32 bits per tensor
-    "mxfp4": FPFormat(32, 4 + 8 / 32),
-    "mxfp8": FPFormat(32, 8 + 8 / 32),
-    "fp8": FPFormat(None, 8.0),           # + 32 bits per tensor
-    "fp8_pc": FPFormat(None, 8.0),        # + 32 bits per row
-}
-
-# element bits, bits of one per-block scale, bits per row, bits per tensor
-_LAYOUT = {
-    "nvfp4": (4, 8, 0, 32),
-    "mxfp4": (4, 8, 0, 0),
-    "mxfp8": (8, 8, 0, 0),
-    "fp8": (8, 0, 0, 32),
-    "fp8_pc": (8, 0, 32, 0),
-}
+# blocks and storage come from the one registry the cost model prices with
+# (search/runtime_formats.py): nvfp4 and fp8 add 32 bits per tensor, fp8_pc 32 per row
+FP_FORMATS: dict[str, FPFormat] = {n: FPFormat(rf.get(n).block, rf.get(n).bits_per_weight) for n in rf.FP_FORMATS}
 
 E2M1_MAX = 6.0
 E4M3_MAX = 448.0
@@ -123,11 +112,7 @@ def storage_bits(name: str, rows: int, cols: int) -> int:
     """Exact bits a ``(rows, cols)`` weight stores in ``name``; a partial last block of a row is
     stored (and counted) as a full zero-padded block."""
     _check_name(name)
-    elem, scale, per_row, per_tensor = _LAYOUT[name]
-    block = FP_FORMATS[name].block
-    padded = cols if block is None else -(-cols // block) * block
-    body = rows * padded * elem + (0 if block is None else rows * (padded // block) * scale)
-    return body + rows * per_row + per_tensor
+    return rf.storage_bits(name, rows * cols, cols)
 
 
 def bits_per_weight(name: str, rows: int, cols: int) -> float:

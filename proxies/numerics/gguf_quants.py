@@ -41,30 +41,22 @@ import numpy as np
 import torch
 from gguf import GGMLQuantizationType as _QT
 
+from search import runtime_formats as rf
+
 QK_K = 256
 
-# name -> (block_size, type_size_bytes, GGMLQuantizationType)
+# name -> (block_size, type_size_bytes, GGMLQuantizationType), from the one registry the cost
+# model prices with (search/runtime_formats.py; the tests check it against gguf's sizes)
 GGUF_TYPES: dict[str, tuple[int, int, _QT]] = {
-    "q2_K": (256, 84, _QT.Q2_K),
-    "q3_K": (256, 110, _QT.Q3_K),
-    "q4_K": (256, 144, _QT.Q4_K),
-    "q5_K": (256, 176, _QT.Q5_K),
-    "q6_K": (256, 210, _QT.Q6_K),
-    "q8_0": (32, 34, _QT.Q8_0),
-    "q4_0": (32, 18, _QT.Q4_0),
-    "q4_1": (32, 20, _QT.Q4_1),
-    "q5_0": (32, 22, _QT.Q5_0),
-    "q5_1": (32, 24, _QT.Q5_1),
-    "iq4_nl": (32, 18, _QT.IQ4_NL),
-}
+    n: (rf.get(n).block, rf.get(n).block_bits // 8, _QT[n.upper()]) for n in rf.GGUF_TYPES}
 
 KVALUES_IQ4NL = (-127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113)
 _GROUP_MAX_EPS = 1e-15
 
 
 def bits_per_weight(name: str) -> float:
-    block, size, _ = _spec(name)
-    return size * 8 / block
+    _spec(name)
+    return rf.get(name).bits_per_weight
 
 
 def _spec(name: str) -> tuple[int, int, _QT]:

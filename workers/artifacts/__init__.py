@@ -68,7 +68,8 @@ def gguf_types(assignment: dict, float_layers: list[str], modules: dict, float_t
 def bitplan_encode(w2d, type_name: str):
     """Pack one weight in a ggml type with bitplan's own numerics (the ones the search measured)."""
     from proxies.numerics import fp_quants, gguf_quants
-    if type_name in fp_quants.FP_FORMATS:
+    from search.runtime_formats import get
+    if get(type_name).family == "fp":
         q = fp_quants.quantize(w2d, type_name)
         packed = fp_quants.gguf_pack(q)
         return (packed, fp_quants.gguf_tensor_scale(q)) if type_name == "nvfp4" else packed
