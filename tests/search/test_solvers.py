@@ -364,3 +364,129 @@ def test_hull_walk_visits_the_lower_convex_hull(inst):
     curve = np.interp(pc, xs, ys)  # flat beyond the last point: nothing beats the best loss
     scale = max(1.0, np.abs(pl).max())
     assert np.all(pl >= curve - 1e-9 * scale)
+
+
+# ---------------------------------------------------------------- (e) the exact solver at scale
+# Tables too big for brute force: a 300 × 8 table against the full MILP without any reduction, a
+# 3,000 × 8 table whose optimum is known by construction, and jointly infeasible budgets. No
+# wall-clock assertions: every check is on the answer and its certificate.
+
+import search.solvers.ilp as ilp_module  # noqa: E402
+
+
+def _scale_table(n: int, seed: int, bits=(2, 3, 4, 8), groups=(32, 128)) -> tuple[np.ndarray, CostModel]:
+    """Layers of several shapes (some convs, so BOPs are not storage), a decaying loss with noise and
+    a latency table with a per-format overhead and noise (not monotone in bits)."""
+    rng = np.random.default_rng(seed)
+    fmts = make_formats(list(bits), list(groups))
+    layers = []
+    for i in range(n):
+        inf, out = int(rng.choice([64, 128, 256, 384])), int(rng.choice([32, 64, 128]))
+        spatial = int(rng.choice([1, 1, 4, 16]))
+        layers.append(LayerInfo(f"blk{i // 8}.m{i % 8}", "linear" if spatial == 1 else "conv2d", (out, inf),
+                                out * inf, inf, out * inf * spatial))
+    costs0 = CostModel(layers, fmts)
+    numel = np.array([l.numel for l in layers], dtype=float)[:, None]
+    eff = costs0.total_bits / numel
+    overhead = np.array([1.3 if f.bits == 3 else 1.0 for f in fmts])
+    lat = (eff * overhead * numel * 1e-6 + 1e-3) * rng.lognormal(0, 0.05, eff.shape)
+    latency = {l.name: {f.label: float(v) for f, v in zip(fmts, row)} for l, row in zip(layers, lat)}
+    loss = rng.lognormal(0, 1.5, (n, 1)) * 2.0 ** (-2 * eff) * rng.lognormal(0, 0.1, eff.shape)
+    return loss, CostModel(layers, fmts, latency_table=latency)
+
+
+def _three_budgets(costs: CostModel) -> dict[str, float]:
+    """avg_bits, BOPs and latency all binding: each a little under the all-w4g32 policy's."""
+    ref = costs.cost(np.full(len(costs.layers), next(i for i, f in enumerate(costs.formats) if f.label == "w4g32a")))
+    return {"avg_bits": 0.97 * ref["avg_bits"], "bops": 0.93 * ref["bops"], "latency_ms": 0.98 * ref["latency_ms"]}
+
+
+def _full_milp(problem: Problem) -> float:
+    """The optimum from HiGHS on the whole program, no dual, no fixing: the reference."""
+    from scipy.optimize import Bounds, milp
+    cons, _ = ilp_module.knapsack_constraints(problem)
+    G, K = problem.group_loss.shape
+    c = problem.group_loss.ravel() / np.abs(problem.group_loss).sum() * 1e4  # HiGHS' absolute gap negligible
+    res = milp(c, constraints=cons, integrality=np.ones(G * K), bounds=Bounds(0, 1), options={"mip_rel_gap": 0.0})
+    choice = problem.expand(res.x.reshape(G, K).argmax(axis=1))
+    assert problem.feasible(choice)
+    return problem.objective(choice)
+
+
+def _certified(problem: Problem, sol, opt: float) -> None:
+    """Feasible, no better than the optimum, bound below it, and within its own gap of it."""
+    assert within(problem.costs.cost(sol.choice), problem.budgets)
+    assert ties_honoured(problem, sol.choice)
+    assert sol.objective == pytest.approx(problem.objective(sol.choice), rel=1e-12)
+    assert sol.objective >= opt - tol(opt)
+    assert sol.lower_bound is not None and sol.gap is not None
+    assert sol.lower_bound <= opt + tol(opt)
+    assert sol.objective - opt <= sol.gap * abs(sol.objective) + tol(opt)
+
+
+@pytest.fixture(scope="module")
+def mid_size():
+    loss, costs = _scale_table(300, seed=0)
+    problem = Problem(loss, costs, _three_budgets(costs), TieGroups([[0, 1, 2], [10, 11]]))
+    return problem, _full_milp(problem)
+
+
+@pytest.mark.parametrize("dual", ["lp", "cutting planes"])
+def test_ilp_mid_size_three_budgets_matches_the_full_milp(mid_size, dual, monkeypatch):
+    """300 × 8, three budgets and ties: the objective is the full MILP's optimum within the
+    reported gap, and the gap meets the tolerance (no quick stop: quick_seconds = time_limit).
+    Both ways to the dual give the same answer (cutting planes are forced by a zero LP size)."""
+    problem, opt = mid_size
+    if dual == "cutting planes":
+        monkeypatch.setattr(ilp_module, "_DIRECT_LP", 0)
+    sol = ILPSolver(time_limit=600, quick_seconds=600).solve(problem)
+    _certified(problem, sol, opt)
+    assert sol.gap <= 1e-6
+    assert sol.objective == pytest.approx(opt, rel=1e-6)
+    assert (sol.info["dual_steps"] > 1) == (dual == "cutting planes")
+
+
+def test_ilp_early_stop_still_certifies(mid_size):
+    """Stopped at the first incumbent (quick stop at once, any gap accepted), the answer is
+    feasible and its lower bound and gap remain true of the optimum."""
+    problem, opt = mid_size
+    sol = ILPSolver(quick_seconds=0.0, quick_gap=1.0).solve(problem)
+    _certified(problem, sol, opt)
+
+
+def test_ilp_planted_optimum_at_scale():
+    """3,000 × 8 with three budgets set to the costs of x* = argmin_k (loss + w·cost) for some
+    w > 0: by Lagrangian sufficiency x* is the unique optimum, so the answer must be it."""
+    loss, costs = _scale_table(3000, seed=1)
+    probe = Problem(loss, costs, {"avg_bits": 1.0, "bops": 1.0, "latency_ms": 1.0})
+    rng = np.random.default_rng(2)
+    priced = probe.group_loss.copy()
+    for m, C in probe.group_cost.items():  # each metric weighted to move a comparable share of the loss
+        priced += rng.uniform(0.5, 2.0) * probe.group_loss.mean() / C.mean() * C * 0.5
+    star = priced.argmin(axis=1)
+    budgets = probe.group_totals(star)
+    problem = probe.with_budgets(budgets)
+    opt = float(problem.group_loss[np.arange(len(star)), star].sum())
+    assert problem.group_loss.size > ilp_module._DIRECT_LP  # the cutting-plane dual
+    sol = get_solver("ilp").solve(problem)
+    _certified(problem, sol, opt)
+    assert sol.gap <= 1e-6
+    assert sol.objective == pytest.approx(opt, rel=1e-6)
+
+
+def test_ilp_jointly_infeasible_at_scale_raises():
+    """2,000 layers, formats 2/4/8: avg_bits tight enough to force 2 bits, latency (2-bit kernels
+    slowest) tight enough to force 8 bits. Each budget alone is valid; together nothing fits, and
+    the cutting-plane dual proves it (Farkas) instead of searching."""
+    layers = [LayerInfo(f"l{i}", "linear", (8, 64), 512, 64, 512) for i in range(2000)]
+    fmts = make_formats([2, 4, 8])
+    latency = {l.name: {"2": 3.0, "4": 2.0, "8": 1.0} for l in layers}
+    costs = CostModel(layers, fmts, latency_table=latency)
+    loss = np.random.default_rng(0).uniform(0.1, 1.0, (2000, 3)) * np.array([4.0, 1.0, 0.1])
+    budgets = {"avg_bits": costs.cost(np.zeros(2000, dtype=np.int64))["avg_bits"] + 0.1, "latency_ms": 1.2 * 2000}
+    for m, lim in budgets.items():
+        check_budgets(costs, {m: lim})
+    problem = Problem(loss, costs, budgets)
+    assert problem.group_loss.size > ilp_module._DIRECT_LP
+    with pytest.raises(InfeasibleError):
+        get_solver("ilp").solve(problem)
