@@ -120,17 +120,31 @@ def quant_error_sq(ctx: ProxyContext) -> np.ndarray:
 
 @contextlib.contextmanager
 def swapped(modules: list[nn.Module], weights: list[torch.Tensor]) -> Iterator[None]:
-    """Temporarily replace module weights; always restores the originals."""
-    saved = [m.weight.detach().clone() for m in modules]
+    """Temporarily replace module weights; always restores the originals.
+
+    A weight of the parameter's own dtype, device and shape is swapped in by rebinding the
+    parameter's storage (``param.data``): the Parameter object, which every forward, hook and
+    exported program reads, stays the same, and a swap costs nothing instead of a clone and two
+    copies of every weight (a judged policy swaps all of them). Any other weight is copied in."""
+    saved: list[tuple[torch.Tensor, torch.Tensor, bool]] = []
     try:
         with torch.no_grad():
             for m, w in zip(modules, weights):
-                m.weight.copy_(w)
+                p = m.weight
+                if w.dtype == p.dtype and w.device == p.device and w.shape == p.shape:
+                    saved.append((p, p.data, False))
+                    p.data = w
+                else:
+                    saved.append((p, p.detach().clone(), True))
+                    p.copy_(w)
         yield
     finally:
         with torch.no_grad():
-            for m, w in zip(modules, saved):
-                m.weight.copy_(w)
+            for p, old, copied in reversed(saved):
+                if copied:
+                    p.copy_(old)
+                else:
+                    p.data = old
 
 
 @contextlib.contextmanager

@@ -39,6 +39,16 @@ class _Replay(nn.Module):
         return self.cache.outputs[self.cache.current][self.j]
 
 
+def trunk_block(trunk_name: str, trunk: nn.ModuleList | None, layer_name: str) -> int:
+    """Index of the trunk block containing ``layer_name``; 0 when it is outside the trunk
+    (before it or after it: a change there is replayed from nothing)."""
+    prefix = f"{trunk_name}." if trunk_name else ""
+    if trunk is None or not layer_name.startswith(prefix):
+        return 0
+    head = layer_name[len(prefix):].split(".", 1)[0]
+    return int(head) if head.isdigit() else 0
+
+
 class PrefixCache:
     """Float outputs of every trunk block for every batch (recorded once)."""
 
@@ -62,11 +72,7 @@ class PrefixCache:
 
     def block_of(self, layer_name: str) -> int:
         """Index of the trunk block containing ``layer_name`` (0 when outside the trunk)."""
-        prefix = f"{self.name}." if self.name else ""
-        if self.trunk is None or not layer_name.startswith(prefix):
-            return 0
-        head = layer_name[len(prefix):].split(".", 1)[0]
-        return int(head) if head.isdigit() else 0
+        return trunk_block(self.name, self.trunk, layer_name)
 
     @contextlib.contextmanager
     def skip_until(self, b: int) -> Iterator[None]:
@@ -82,6 +88,90 @@ class PrefixCache:
         finally:
             for j, blk in enumerate(saved):
                 self.trunk[j] = blk
+
+
+def _nbytes(obj) -> int:
+    """Bytes held by the tensors of a block's output (a tensor, or a tuple/list/dict of them)."""
+    if isinstance(obj, torch.Tensor):
+        return obj.numel() * obj.element_size()
+    if isinstance(obj, (tuple, list)):
+        return sum(_nbytes(o) for o in obj)
+    if isinstance(obj, dict):
+        return sum(_nbytes(o) for o in obj.values())
+    return 0
+
+
+class PolicyTrunk:
+    """Trunk block outputs of one *policy* (not float) per batch, for judges that measure many
+    policies each a small change from the last accepted one: a candidate that changes only
+    layers in blocks ≥ b replays blocks 0..b−1 from the base policy's outputs and runs the
+    rest, with bit-identical results. The base moves when the judge accepts a candidate, from
+    what that candidate's own run recorded (no extra pass).
+
+    Memory is one output per block per batch; when the first recording exceeds ``max_bytes``
+    the cache turns itself off (``enabled`` False) and every run is a full one."""
+
+    def __init__(self, model: nn.Module, n_batches: int, max_bytes: int = 2 << 30):
+        found = find_trunk(model)
+        self.name, self.trunk = found if found else ("", None)
+        self.enabled = self.trunk is not None
+        self.n_batches, self.max_bytes = n_batches, max_bytes
+        self.outputs: list[list] = []  # [batch][block] outputs of the base policy ([] until recorded)
+        self.current = 0
+        self._record: list[list] | None = None
+
+    @property
+    def n_blocks(self) -> int:
+        return 0 if self.trunk is None else len(self.trunk)
+
+    def block_of(self, layer_name: str) -> int:
+        return trunk_block(self.name, self.trunk, layer_name)
+
+    def start_block(self, changed_blocks) -> int:
+        """First block a run must compute when the layers in ``changed_blocks`` differ from the
+        base policy: 0 when nothing is cached, every block replayed when nothing differs."""
+        if not self.enabled or not self.outputs:
+            return 0
+        return min(changed_blocks, default=self.n_blocks)
+
+    @contextlib.contextmanager
+    def running(self, b: int) -> Iterator[None]:
+        """Within the block, blocks < b replay the base policy's outputs for batch ``current``
+        and blocks ≥ b run and are recorded (for ``accept``)."""
+        if not self.enabled:
+            yield
+            return
+        self._record = [[None] * self.n_blocks for _ in range(self.n_batches)]
+        rec = self._record
+        hooks = [self.trunk[j].register_forward_hook(
+            lambda m, i, o, j=j: rec[self.current].__setitem__(j, o)) for j in range(b, self.n_blocks)]
+        saved = [self.trunk[j] for j in range(b)]
+        try:
+            for j in range(b):
+                self.trunk[j] = _Replay(self, j)
+            self._from = b
+            yield
+        finally:
+            for j, blk in enumerate(saved):
+                self.trunk[j] = blk
+            for h in hooks:
+                h.remove()
+
+    def accept(self) -> None:
+        """The last run (over every batch) becomes the base policy."""
+        if not self.enabled or self._record is None:
+            return
+        b = self._from
+        new = [(old[:b] if old else [None] * b) + rec[b:] for old, rec in
+               zip(self.outputs or [[] for _ in range(self.n_batches)], self._record)]
+        self._record = None
+        if any(o is None for row in new for o in row):  # an incomplete run: start afresh next time
+            self.outputs = []
+            return
+        if sum(_nbytes(o) for row in new for o in row) > self.max_bytes:
+            self.enabled, self.outputs = False, []
+            return
+        self.outputs = new
 
 
 # ---------------------------------------------------------------- graph programs (torch.export)

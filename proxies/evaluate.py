@@ -6,6 +6,7 @@ cached per (layer, format), so refine's many judgements and the uniform baseline
 quantization (RTN, or GPTQ, whose per-layer solve is the expensive part)."""
 from __future__ import annotations
 
+import contextlib
 import math
 
 import numpy as np
@@ -13,9 +14,16 @@ import torch
 from torch import nn
 
 from proxies.base import batch_mean_loss, swapped
+from proxies.blockcache import PolicyTrunk, is_graph_model
 from proxies.quantizers import RTNQuantizer, WeightQuantizer
 from proxies.tasks import Batch, Task
 from search.formats import Format
+
+
+def layer_names(model: nn.Module, modules: list[nn.Module]) -> list[str]:
+    """Each module's qualified name in ``model`` ("" when it is not a submodule of it)."""
+    names = {id(m): n for n, m in model.named_modules()}
+    return [names.get(id(m), "") for m in modules]
 
 
 class QuantCache:
@@ -58,9 +66,10 @@ class Evaluator:
         with swapped(mods, ws):
             return batch_mean_loss(self.task, self.model, batches)
 
-    def judge(self, table_formats: list[Format], batches: list[Batch], race: bool = True) -> "RacingJudge":
+    def judge(self, table_formats: list[Format], batches: list[Batch], race: bool = True,
+              incremental: bool = True) -> "RacingJudge":
         """A refine judge on ``batches``: choice (format index per layer) → measured loss."""
-        return RacingJudge(self, table_formats, batches, race)
+        return RacingJudge(self, table_formats, batches, race, incremental)
 
 
 class RacingJudge:
@@ -74,7 +83,8 @@ class RacingJudge:
     accepted move's loss is exact; the price is that one behind early but ahead at the end is
     rejected, an error on the side of the known policy. ``batches_run`` counts the work done."""
 
-    def __init__(self, evaluator: Evaluator, table_formats: list[Format], batches: list[Batch], race: bool = True):
+    def __init__(self, evaluator: Evaluator, table_formats: list[Format], batches: list[Batch], race: bool = True,
+                 incremental: bool = True):
         if not batches:
             raise ValueError("a refine judge needs at least one batch")
         self.ev, self.formats, self.batches, self.race = evaluator, table_formats, batches, race
@@ -82,6 +92,15 @@ class RacingJudge:
         self.best: list[float] | None = None  # per-batch loss sums of the best fully measured policy
         self.batches_run = 0
         self.stopped_early = 0
+        self.blocks_run = 0  # trunk blocks computed (replayed ones not counted): the incremental saving
+        # the best policy's trunk block outputs: a candidate re-runs only from its first changed block
+        graph = is_graph_model(evaluator.model)  # an exported program has no trunk of blocks to replay
+        self.trunk = PolicyTrunk(evaluator.model, len(batches)) if incremental and not graph else None
+        if self.trunk is not None and not self.trunk.enabled:
+            self.trunk = None
+        self._block = None if self.trunk is None else \
+            np.array([self.trunk.block_of(n) for n in layer_names(evaluator.model, evaluator.modules)])
+        self._base: np.ndarray | None = None  # the choice whose outputs the trunk holds
 
     @property
     def samples(self) -> int:
@@ -92,10 +111,19 @@ class RacingJudge:
         self.best = None
 
     def __call__(self, choice: np.ndarray) -> float:
+        choice = np.asarray(choice)
         mods, ws = self.ev._weights([self.formats[int(k)] for k in choice])
         sums: list[float] = []
-        with swapped(mods, ws), torch.no_grad():
-            for b, s in zip(self.batches, self.sizes):
+        start, run = 0, contextlib.nullcontext()
+        if self.trunk is not None:
+            changed = () if self._base is None else self._block[np.flatnonzero(choice != self._base)]
+            start = self.trunk.start_block(changed.tolist() if len(changed) else []) if self._base is not None else 0
+            run = self.trunk.running(start)
+        with swapped(mods, ws), torch.no_grad(), run:
+            for bi, (b, s) in enumerate(zip(self.batches, self.sizes)):
+                if self.trunk is not None:
+                    self.trunk.current = bi
+                    self.blocks_run += self.trunk.n_blocks - start
                 sums.append(float(self.ev.task.loss(self.ev.model, b)) * s)
                 self.batches_run += 1
                 if self.race and self.best is not None and len(sums) < len(self.batches) \
@@ -104,4 +132,7 @@ class RacingJudge:
                     return math.inf
         if self.best is None or sum(sums) < sum(self.best):
             self.best = sums
+            if self.trunk is not None:  # refine moves on from the best policy: cache its outputs
+                self.trunk.accept()
+                self._base = choice.copy() if self.trunk.outputs else None
         return sum(sums) / self.samples

@@ -57,3 +57,76 @@ def test_a_judge_needs_batches(setup):
     ev, _ = setup
     with pytest.raises(ValueError, match="at least one batch"):
         ev.judge(FORMATS, [])
+
+
+class Trunked(nn.Module):
+    """A stem, a ModuleList trunk of residual blocks of two Linears each, and a head: the shape
+    the incremental judge replays (the trunk's earlier blocks from the base policy's outputs)."""
+
+    def __init__(self, width: int = 24, depth: int = 4):
+        super().__init__()
+        self.stem = nn.Linear(16, width)
+        self.blocks = nn.ModuleList(nn.Sequential(nn.Linear(width, width), nn.Tanh(), nn.Linear(width, width))
+                                    for _ in range(depth))
+        self.head = nn.Linear(width, 4)
+
+    def forward(self, x):
+        h = self.stem(x)
+        for blk in self.blocks:
+            h = h + blk(h)
+        return self.head(h)
+
+
+def test_the_incremental_judge_answers_exactly_what_full_runs_answer():
+    """Every candidate of a refine-like walk (one or two layers changed from the best policy,
+    some accepted, some raced out) gets the same answer with the trunk replayed as without it,
+    and the replay computes fewer blocks."""
+    torch.manual_seed(1)
+    model = Trunked()
+    with torch.no_grad():
+        x = torch.randn(4 * 32, 16)
+        y = model(x).argmax(-1)
+    batches = [{"x": a, "y": b} for a, b in zip(x.split(32), y.split(32))]
+    modules = [model.stem] + [blk[j] for blk in model.blocks for j in (0, 2)] + [model.head]
+    ev = Evaluator(model, modules, ClassifierTask())
+    formats = make_formats([2, 3, 8], None, False)
+    full, inc = ev.judge(formats, batches, incremental=False), ev.judge(formats, batches)
+    assert inc.trunk is not None and inc.trunk.n_blocks == 4
+    rng = np.random.default_rng(0)
+    cur, cur_loss = np.full(len(modules), 2), math.inf
+    for step in range(40):
+        cand = cur.copy()
+        for i in rng.choice(len(modules), size=int(rng.integers(1, 3)), replace=False):
+            cand[i] = rng.integers(0, 3)
+        a, b = full(cand), inc(cand)
+        assert a == b or (math.isinf(a) and math.isinf(b)), step  # bit-identical, raced out alike
+        if a < cur_loss:  # refine's rule: the judge's new best becomes the policy moves start from
+            cur, cur_loss = cand, a
+    assert inc.batches_run == full.batches_run and inc.blocks_run < inc.batches_run * 4
+    with torch.no_grad():  # the model is float again afterwards
+        assert torch.equal(model(x).argmax(-1), y)
+
+
+def test_swapped_rebinds_matching_weights_copies_others_and_restores_both():
+    """A weight of the parameter's dtype/device/shape is swapped in without a copy (the judge
+    swaps every layer per candidate); another dtype is copied in; both come back exactly, the
+    swapped-in tensors are left untouched, and the Parameter objects keep their identity."""
+    from proxies.base import swapped
+    torch.manual_seed(0)
+    a, b = nn.Linear(4, 3), nn.Linear(3, 2)
+    pa, pb = a.weight, b.weight
+    fa, fb = pa.detach().clone(), pb.detach().clone()
+    qa, qb = torch.zeros_like(fa), torch.ones(fb.shape, dtype=torch.float64)
+    with swapped([a, b], [qa, qb]):
+        assert a.weight is pa and b.weight is pb
+        assert a.weight.data_ptr() == qa.data_ptr()  # rebound, not copied
+        assert torch.equal(b.weight, torch.ones_like(fb))  # copied in, as float32
+        with swapped([a], [torch.ones_like(fa)]):  # nested swaps unwind in order
+            assert torch.equal(a.weight, torch.ones_like(fa))
+        assert a.weight.data_ptr() == qa.data_ptr()
+    assert torch.equal(pa, fa) and torch.equal(pb, fb)
+    assert torch.equal(qa, torch.zeros_like(fa)) and torch.equal(qb, torch.ones(fb.shape, dtype=torch.float64))
+    with pytest.raises(RuntimeError):  # restored even when the body fails
+        with swapped([a], [qa]):
+            raise RuntimeError("boom")
+    assert torch.equal(pa, fa)
