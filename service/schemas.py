@@ -12,7 +12,8 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from search.targets import TARGETS
-from search.defaults import (DEFAULT_BITS, DEFAULT_GROUP_SIZES, DEFAULT_REFINE_EVALS, DEFAULT_REFINE_SECONDS,
+from search.defaults import (DEFAULT_BITS, DEFAULT_GROUP_SIZES, DEFAULT_REFINE_EVALS, DEFAULT_REFINE_PATIENCE,
+                             DEFAULT_REFINE_SECONDS,
                              DEVICE_PATTERN, PHASES, REFINE_SECONDS)
 from service.jobstate import TERMINAL, TRANSITIONS, JobStatus  # noqa: F401  (TERMINAL: the SDK's name)
 
@@ -86,6 +87,9 @@ class JobCreate(_Strict):
     solver_params: dict[str, Any] = Field(default_factory=dict, description="parameters of the 'joint' solver")
     refine: bool | None = None
     refine_evals: int = Field(default=DEFAULT_REFINE_EVALS, ge=1, le=10_000)
+    refine_patience: int = Field(default=DEFAULT_REFINE_PATIENCE, ge=1, le=10_000, description=(
+        "refine also stops once this many candidates in a row since the last accepted move did not improve "
+        "(set it to refine_evals to judge every candidate the budget allows)"))
     refine_seconds: float | None = Field(default=None, gt=0, le=7 * 86400, description=(
         "wall time refine may spend (checked between candidates); it stops at whichever of this and "
         "refine_evals comes first, and the policy's refine.stopped_by says which (null: "
@@ -311,3 +315,39 @@ class CostOut(BaseModel):
     n_weights: int = Field(description="weights in the quantizable layers: avg_bits' denominator")
     cost: dict[str, float] = Field(description="the cost of ``layers`` (the others in float)")
     formats: list[FormatCost] = Field(description="one per requested format, in the order asked")
+
+
+class SolveRequest(_Strict):
+    """``POST /v1/sensitivities/{id}/solve``: a new budget on a stored sensitivity table, solved
+    without a job (nothing is stored)."""
+    budgets: dict[str, Annotated[float, Field(gt=0, allow_inf_nan=False)]] = Field(
+        min_length=1, max_length=8, description="one budget: limits on avg_bits, size_bytes, bops, latency_ms "
+                                                "that must all hold, e.g. {\"avg_bits\": 3.8}")
+    solver: str = Field(default="ilp", min_length=1, max_length=64, description=(
+        "a solver of a sensitivity table: ilp (exact, the default), lp, convex or pareto (GET /v1/meta lists the "
+        "registry; joint measures the model and needs a job)"))
+    ties: list[Annotated[str, Field(min_length=1, max_length=32)]] = Field(default_factory=list, max_length=8, description=(
+        "tie presets whose layers must share a format: qkv, gate_up, experts (as a job's ties)"))
+    runtime: str | None = Field(default=None, max_length=32, description=(
+        "vllm/sglang: tie q/k/v, gate/up and the experts of each MoE block (as a job's runtime)"))
+    latency_table: dict[str, dict[str, float]] | None = Field(default=None, description=(
+        "layer name → format label (or bits, or 'float') → ms; needed by a latency_ms budget"))
+
+
+class SolveOut(BaseModel):
+    """The policy a solver finds on a stored sensitivity table for one budget."""
+    table_id: str
+    model_id: str
+    solver: str
+    budgets: dict[str, float] = Field(description="the budget solved for")
+    layers: dict[str, str] = Field(description="layer name → format label (w4g64a, q4_K, fp16, …), in model order")
+    cost: dict[str, float] = Field(description="the policy's cost under every budget metric the table can price "
+                                               "(avg_bits, size_bytes, bops; latency_ms with a latency_table)")
+    objective: float = Field(description="the predicted loss increase: the sum of the table's values at the chosen "
+                                         "formats, in the proxy's unit")
+    lower_bound: float | None = Field(description="a proven lower bound on the best objective (null: the solver gives none)")
+    gap: float | None = Field(description="(objective - lower_bound) / |objective|; 0 = proven optimal")
+    tied: list[list[str]] = Field(description="the groups of layers that were tied to one format")
+    solve_ms: float = Field(description="the solver's own time")
+    server_ms: float = Field(description="the time the server spent on the request (also in Server-Timing)")
+    cached: bool = Field(description="whether the parsed table came from the server's in-process cache")

@@ -1,5 +1,5 @@
 """CLI commands that talk to a bitplan server: ``serve``, ``submit``, ``status``, ``policy``,
-``cancel`` and ``data upload``/``data show``.
+``cancel``, ``solve`` (a new budget on a stored table) and ``data upload``/``data show``.
 
 They use the SDK (``service.client``), so they need no torch locally except ``serve``. Bad
 arguments and 4xx answers print one line and exit 2; an unreachable server exits 1.

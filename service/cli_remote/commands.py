@@ -23,7 +23,7 @@ def run(args) -> int:
         if args.command == "serve":
             return _serve(args)
         with Client(args.url, args.token) as c:
-            return {"submit": _submit, "status": _status, "policy": _policy, "cancel": _cancel,
+            return {"submit": _submit, "status": _status, "policy": _policy, "cancel": _cancel, "solve": _solve,
                     "data": _data_command}[args.command](c, args)
     except httpx.TransportError as e:
         return _fail(f"cannot reach the bitplan server at {args.url} ({type(e).__name__}); start one with "
@@ -107,7 +107,8 @@ def _submit(c, args) -> int:
                        proxy=args.proxy, proxy_params=dict(args.proxy_param) or None, solver=args.solver,
                        solver_params=dict(args.solver_param) or None, runtime=args.runtime,
                        quantizer=args.quantizer, quantizer_params=dict(args.quantizer_param) or None,
-                       refine=args.refine, refine_evals=args.refine_evals, refine_seconds=args.refine_seconds,
+                       refine=args.refine, refine_evals=args.refine_evals,
+                       refine_patience=args.refine_patience, refine_seconds=args.refine_seconds,
                        refine_method=args.refine_method,
                        judge_samples=args.judge_samples, device=args.device, offload=args.offload,
                        calibration=calib or None, evaluation=evaluation or None, seed=args.seed,
@@ -175,6 +176,42 @@ def _policy(c, args) -> int:
     args.out.write_text(json.dumps(c.policy(job.policy_ids[args.index]), indent=2))
     print(f"wrote {args.out}")
     return 0
+
+
+def _solve(c, args) -> int:
+    """``solve TABLE --budget …``: the server's solve of a stored table, one line, then the
+    layer → format choice; ``--out`` writes the whole answer as JSON."""
+    from pydantic import ValidationError
+
+    from search.budgets import parse_budget
+    try:
+        limits = dict(parse_budget(b) for b in args.budget)
+        latency = _read_json(args.latency_table, "--latency-table") if args.latency_table else None
+        if args.out and not args.out.parent.exists():
+            raise ValueError(f"--out {args.out}: folder {str(args.out.parent)!r} does not exist")
+        out = c.solve_table(args.table, limits, args.solver, ties=[t for t in args.tie.split(",") if t] or None,
+                            runtime=args.runtime, latency_table=latency)
+    except ValidationError as e:
+        err = e.errors()[0]
+        return _fail(f"{'.'.join(str(x) for x in err['loc'])}: {err['msg']}")
+    cost = ", ".join(f"{k} {v:.6g}" for k, v in out.cost.items())
+    bound = "" if out.lower_bound is None else f", bound {out.lower_bound:.6g}, gap {out.gap:.3g}"
+    print(f"table {out.table_id}: {out.solver} objective {out.objective:.6g}{bound}; {cost} "
+          f"({out.server_ms:.1f} ms on the server)")
+    width = max((len(n) for n in out.layers), default=0)
+    for name, label in out.layers.items():
+        print(f"  {name:<{width}}  {label}")
+    if args.out:
+        args.out.write_text(out.model_dump_json(indent=2))
+        print(f"wrote {args.out}")
+    return 0
+
+
+def _read_json(path: Path, flag: str):
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise ValueError(f"{flag} {path}: {str(e).splitlines()[0]}") from None
 
 
 def _cancel(c, args) -> int:

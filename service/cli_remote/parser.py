@@ -1,5 +1,5 @@
 """The arguments of the remote commands (``serve``, ``submit``, ``status``, ``policy``,
-``cancel``, ``data``), added to service.cli's parser: the local and remote CLIs share one
+``cancel``, ``solve``, ``data``), added to service.cli's parser: the local and remote CLIs share one
 ``bitplan`` command."""
 from __future__ import annotations
 
@@ -30,6 +30,7 @@ def add_commands(sub, bits_type, group_type, kv_type, data_args=None) -> None:
     s.add_argument("--log-level", default="info")
     _add_submit(sub, bits_type, group_type, kv_type, data_args)
     _add_job_commands(sub)
+    _add_solve(sub)
     _add_data(sub)
 
 
@@ -65,6 +66,8 @@ def _add_submit(sub, bits_type, group_type, kv_type, data_args) -> None:
     s.add_argument("--refine", dest="refine", action="store_true", default=None)
     s.add_argument("--no-refine", dest="refine", action="store_false")
     s.add_argument("--refine-evals", type=int, help="candidate policies refine may judge (server default when not given)")
+    s.add_argument("--refine-patience", type=int, metavar="N",
+                   help="refine also stops after N losing candidates in a row (server default when not given)")
     s.add_argument("--refine-seconds", type=float, metavar="S", help="wall time refine may spend (server default when not given)")
     s.add_argument("--refine-method", choices=["moves", "loop"], help="how refine searches (server default when not given)")
     s.add_argument("--judge-samples", type=int, metavar="N",
@@ -103,6 +106,19 @@ def _add_job_commands(sub) -> None:
     s = sub.add_parser("cancel", help="cancel a queued or running job")
     _common(s)
     s.add_argument("job")
+
+
+def _add_solve(sub) -> None:
+    s = sub.add_parser("solve", help="solve a new budget on a stored sensitivity table (no job; nothing is stored)")
+    _common(s)
+    s.add_argument("table", help="the table id: a job's sensitivity_id (`bitplan status JOB`)")
+    s.add_argument("--budget", action="append", required=True, metavar="METRIC=VALUE",
+                   help="avg_bits=3.8, size_bytes=…, bops=…, latency_ms=…; repeat for several constraints (all must hold)")
+    s.add_argument("--solver", default="ilp", help="a solver of a table: ilp (default), lp, convex, pareto")
+    s.add_argument("--tie", default="", help="tie presets, e.g. qkv,gate_up")
+    s.add_argument("--runtime", choices=["vllm", "sglang", "none"], help="vllm/sglang tie q/k/v, gate/up and MoE experts")
+    s.add_argument("--latency-table", type=Path, help="JSON {layer: {format label or bits: ms}} for latency_ms budgets")
+    s.add_argument("--out", type=Path, help="write the answer (layers, cost, objective, bound, gap) as JSON here")
 
 
 def _add_data(sub) -> None:

@@ -11,8 +11,8 @@ from pathlib import Path
 import httpx
 
 from service.client.errors import raise_for
-from service.client.wire import data_file, data_form, job_body, list_params, model_file, server, settled
-from service.schemas import DataOut, JobEvent, JobOut, JobPage, ModelOut
+from service.client.wire import data_file, data_form, job_body, list_params, model_file, server, settled, solve_body
+from service.schemas import DataOut, JobEvent, JobOut, JobPage, ModelOut, SolveOut
 
 
 class AsyncClient:
@@ -111,3 +111,14 @@ class AsyncClient:
 
     async def policy(self, policy_id: str) -> dict:
         return (await self._req("GET", f"/v1/policies/{policy_id}")).json()
+
+    async def sensitivity(self, table_id: str) -> dict:
+        return (await self._req("GET", f"/v1/sensitivities/{table_id}")).json()
+
+    async def solve_table(self, table_id: str, budgets: dict[str, float], solver: str = "ilp", *,
+                          ties: list[str] | None = None, runtime: str | None = None,
+                          latency_table: dict | None = None) -> SolveOut:
+        """See ``Client.solve_table``."""
+        body = solve_body(budgets, solver, ties=ties, runtime=runtime, latency_table=latency_table)
+        return SolveOut.model_validate((await self._req("POST", f"/v1/sensitivities/{table_id}/solve",
+                                                        json=body)).json())

@@ -10,8 +10,9 @@ from pathlib import Path
 import httpx
 
 from service.client.errors import raise_for
-from service.client.wire import data_file, data_form, job_body, list_params, model_file, server, settled, sse
-from service.schemas import DataOut, JobEvent, JobOut, JobPage, ModelOut, PolicySummary
+from service.client.wire import (data_file, data_form, job_body, list_params, model_file, server, settled, solve_body,
+                                 sse)
+from service.schemas import DataOut, JobEvent, JobOut, JobPage, ModelOut, PolicySummary, SolveOut
 
 
 class Client:
@@ -121,3 +122,13 @@ class Client:
 
     def sensitivity(self, table_id: str) -> dict:
         return self._req("GET", f"/v1/sensitivities/{table_id}").json()
+
+    def solve_table(self, table_id: str, budgets: dict[str, float], solver: str = "ilp", *,
+                    ties: list[str] | None = None, runtime: str | None = None,
+                    latency_table: dict | None = None) -> SolveOut:
+        """Solve a new budget on a stored sensitivity table (a job's ``sensitivity_id``) without
+        a job: the layer → format labels, the cost, the predicted loss increase (``objective``),
+        the bound and gap, and ``server_ms``. Nothing is stored. ``solver``: ilp, lp, convex or
+        pareto; ``ties``/``runtime`` as in a job; ``latency_table`` for a latency_ms budget."""
+        body = solve_body(budgets, solver, ties=ties, runtime=runtime, latency_table=latency_table)
+        return SolveOut.model_validate(self._req("POST", f"/v1/sensitivities/{table_id}/solve", json=body).json())

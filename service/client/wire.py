@@ -11,7 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from service.client.errors import JobFailed, WaitTimeout
-from service.schemas import TERMINAL, JobCreate, JobOut, JobStatus
+from service.schemas import TERMINAL, JobCreate, JobOut, JobStatus, SolveRequest
 
 DEFAULT_URL = "http://127.0.0.1:8000"
 
@@ -46,6 +46,12 @@ def list_params(status, model_id, cursor, limit) -> dict:
 
 def job_body(model_id: str, budgets, **kw) -> dict:
     return JobCreate(model_id=model_id, budgets=budgets, **{k: v for k, v in kw.items() if v is not None}) \
+        .model_dump(mode="json", exclude_unset=True)
+
+
+def solve_body(budgets: dict, solver: str, **kw) -> dict:
+    """The body of POST /v1/sensitivities/{id}/solve, checked here as the server checks it."""
+    return SolveRequest(budgets=budgets, solver=solver, **{k: v for k, v in kw.items() if v is not None}) \
         .model_dump(mode="json", exclude_unset=True)
 
 
