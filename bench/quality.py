@@ -33,7 +33,7 @@ from proxies.measured import cell_measure  # noqa: E402
 from search.problem import Problem  # noqa: E402
 from search.refine import refine  # noqa: E402
 from search.solvers import get_solver  # noqa: E402
-from search.defaults import DEFAULT_REFINE_EVALS, DEFAULT_REFINE_SECONDS  # noqa: E402
+from search.defaults import DEFAULT_REFINE_EVALS, DEFAULT_REFINE_PATIENCE, DEFAULT_REFINE_SECONDS  # noqa: E402
 from workers.pipeline import reference_formats, refine_judge  # noqa: E402
 from workers.prepare import data_spec, prepare  # noqa: E402
 
@@ -102,7 +102,9 @@ def run_model(key: str, args) -> dict:
     base = {"float": ev.task.evaluate(lm.model, evals)[metric]}
     for f in reference_formats(formats):
         base[f"uniform {f.bits}-bit"] = ev.metrics([f] * n, evals)[metric]
-    for name, params in PROXY_PARAMS.items():
+    wanted = {p.strip() for p in args.proxies.split(",")}
+    proxies = {k: v for k, v in PROXY_PARAMS.items() if k in wanted or k == "measured"}
+    for name, params in proxies.items():
         ctx = ProxyContext(lm.model, layers, modules, lm.task, calib, formats, 0, None, lm.sha256, info)
         if key == "smollm2" and name == "hessian_trace":
             params = {"max_probes": args.hutchinson_probes, "min_probes": min(8, args.hutchinson_probes)}
@@ -111,7 +113,8 @@ def run_model(key: str, args) -> dict:
         tsec[name] = time.perf_counter() - t
         print(f"  [{key}] {name}: {tsec[name]:.1f}s", file=sys.stderr)
     judge, judge_source = refine_judge(lm, st.plan, ev, formats, calib, args.judge_samples)
-    methods = [(p, "ilp") for p in PROXY_PARAMS] + [("orthogonality", "lp"), ("measured", "convex")]
+    methods = [(p, "ilp") for p in proxies] + [(p, s) for p, s in (("orthogonality", "lp"), ("measured", "convex"))
+                                              if p in proxies]
     for budget in budgets:
         nearest_uniform = min(reference_formats(formats),
                               key=lambda f: abs(costs.cost(np.full(n, formats.index(f)))["avg_bits"] - budget))
@@ -129,7 +132,8 @@ def run_model(key: str, args) -> dict:
                                                    evals)[metric]
         sol = get_solver("ilp").solve(prob)
         t = time.perf_counter()
-        res = refine(prob, sol.choice, judge, args.refine_evals, max_seconds=args.refine_seconds)
+        res = refine(prob, sol.choice, judge, args.refine_evals, max_seconds=args.refine_seconds,
+                     patience=args.refine_patience)
         row["recipe (measured+ilp+refine)"] = ev.metrics([formats[k] for k in res.choice], evals)[metric]
         row["refine_seconds"] = time.perf_counter() - t
         if args.loop:  # refine_method="loop": the operating-point loop, then moves on its table
@@ -139,7 +143,8 @@ def run_model(key: str, args) -> dict:
                                       judge, lambda p: get_solver("ilp").solve(p).choice, max_seconds=args.refine_seconds,
                                       start=sol.choice)
             left = max(args.refine_seconds - (time.perf_counter() - t), 1e-3)
-            res2 = refine(prob.with_loss(lp.table), lp.choice, judge, args.refine_evals, max_seconds=left)
+            res2 = refine(prob.with_loss(lp.table), lp.choice, judge, args.refine_evals, max_seconds=left,
+                          patience=args.refine_patience)
             row["measured+loop+refine"] = ev.metrics([formats[k] for k in res2.choice], evals)[metric]
             row["loop_seconds"] = time.perf_counter() - t
             print(f"  [{key}] {budget:.4f}: loop from {lp.start} {lp.start_loss:.5g} -> {lp.final_loss:.5g} "
@@ -196,6 +201,9 @@ def main() -> None:
     ap.add_argument("--models", default="minilm,digits")
     ap.add_argument("--refine-evals", type=int, default=DEFAULT_REFINE_EVALS)
     ap.add_argument("--refine-seconds", type=float, default=DEFAULT_REFINE_SECONDS)
+    ap.add_argument("--refine-patience", type=int, default=DEFAULT_REFINE_PATIENCE)
+    ap.add_argument("--proxies", default=",".join(PROXY_PARAMS),
+                    help="proxies whose rows to measure (measured always: the recipe's); e.g. measured for the recipe alone")
     ap.add_argument("--loop", action="store_true", help="also refine_method=loop: the operating-point loop, then moves")
     add_setup_args(ap, smollm_blocks="")
     ap.add_argument("--hutchinson-probes", type=int, default=16)

@@ -4,6 +4,11 @@ once, in a module with no imports, so the lean SDK (httpx + pydantic, no numpy) 
 
 DEFAULT_REFINE_EVALS = 300   # refine's candidate policies, judged by measured loss on samples held
                              # apart from the table's (a racing judge: most candidates cost one batch).
+DEFAULT_REFINE_PATIENCE = 150  # and it stops once this many candidates in a row since the last accepted move
+                               # lost: moves are tried best-predicted first, and on MiniLM (8 refines: 2
+                               # menus × 4 budgets) every accepted move came within 136 candidates of the
+                               # one before, so this limit changed none of them; where moves dry up early
+                               # (make run's job: the last accepted at candidate 83) it saves the rest
 DEFAULT_REFINE_SECONDS = 600  # and at most this much wall time: a model whose forward is costly (a CNN
                               # at 224 px) judges few candidates per minute, and refine's gain comes
                               # mostly from its first accepted moves; the default MiniLM job stays

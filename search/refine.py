@@ -52,7 +52,7 @@ class RefineResult:
     evals: int
     accepted: int
     history: list[dict] = field(default_factory=list)
-    stopped_by: str = "converged"  # "evals" | "time" | "converged" (no untried move improves)
+    stopped_by: str = "converged"  # "evals" | "time" | "patience" | "converged" (no untried move improves)
     seconds: float = 0.0
 
     def to_dict(self) -> dict:
@@ -99,12 +99,18 @@ def candidate_moves(problem: Problem, gchoice: np.ndarray, metric: str) -> list[
 
 def refine(problem: Problem, start: np.ndarray, judge: Judge, max_evals: int = 40,
            max_candidates: int = 400, progress: Callable[[int, int, float], None] | None = None,
-           max_seconds: float | None = None, clock: Callable[[], float] = time.monotonic) -> RefineResult:
-    """Local search from layer choice ``start``; returns the best *measured* policy found."""
+           max_seconds: float | None = None, clock: Callable[[], float] = time.monotonic,
+           patience: int | None = None) -> RefineResult:
+    """Local search from layer choice ``start``; returns the best *measured* policy found.
+    ``patience``: also stop once that many judged candidates in a row (since the start or the
+    last accepted move) did not improve: the moves are tried best-predicted first, so a long
+    run of losers means the table's ordering has nothing better left to offer."""
     if max_evals < 1:
         raise ValueError(f"max_evals must be >= 1, got {max_evals}")
     if max_seconds is not None and not max_seconds > 0:
         raise ValueError(f"max_seconds must be > 0, got {max_seconds}")
+    if patience is not None and patience < 1:
+        raise ValueError(f"patience must be >= 1, got {patience}")
     t0 = clock()
     deadline = math.inf if max_seconds is None else t0 + max_seconds
     metric = next(iter(problem.budgets))
@@ -113,12 +119,14 @@ def refine(problem: Problem, start: np.ndarray, judge: Judge, max_evals: int = 4
     cur_loss = judge(problem.expand(gcur))
     start_loss, evals, accepted, history = cur_loss, 1, 0, []
     tried: set[bytes] = {gcur.tobytes()}  # the start is measured: never spend an eval on it again
-    improved, out_of_time = True, False
+    improved, out_of_time, since = True, False, 0  # since: judged candidates since the last improvement
     while improved and evals < max_evals and not out_of_time:
         improved = False
         for pred, changes in candidate_moves(problem, gcur, metric)[:max_candidates]:
             if clock() >= deadline:
                 out_of_time = True
+                break
+            if patience is not None and since >= patience:
                 break
             g = gcur.copy()
             for grp, k in changes:
@@ -135,11 +143,13 @@ def refine(problem: Problem, start: np.ndarray, judge: Judge, max_evals: int = 4
             if progress:
                 progress(evals, max_evals, min(cur_loss, loss))
             if loss < cur_loss:
-                gcur, cur_loss, accepted, improved = g, loss, accepted + 1, True
+                gcur, cur_loss, accepted, improved, since = g, loss, accepted + 1, True, 0
                 break
+            since += 1
             if evals >= max_evals:
                 break
-    stopped_by = "time" if out_of_time else "evals" if evals >= max_evals else "converged"
+    stopped_by = ("time" if out_of_time else "evals" if evals >= max_evals
+                  else "patience" if patience is not None and since >= patience else "converged")
     return RefineResult(problem.expand(gcur), start_loss, cur_loss, evals, accepted, history, stopped_by, clock() - t0)
 
 

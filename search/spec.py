@@ -10,7 +10,8 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from search.budgets import METRICS
 from search.defaults import DEFAULT_BITS, DEFAULT_GROUP_SIZES, REFERENCE_GROUP  # noqa: F401  (re-exported)
-from search.defaults import DEFAULT_RECIPE, DEFAULT_REFINE_EVALS, DEFAULT_REFINE_SECONDS, RECIPES, REFINE_SECONDS
+from search.defaults import (DEFAULT_RECIPE, DEFAULT_REFINE_EVALS, DEFAULT_REFINE_PATIENCE, DEFAULT_REFINE_SECONDS, RECIPES,
+                             REFINE_SECONDS)
 from search.defaults import DEVICE_PATTERN as DEVICE_PATTERN_TEXT
 from search.formats import FLOAT_BITS, MAX_BITS, MIN_BITS, make_formats, parse_formats
 from search.layers import runtime_ties
@@ -43,6 +44,7 @@ class SearchSpec(BaseModel):
     solver_params: dict = Field(default_factory=dict)
     refine: bool | None = None
     refine_evals: int = DEFAULT_REFINE_EVALS
+    refine_patience: int = DEFAULT_REFINE_PATIENCE  # stop after this many losing candidates in a row
     refine_seconds: float | None = None  # None: the model kind's (search.defaults.REFINE_SECONDS)
     # how refine searches: "moves" (pairs of one-step moves judged one by one) or "loop" (the
     # operating-point loop of search/local.py first, then moves on its local table with the time left)
@@ -122,6 +124,8 @@ class SearchSpec(BaseModel):
     def _rest(self) -> "SearchSpec":
         if self.refine_evals < 1:
             raise ValueError("refine_evals must be >= 1")
+        if self.refine_patience < 1:
+            raise ValueError("refine_patience must be >= 1 (set it to refine_evals to judge every candidate)")
         if self.refine_seconds is not None and not 0 < self.refine_seconds <= 7 * 86400:
             raise ValueError(f"refine_seconds {self.refine_seconds} must be > 0 and at most a week (604800)")
         if self.judge_samples is not None and self.judge_samples < 0:

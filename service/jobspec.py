@@ -15,6 +15,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+from search.defaults import DEFAULT_REFINE_PATIENCE
 from search.layers import LayerInfo
 from search.spec import SearchSpec, specs_from_request
 from search.validate import DATA_DEFAULTS, Checked, validate
@@ -37,7 +38,8 @@ class JobPlan:
 
 TEXT_MODEL_KINDS = ("causal_lm", "embedding", "text_classifier")
 IMAGE_FIELDS = ("image_size", "resize", "image_mean", "image_std")
-NEW_FIELDS = {**{f: None for f in IMAGE_FIELDS}, "data_column": None, "label_column": None, "fold_batchnorm": False}
+NEW_FIELDS = {**{f: None for f in IMAGE_FIELDS}, "data_column": None, "label_column": None, "fold_batchnorm": False,
+              "refine_patience": DEFAULT_REFINE_PATIENCE}
 _KIND_WORDS = {"images": "images", "tensors": "tensors", "text": "text", "jsonl": "JSONL text", "file": "text",
                "dataset": "a dataset"}
 

@@ -114,7 +114,7 @@ def run_search(spec: SearchSpec, progress: Progress = _noop, loaded: LoadedModel
                      f"{loop.start_loss:.4g} (uniform) → {loop.final_loss:.4g}, "
                      f"{loop.measured_cells} cells measured ({loop.stopped_by})")
         left = max(spec.refine_seconds - (time.perf_counter() - t), 1e-3)
-        res = refine(start_problem, start, judge, spec.refine_evals, max_seconds=left,
+        res = refine(start_problem, start, judge, spec.refine_evals, max_seconds=left, patience=spec.refine_patience,
                      progress=lambda i, n, best: progress(
                          "refine", min(1.0, max(i / n, (time.perf_counter() - t) / spec.refine_seconds)),
                          f"eval {i}/{n}, best judge loss {best:.4g}"))

@@ -6,7 +6,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from search.defaults import (DEFAULT_BITS, DEFAULT_GROUP_SIZES, DEFAULT_REFINE_EVALS, DEFAULT_REFINE_SECONDS,
+from search.defaults import (DEFAULT_BITS, DEFAULT_GROUP_SIZES, DEFAULT_REFINE_EVALS, DEFAULT_REFINE_PATIENCE,
+                             DEFAULT_REFINE_SECONDS,
                              JUDGE_SAMPLES, RECIPES, REFERENCE_GROUP, REFINE_SECONDS)
 from search.runtime_formats import RUNTIME_FORMATS
 from search.targets import TARGETS
@@ -79,6 +80,9 @@ def _add_search(sub) -> None:
     s.add_argument("--no-refine", dest="refine", action="store_false")
     s.add_argument("--refine-evals", type=int, default=DEFAULT_REFINE_EVALS,
                    help=f"candidate policies refine may judge (default {DEFAULT_REFINE_EVALS})")
+    s.add_argument("--refine-patience", type=int, default=DEFAULT_REFINE_PATIENCE, metavar="N",
+                   help=f"refine also stops after N losing candidates in a row since its last accepted move "
+                        f"(default {DEFAULT_REFINE_PATIENCE}; --refine-patience equal to --refine-evals judges them all)")
     s.add_argument("--refine-seconds", type=float, default=None, metavar="S",
                    help=f"wall time refine may spend; it stops at whichever of this and --refine-evals comes first "
                         f"(default " + ", ".join(f"{v:g} for a {k}" for k, v in REFINE_SECONDS.items())

@@ -285,3 +285,33 @@ def test_uniform_check_returns_a_uniform_policy_only_when_the_judge_prefers_it()
     roomy = make_problem(budgets={"avg_bits": 8.5})
     judged = uniform_check(roomy, CountingJudge(roomy), policy_loss=1.0)["judged"]
     assert [j["format"] for j in judged] == [f.label for f in reversed(roomy.costs.formats)]
+
+
+def test_patience_stops_after_that_many_losers_in_a_row():
+    """A judge that never improves on the start: with patience 2, refine judges the start and
+    two candidates and says it stopped on patience; a patience no run reaches changes nothing."""
+    problem = make_problem()
+    start = np.array([0, 0, 1, 1])
+    flat = lambda c: 1.0  # noqa: E731  (nothing ever improves)
+    res = refine(problem, start, flat, max_evals=50, patience=2)
+    assert res.evals == 3 and res.stopped_by == "patience" and res.accepted == 0
+    free = refine(problem, start, flat, max_evals=50)
+    assert free.stopped_by == "converged" and free.evals > 3
+    judge_a, judge_b = CountingJudge(problem), CountingJudge(problem)
+    a = refine(problem, start, judge_a, max_evals=50)
+    b = refine(problem, start, judge_b, max_evals=50, patience=1000)
+    assert a.choice.tolist() == b.choice.tolist() and judge_a.calls == judge_b.calls
+
+
+def test_patience_counts_from_the_last_accepted_move():
+    """An improvement resets the count: refine still reaches the interaction-free policy that
+    the unlimited search finds, as long as the improvements come within the patience."""
+    problem = make_problem()
+    start = ILPSolver().solve(problem).choice
+    full = refine(problem, start, CountingJudge(problem), max_evals=100)
+    assert full.accepted >= 1
+    gaps = np.diff([0] + [h["eval"] for h in full.history if h["accepted"]])
+    res = refine(problem, start, CountingJudge(problem), max_evals=100, patience=int(gaps.max()))
+    assert res.choice.tolist() == full.choice.tolist() and res.final_loss == full.final_loss
+    with pytest.raises(ValueError, match="patience"):
+        refine(problem, start, CountingJudge(problem), patience=0)

@@ -148,6 +148,15 @@ def test_refine_stops_at_its_time_limit_and_says_so(digits):
     assert info["final_measured"] == info["start_measured"]
 
 
+def test_refine_stops_on_patience_and_says_so(digits):
+    """refine_patience reaches the search: one losing candidate ends it (unless the first one
+    judged improved, which starts the count again), and the policy records why."""
+    info = run_search(spec(refine_evals=300, refine_patience=1), loaded=digits).policy.refine
+    assert info["stopped_by"] == "patience" and info["evals"] <= 2 + 2 * info["accepted"]
+    with pytest.raises(ValueError, match="refine_patience"):
+        spec(refine_patience=0)
+
+
 def test_refine_can_judge_on_the_calibration_samples(digits):
     info = run_search(spec(refine_evals=4, judge_samples=0), loaded=digits).policy.refine
     assert info["judge_samples"] == DATA["n_calib"] and info["judge_source"] == "calibration (judge_samples=0)"
