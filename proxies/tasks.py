@@ -60,6 +60,12 @@ class Task(ABC):
     def evaluate(self, model: nn.Module, batches: list[Batch]) -> dict[str, float]:
         """Held-out quality: ``{self.metric: value, ...extras}``."""
 
+    def float_metrics(self, batches: list[Batch]) -> dict[str, float] | None:
+        """``evaluate`` of the float model when the attached references already hold it (a
+        forward pass would recompute them exactly), else None: the evaluate phase then skips
+        one pass over the held-out data."""
+        return None
+
     def sample_loss_values(self, model: nn.Module, batch: Batch) -> torch.Tensor | None:
         """The task loss of each sample (no grad; their size-weighted mean is ``loss``), so a
         measured difference between two policies gets a paired standard error; None when the
@@ -207,7 +213,14 @@ class EmbeddingTask(Task):
     def evaluate(self, model, batches):
         with torch.no_grad():
             cos = torch.cat([(self.embed(model, b) * b["ref"]).sum(-1) for b in batches])
+        return self._metrics(cos)
+
+    def _metrics(self, cos: torch.Tensor) -> dict[str, float]:
         return {self.metric: float(1 - cos.mean()), "min_cosine": float(cos.min())}
+
+    def float_metrics(self, batches):
+        # the float model's embedding is the reference itself (the same forward, the same kernels)
+        return self._metrics(torch.cat([(b["ref"] * b["ref"]).sum(-1) for b in batches]))
 
 
 def first_tensor(out) -> torch.Tensor:

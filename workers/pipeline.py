@@ -215,7 +215,7 @@ def _baselines(ev: Evaluator, formats: list[Format], costs: CostModel, evals, pr
     """Float and every uniform policy of the job's formats, measured on the same held-out data,
     with each uniform policy's avg_bits."""
     n_layers = len(costs.layers)
-    out = {"float": ev.task.evaluate(ev.model, evals), "uniform": {}, "uniform_cost": {}}
+    out = {"float": ev.task.float_metrics(evals) or ev.task.evaluate(ev.model, evals), "uniform": {}, "uniform_cost": {}}
     for i, f in enumerate(reference_formats(formats)):
         progress(i / max(len(formats), 1), f"uniform {f.label}")
         out["uniform"][baseline_key(f)] = ev.metrics([f] * n_layers, evals)

@@ -139,3 +139,18 @@ def test_first_tensor():
     assert first_tensor([(t,)]) is t
     with pytest.raises(TypeError, match="not a tensor of logits"):
         first_tensor("nope")
+
+
+def test_an_encoders_float_metrics_come_from_its_references_exactly():
+    """The evaluate phase skips the float model's pass for an embedding task: the metrics from
+    the attached references equal a real evaluation of the float model bit for bit."""
+    from proxies.tasks import EmbeddingTask
+    from workers.sources import load_model
+    from workers.batches import plan_for, prepared_batches
+    lm = load_model("builtin:minilm-l6")
+    plan = plan_for(lm)
+    plan.n_eval = 64
+    _, evals, _ = prepared_batches(lm, plan)
+    task = lm.task
+    assert isinstance(task, EmbeddingTask)
+    assert task.float_metrics(evals) == task.evaluate(lm.model, evals)
