@@ -1,23 +1,38 @@
 """The Ray side of the service: model inspection, whole jobs, and sensitivity chunks.
 
 A job is one Ray task (``run_job``) that runs the pipeline's phases; its sensitivity phase fans
-out as ``measure_chunk`` tasks (rows of the table) when the proxy is chunkable, so N workers
-compute it about N times faster — while the job task waits in ``ray.get`` Ray lends its CPU to
-the chunks. Progress goes into a Ray queue that the server drains into the store, and the job
-ends with an outcome; both are typed messages (``workers.messages``). User errors come back as
-``Failed`` (``{"ok": False, "error": …}`` from ``inspect_model``), so the server needs none of the
-engine's exception classes; anything else raises and the server records it as a failure with its
-reason.
+out (``_fan_out``) when the proxy is chunkable: the rows of the table are split by their
+estimated cost (``row_costs``, ``plan_chunks``: a measured row costs a forward pass from its
+layer's trunk block to the output), the job task measures the first chunk itself and the others
+run as ``measure_rows`` tasks, which take what they measure on (model, layers, calibration
+batches, quantizer: the job's ``ProxyContext``) from the Ray object store, put there once by the
+job task, instead of loading the model and building the batches again on every worker. A model
+that cannot travel that way (on a GPU, offloaded, not picklable) is prepared by each chunk from
+the spec (``measure_chunk``, with a per-process ``workers.prepare.PrepareCache``).
 
-Each worker process keeps the last prepared model and data (``workers.prepare.PrepareCache``: the
-model by reference, the rest by ``prepare_key``), so chunks of one job, and later jobs on the same
-model, do not reload it."""
+Threads: a chunk runs torch on the CPUs Ray granted it; the job task (granted one CPU) runs its
+phases on its share of the node (``job_threads``): the node's CPUs less those held by running
+bitplan chunks, divided among the bitplan jobs running on the node, counted by a ledger of
+locked files per Ray node (``NodeLedger``; the kernel drops a dead task's lock, so a killed
+task is never counted), re-evaluated at every phase change and every few seconds within one.
+While the job task waits in ``ray.wait`` for its chunks, Ray lends its CPU to them.
+
+Progress goes into a Ray queue that the server drains into the store, and the job ends with an
+outcome; both are typed messages (``workers.messages``). User errors come back as ``Failed``
+(``{"ok": False, "error": …}`` from ``inspect_model``), so the server needs none of the engine's
+exception classes; anything else raises and the server records it as a failure with its reason."""
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import hashlib
+import heapq
 import json
 import os
+import tempfile
 import time
+import uuid
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -97,46 +112,399 @@ def inspect_model(ref: str) -> dict:
             "layers": [l.to_dict() for l in layers], "max_positions": lm.info.get("max_positions")}
 
 
-@ray.remote(num_cpus=1, max_retries=3)
-def measure_chunk(spec_d: dict, texts: dict[str, str], rows: list[int], chunk: int, n_chunks: int,
-                  queue=None, checked=None) -> dict:
-    """Rows ``rows`` of a chunkable proxy's table and of its standard errors (None when the
-    proxy gives none); the rest of the chunk's table is zeros, dropped by the caller."""
-    from proxies.base import ProxyContext
-    from proxies.registry import get_proxy
+class Poster:
+    """Messages into a job's queue (``ray.util.queue.Queue``) without waiting for them.
+    ``Queue.put`` waits for the queue actor in ``ray.get``, and a task that waits lends its CPU
+    to Ray, which may start another task on it (the job's other sensitivity chunk, on the node
+    where the job task still computes its own) while this one goes on computing: two tasks on
+    one CPU and an idle node elsewhere. An actor runs one caller's calls in order, so ``flush``
+    (waiting for the last message) waits for all of them; the job and its chunks flush before
+    they return, so the server has every message once it has the outcome. A message to a full
+    or gone queue is dropped, never a job's failure."""
 
-    torch_threads()
-    spec_d = _materialise(spec_d, texts)
-    p = _prepared(spec_d, checked)
-    params = {**spec_d.get("proxy_params", {}), "layers": rows}
+    def __init__(self, queue):
+        self.queue, self.last = queue, None
+
+    def __call__(self, message: Message) -> None:
+        if self.queue is None:
+            return
+        actor = getattr(self.queue, "actor", None)
+        if actor is None:  # not a Ray queue (a test's list-like queue): as it asks
+            self.queue.put(message, block=False)
+            return
+        self.last = actor.put_nowait.remote(message)
+
+    def flush(self, timeout: float = 30.0) -> None:
+        if self.last is not None:
+            with contextlib.suppress(Exception):
+                ray.get(self.last, timeout=timeout)
+            self.last = None
+
+
+def _chunk_reporter(post: Poster, chunk: int, n_chunks: int):
+    """A chunk's ``ctx.progress``: ``ChunkProgress`` into the job's queue, at most every 0.5 s."""
     last = [0.0]
 
     def report(fraction: float, message: str) -> None:
         now = time.monotonic()
-        if queue is not None and (now - last[0] > 0.5 or fraction >= 1.0):
+        if now - last[0] > 0.5 or fraction >= 1.0:
             last[0] = now
-            queue.put(ChunkProgress(chunk, n_chunks, fraction, message), block=False)
+            post(ChunkProgress(chunk, n_chunks, fraction, message))
+    return report
 
-    ctx = ProxyContext(p.lm.model, p.layers, p.modules, p.lm.task, p.calib, p.formats, spec_d.get("seed", 0), report,
-                       p.table_sha256, p.info, quantizer=p.quantizer)
-    table = get_proxy(spec_d.get("proxy") or "measured", **params).compute(ctx)
+
+def _rows(table, rows: list[int], **extra) -> dict:
     return {"values": table.values[rows].tolist(),
-            "stderr": None if table.stderr is None else table.stderr[rows].tolist()}
+            "stderr": None if table.stderr is None else table.stderr[rows].tolist(), **extra}
+
+
+@ray.remote(num_cpus=1, max_retries=3)
+def measure_chunk(spec_d: dict, texts: dict[str, str], rows: list[int], chunk: int, n_chunks: int,
+                  queue=None, checked=None) -> dict:
+    """Rows ``rows`` of a chunkable proxy's table and of its standard errors (None when the
+    proxy gives none), on a model and data this worker prepares from the spec (the way for a
+    job whose model cannot travel through the object store, see ``_ship``)."""
+    from proxies.base import ProxyContext
+    from proxies.registry import get_proxy
+
+    post = Poster(queue)
+    with _hold("chunk"):
+        torch_threads()
+        spec_d = _materialise(spec_d, texts)
+        p = _prepared(spec_d, checked)
+        params = {**spec_d.get("proxy_params", {}), "layers": rows}
+        ctx = ProxyContext(p.lm.model, p.layers, p.modules, p.lm.task, p.calib, p.formats, spec_d.get("seed", 0),
+                           _chunk_reporter(post, chunk, n_chunks), p.table_sha256, p.info, quantizer=p.quantizer)
+        table = get_proxy(spec_d.get("proxy") or "measured", **params).compute(ctx)
+    post.flush()
+    return _rows(table, rows, seconds=table.timing.get("seconds"), node=_node_name())
+
+
+@ray.remote(num_cpus=1, max_retries=3)
+def measure_rows(shipped: list, proxy: str, params: dict, rows: list[int], chunk: int, n_chunks: int,
+                 queue=None) -> dict:
+    """Rows ``rows`` of a chunkable proxy's table (and standard errors) on the job's own
+    ``ProxyContext``, taken from the object store: ``shipped`` is ``[ObjectRef]`` (in a list, so
+    Ray neither fetches it before the task starts nor places the task by where the object lies).
+    No model load, no tokenization, no validation here: the job task did all of it once."""
+    from proxies.registry import get_proxy
+
+    post = Poster(queue)
+    with _hold("chunk"):
+        torch_threads()
+        t = time.perf_counter()
+        ctx = ray.get(shipped[0])
+        fetched = time.perf_counter() - t
+        ctx.progress = _chunk_reporter(post, chunk, n_chunks)
+        cpu = time.process_time()
+        table = get_proxy(proxy, **{**params, "layers": rows}).compute(ctx)
+        cpu = time.process_time() - cpu
+    post.flush()
+    return _rows(table, rows, fetch_seconds=round(fetched, 3), seconds=table.timing.get("seconds"), node=_node_name(),
+                 cpu_seconds=round(cpu, 3))
+
+
+def _node_name() -> str:
+    """A short name of this worker's Ray node (for the table's timing record)."""
+    node = _node()
+    return node[0][:8] if node else "local"
+
+
+def _granted_cpus() -> int:
+    """The CPUs Ray granted the running task (1 outside a task)."""
+    try:
+        return max(1, int(ray.get_runtime_context().get_assigned_resources().get("CPU", 1) or 1))
+    except Exception:  # not in a Ray worker
+        return 1
 
 
 def torch_threads() -> None:
     """Ray sets OMP_NUM_THREADS=1 in workers; give torch the CPUs this task was granted."""
     import torch
-    n = int(ray.get_runtime_context().get_assigned_resources().get("CPU", 1) or 1)
-    torch.set_num_threads(max(1, n))
+    torch.set_num_threads(_granted_cpus())
 
 
-def chunk_rows(n_rows: int, n_chunks: int) -> list[list[int]]:
-    """Deal rows out round-robin (0, n, 2n, … to chunk 0; 1, n+1, … to chunk 1). A measured row
-    costs a forward pass from its layer's block to the output, so early rows cost more than late
-    ones: contiguous chunks would give one worker all the expensive rows."""
-    n_chunks = max(1, min(n_chunks, n_rows))
-    return [list(range(i, n_rows, n_chunks)) for i in range(n_chunks)]
+# ------------------------------------------------------------------- threads of a job task
+
+def job_threads(node_cpus: float, jobs: int, chunk_cpus: float, granted: int = 1, cores: int | None = None) -> int:
+    """Torch threads for a job task: its fair share of the node's CPUs that running bitplan
+    chunks do not hold, ``(node_cpus - chunk_cpus) // jobs`` (``jobs``: the bitplan job tasks
+    running on the node, this one included), never fewer than the ``granted`` CPUs and never
+    more than the ``cores`` this process may run on. A lone job on a 2-CPU node: 2; two jobs
+    there: 1 each; a job beside one 1-CPU chunk of another job: 1."""
+    share = int(max(node_cpus - chunk_cpus, 0) // max(jobs, 1))
+    if cores:
+        share = min(share, cores)
+    return max(int(granted), share, 1)
+
+
+def ledger_folder(node_id: str) -> Path:
+    """Where the ledger of a Ray node lives on its host: a folder of this user's per node."""
+    return Path(tempfile.gettempdir()) / f"bitplan-{os.getuid()}" / "tasks" / node_id
+
+
+class NodeLedger:
+    """The bitplan tasks running on one Ray node: one empty file per task, named
+    ``{kind}-{cpus}-{id}``, that the task holds an exclusive ``flock`` on while it runs.
+
+    Counting tries each file's lock: a lock that can be taken belongs to a task that is gone
+    (the kernel drops a dead process's locks: SIGKILL, ``ray.cancel(force=True)`` and a lost
+    worker included), so its file is removed and it is not counted. A task's file gets its name
+    only once locked (it is created under a dot name, locked, then renamed). Best effort: where
+    the folder cannot be written, or there is no ``fcntl``, a task is simply not counted."""
+
+    def __init__(self, folder: Path):
+        self.folder = Path(folder)
+
+    @contextlib.contextmanager
+    def hold(self, kind: str, cpus: int) -> Iterator[None]:
+        name = f"{kind}-{int(cpus)}-{uuid.uuid4().hex}"
+        fd, path = None, self.folder / name
+        try:
+            import fcntl
+            self.folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+            tmp = self.folder / f".{name}"
+            fd = os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_RDWR, 0o600)
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            os.rename(tmp, path)
+        except (ImportError, OSError):
+            if fd is not None:
+                with contextlib.suppress(OSError):
+                    os.unlink(self.folder / f".{name}")
+                os.close(fd)
+            fd = None
+        try:
+            yield
+        finally:
+            if fd is not None:
+                with contextlib.suppress(OSError):
+                    os.unlink(path)
+                os.close(fd)
+
+    def running(self) -> tuple[int, int]:
+        """(job tasks, CPUs held by chunk tasks) alive on the node; removes the files of the dead."""
+        try:
+            import fcntl
+            names = os.listdir(self.folder)
+        except (ImportError, OSError):
+            return 0, 0
+        jobs = cpus = 0
+        for name in names:
+            kind, _, rest = name.lstrip(".").partition("-")
+            n, _, _ = rest.partition("-")
+            if not n.isdigit():
+                continue
+            path = self.folder / name
+            try:
+                fd = os.open(path, os.O_RDONLY)
+            except OSError:
+                continue
+            try:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:  # held: its task runs
+                    if not name.startswith("."):
+                        jobs += kind == "job"
+                        cpus += int(n) if kind != "job" else 0
+                    continue
+                # free: its task is gone (a dot name may be a task between creating and locking it)
+                if not name.startswith(".") or time.time() - os.fstat(fd).st_mtime > 60:
+                    os.unlink(path)
+            except OSError:
+                pass
+            finally:
+                os.close(fd)
+        return jobs, cpus
+
+
+_NODE_CPUS: dict[str, float] = {}
+
+
+def _node() -> tuple[str, float] | None:
+    """This Ray worker's node id and the node's CPUs; None outside a Ray worker."""
+    if not ray.is_initialized():
+        return None
+    try:
+        node = ray.get_runtime_context().get_node_id()
+        if node not in _NODE_CPUS:
+            _NODE_CPUS[node] = next((float(n.get("Resources", {}).get("CPU", 0)) for n in ray.nodes()
+                                     if n.get("NodeID") == node), 0.0)
+        return node, _NODE_CPUS[node]
+    except Exception:  # no worker context (a driver not connected, a test calling a task's body)
+        return None
+
+
+@contextlib.contextmanager
+def _hold(kind: str) -> Iterator[None]:
+    """This task's entry in its node's ledger while the block runs (nothing outside Ray)."""
+    node = _node()
+    if node is None:
+        yield
+        return
+    with NodeLedger(ledger_folder(node[0])).hold(kind, _granted_cpus()):
+        yield
+
+
+def _cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+class JobThreads:
+    """A job task's torch threads (``job_threads`` on its node's ledger): a context holding the
+    task's ledger entry; ``update`` (the job's progress calls it) sets them at every phase change
+    and at most every ``every`` seconds within a phase; ``pinned`` keeps the granted CPUs for a
+    stretch (the job's own chunk of the sensitivity table, while other chunks run beside it).
+    Does nothing outside a Ray worker."""
+
+    def __init__(self, every: float = 5.0):
+        self.every = every
+        self.node = _node()
+        self.granted = _granted_cpus()
+        self.ledger = NodeLedger(ledger_folder(self.node[0])) if self.node else None
+        self.phase: str | None = None
+        self.at = 0.0
+        self.threads: int | None = None
+        self.seen: tuple[int, int] = (1, 0)
+        self._pins = 0
+        self._stack = contextlib.ExitStack()
+
+    def __enter__(self) -> "JobThreads":
+        if self.ledger is not None:
+            self._stack.enter_context(self.ledger.hold("job", self.granted))
+        _JOB_THREADS.append(self)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        _JOB_THREADS.remove(self)
+        self._stack.close()
+
+    def update(self, phase: str | None = None) -> int | None:
+        """Re-evaluate on a phase change or after ``every`` seconds; the new thread count when
+        it changed, else None."""
+        if self.ledger is None or self._pins:
+            return None
+        now = time.monotonic()
+        if phase == self.phase and now - self.at < self.every:
+            return None
+        self.phase, self.at = phase, now
+        self.seen = self.ledger.running()
+        n = job_threads(self.node[1], self.seen[0], self.seen[1], self.granted, _cores())
+        if n == self.threads:
+            return None
+        import torch
+        torch.set_num_threads(n)
+        self.threads = n
+        return n
+
+    def describe(self) -> str:
+        jobs, chunk_cpus = self.seen
+        return (f"{self.threads} torch threads for the job task (node: {self.node[1]:g} CPUs, {jobs} bitplan "
+                f"job{'s' if jobs != 1 else ''}, {chunk_cpus} CPUs in sensitivity chunks)")
+
+    @contextlib.contextmanager
+    def pinned(self) -> Iterator[None]:
+        if self.ledger is None:
+            yield
+            return
+        import torch
+        self._pins += 1
+        torch.set_num_threads(self.granted)
+        self.threads = self.granted
+        try:
+            yield
+        finally:
+            self._pins -= 1
+            self.at = 0.0  # the next update re-evaluates
+
+
+_JOB_THREADS: list[JobThreads] = []
+
+
+def _pinned():
+    """The running job task's ``JobThreads.pinned`` (a job body run outside Ray: nothing)."""
+    return _JOB_THREADS[-1].pinned() if _JOB_THREADS else contextlib.nullcontext()
+
+
+# ------------------------------------------------------------------- sensitivity chunks
+
+def row_costs(blocks: Sequence[int], n_blocks: int, n_formats: int) -> list[float]:
+    """Estimated cost of each row of a measured table, in block forwards: one forward pass per
+    format measured, each running the trunk blocks from the row's block to the end (a layer
+    outside the trunk, block 0: all of them; ``proxies.blockcache`` replays the blocks before),
+    plus one block's worth for what is outside the trunk (embeddings, head, loss). MiniLM-L6:
+    a row of block 0 measured 2.4 s, one of block 5 0.35 s (4 formats, 32 sentences)."""
+    return [float(n_formats * (max(n_blocks - b, 0) + 1)) for b in blocks]
+
+
+def balance_rows(costs: Sequence[float], n_chunks: int) -> list[list[int]]:
+    """Longest processing time first: rows by decreasing cost (ties: lower index first), each
+    to the chunk with the least cost so far (ties: the lower chunk). Each chunk's rows sorted;
+    at most one chunk per row. Within 4/3 of the best split, and much closer when rows are many
+    and small next to a chunk's total; equal costs deal rows round-robin."""
+    n = max(1, min(n_chunks, len(costs)))
+    heap = [(0.0, i) for i in range(n)]
+    parts: list[list[int]] = [[] for _ in range(n)]
+    for r in sorted(range(len(costs)), key=lambda r: (-costs[r], r)):
+        load, i = heapq.heappop(heap)
+        parts[i].append(r)
+        heapq.heappush(heap, (load + costs[r], i))
+    return [sorted(p) for p in parts if p]
+
+
+def plan_chunks(costs: Sequence[float], workers: int) -> list[list[int]]:
+    """The chunks to measure a table in on ``workers`` workers: the fewest chunks (at most one
+    per worker, so that they all run at once) whose costliest chunk is the least costly. Every
+    chunk pays the same overhead before its rows (the prefix cache's recording pass and the
+    base loss: two full forwards, ~3 % of MiniLM's table each), so the wall time is that plus
+    the costliest chunk; a chunk that does not shorten it would only add its overhead. More
+    chunks than workers would queue: with static, cost-balanced chunks on equal workers they
+    take nothing off the longest one either."""
+    best, best_t = [list(range(len(costs)))], float(sum(costs))
+    for c in range(2, max(1, min(workers, len(costs))) + 1):
+        parts = balance_rows(costs, c)
+        t = max(sum(costs[r] for r in p) for p in parts)
+        if t < best_t - 1e-9:
+            best, best_t = parts, t
+    return best
+
+
+def layer_blocks(model, names: Sequence[str]) -> tuple[list[int], int]:
+    """Each layer's trunk block (as ``proxies.blockcache`` finds the trunk) and the trunk's
+    length; all 0 and 1 block for a model without a trunk or an exported program (the graph
+    cache learns its positions only by recording), whose rows then cost the same."""
+    flat = ([0] * len(names), 1)
+    try:
+        from proxies.blockcache import find_trunk, is_graph_model
+        found = None if is_graph_model(model) else find_trunk(model)
+    except Exception:  # noqa: BLE001 - an estimate: never a reason to fail a job
+        return flat
+    if found is None:
+        return flat
+    prefix = f"{found[0]}." if found[0] else ""
+    out = []
+    for name in names:
+        head = name[len(prefix):].split(".", 1)[0] if name.startswith(prefix) else ""
+        out.append(int(head) if head.isdigit() else 0)
+    return out, len(found[1])
+
+
+def _ship(ctx) -> list | None:
+    """The job's ``ProxyContext`` (model, layers, calibration batches, quantizer) put in the
+    object store once for the chunks, as ``[ObjectRef]``; None when it cannot travel that way
+    (parameters off the CPU, an offloaded model's hooks, something not picklable): the chunks
+    then prepare it from the spec."""
+    try:
+        model = ctx.model
+        if any(t.device.type != "cpu" for t in (*model.parameters(), *model.buffers())):
+            return None
+        if any(m._forward_hooks or m._forward_pre_hooks for m in model.modules()):
+            return None
+        return [ray.put(dataclasses.replace(ctx, progress=None, map_policies=None))]
+    except Exception:  # noqa: BLE001 - not picklable (an exported program's closures, ...): the old way
+        return None
 
 
 @ray.remote(num_cpus=1, max_retries=3)
@@ -144,10 +512,11 @@ def measure_policies(spec_d: dict, texts: dict[str, str], choices: list[list[int
     """Calibration loss of each policy (format index per layer): the evolved proxy's ground truth."""
     from proxies.evaluate import Evaluator
 
-    torch_threads()
-    p = _prepared(_materialise(spec_d, texts), checked)
-    ev = Evaluator(p.lm.model, p.modules, p.lm.task, p.quantizer)
-    return [ev.loss([p.formats[int(k)] for k in c], p.calib) for c in choices]
+    with _hold("chunk"):
+        torch_threads()
+        p = _prepared(_materialise(spec_d, texts), checked)
+        ev = Evaluator(p.lm.model, p.modules, p.lm.task, p.quantizer)
+        return [ev.loss([p.formats[int(k)] for k in c], p.calib) for c in choices]
 
 
 def _policy_mapper(spec_d: dict, texts: dict[str, str], n_chunks: int, ctx, checked=None):
@@ -166,9 +535,17 @@ def _policy_mapper(spec_d: dict, texts: dict[str, str], n_chunks: int, ctx, chec
 
 
 def _fan_out(spec_d: dict, texts: dict[str, str], n_chunks: int, queue, checked=None):
-    """A ``compute_table`` for the pipeline that spreads a chunkable proxy over Ray tasks (and
-    the evolved proxy's ground-truth measurements); they get the job's ``checked`` with it."""
+    """A ``compute_table`` for the pipeline that spreads a chunkable proxy over ``n_chunks``
+    workers (and the evolved proxy's ground-truth measurements over Ray tasks). The rows are
+    split by estimated cost (``plan_chunks``); the job task measures the first chunk itself,
+    on its granted CPUs, while ``measure_rows`` tasks measure the others on its context from
+    the object store (``measure_chunk`` from the spec, with the job's ``checked``, when the
+    context cannot travel). The numbers are the in-process table's: every row is measured
+    against the same base, whichever chunk it is in."""
+    from proxies.registry import get_proxy
     from search.table import SensitivityTable
+
+    post = Poster(queue)
 
     def compute(proxy, ctx):
         if proxy.name == "evolved" and n_chunks > 1:
@@ -176,28 +553,74 @@ def _fan_out(spec_d: dict, texts: dict[str, str], n_chunks: int, queue, checked=
         if not proxy.chunkable or n_chunks <= 1 or len(ctx.layers) < 2:
             return proxy.compute(ctx)
         t0 = time.perf_counter()
-        parts = chunk_rows(len(ctx.layers), n_chunks)
-        opts = _gpu_options()
+        blocks, n_blocks = layer_blocks(ctx.model, [l.name for l in ctx.layers])
+        parts = plan_chunks(row_costs(blocks, n_blocks, len(ctx.formats)), n_chunks)
+        if len(parts) == 1:
+            return proxy.compute(ctx)
         # the chunks measure with the proxy's own parameters (the pipeline may have set some the
         # spec leaves to defaults), so every row comes from the same table definition
-        chunk_spec = {**spec_d, "proxy": proxy.name, "proxy_params": {k: v for k, v in proxy.params.items() if k != "layers"}}
-        refs = [measure_chunk.options(**opts).remote(chunk_spec, texts, rows, i, len(parts), queue, checked)
-                for i, rows in enumerate(parts)]
+        params = {k: v for k, v in proxy.params.items() if k != "layers"}
+        n, opts = len(parts), _gpu_options()
+        shipped = _ship(ctx)
+        travelled = shipped is not None
+        if travelled:
+            refs = [measure_rows.options(**opts).remote(shipped, proxy.name, params, rows, i, n, queue)
+                    for i, rows in enumerate(parts) if i]
+        else:
+            chunk_spec = {**spec_d, "proxy": proxy.name, "proxy_params": params}
+            refs = [measure_chunk.options(**opts).remote(chunk_spec, texts, rows, i, n, queue, checked)
+                    for i, rows in enumerate(parts) if i]
+        ctx.report(0.0, f"{n} chunks of {'/'.join(str(len(p)) for p in parts)} rows, split by cost; the context "
+                        f"{'shipped through the object store' if travelled else 'prepared by each chunk'}")
         values = np.zeros((len(ctx.layers), len(ctx.formats)))
         stderr: np.ndarray | None = np.zeros_like(values)
-        pending, where = list(refs), {r: rows for r, rows in zip(refs, parts)}
-        while pending:
-            ready, pending = ray.wait(pending, num_returns=1)
-            got = ray.get(ready[0])
-            values[where[ready[0]]] = np.array(got["values"])
+        chunk_seconds: list[float | None] = [None] * n
+        chunk_nodes: list[str | None] = [_node_name()] + [None] * (n - 1)
+        chunk_cpu: list[float | None] = [None] * n
+        fetch: list[float | None] = [0.0] + [None] * (n - 1)
+
+        def take(rows: list[int], got: dict) -> None:
+            nonlocal stderr
+            values[rows] = np.array(got["values"])
             if got["stderr"] is None:
                 stderr = None
             elif stderr is not None:
-                stderr[where[ready[0]]] = np.array(got["stderr"])
-            ctx.report(1 - len(pending) / len(refs), f"{len(refs) - len(pending)}/{len(refs)} chunks")
+                stderr[rows] = np.array(got["stderr"])
+
+        pending, where = list(refs), {r: i + 1 for i, r in enumerate(refs)}
+        try:
+            with _pinned():
+                t, cpu = time.perf_counter(), time.process_time()
+                mine = get_proxy(proxy.name, **{**params, "layers": parts[0]}).compute(
+                    dataclasses.replace(ctx, progress=_chunk_reporter(post, 0, n), map_policies=None))
+                chunk_seconds[0] = round(time.perf_counter() - t, 3)
+                chunk_cpu[0] = round(time.process_time() - cpu, 3)
+            take(parts[0], _rows(mine, parts[0]))
+            ctx.report(1 / n, f"1/{n} chunks")
+            while pending:
+                ready, pending = ray.wait(pending, num_returns=1)
+                got = ray.get(ready[0])
+                take(parts[where[ready[0]]], got)
+                chunk_seconds[where[ready[0]]] = got.get("seconds")
+                chunk_nodes[where[ready[0]]] = got.get("node")
+                chunk_cpu[where[ready[0]]] = got.get("cpu_seconds")
+                fetch[where[ready[0]]] = got.get("fetch_seconds")
+                ctx.report(1 - len(pending) / n, f"{n - len(pending)}/{n} chunks")
+        finally:
+            for r in pending:  # the job failed or was stopped: its other chunks need not run on
+                with contextlib.suppress(Exception):
+                    ray.cancel(r)
+            del shipped  # the object store frees the context once the chunks are done with it
+            if _JOB_THREADS:
+                _JOB_THREADS[-1].at = 0.0  # the job's next progress re-evaluates its threads
+        # per chunk: its rows, seconds measuring, CPU seconds, seconds taking the context from the
+        # object store (0: the job task's own) and node; the base loss is the same in every chunk
+        info = {"chunks": n, "rows_per_chunk": [len(p) for p in parts], "shipped": travelled,
+                "chunk_seconds": chunk_seconds, "chunk_cpu_seconds": chunk_cpu, "chunk_fetch_seconds": fetch,
+                "chunk_nodes": chunk_nodes,
+                **{k: mine.diagnostics[k] for k in ("base_loss", "trunk") if k in mine.diagnostics}}
         return SensitivityTable(ctx.layers, ctx.formats, values, proxy.name, proxy.table_params(ctx), ctx.calibration,
-                                stderr, {"seconds": time.perf_counter() - t0, "chunks": len(parts)},
-                                ctx.model_sha256, {"chunks": len(parts)})
+                                stderr, {"seconds": time.perf_counter() - t0, "chunks": n}, ctx.model_sha256, info)
     return compute
 
 
@@ -205,7 +628,8 @@ def _fan_out(spec_d: dict, texts: dict[str, str], n_chunks: int, queue, checked=
 def run_job(spec_ds: list[dict], texts: dict[str, str], table_d: dict | None,  n_chunks: int, queue=None) -> Outcome:
     """Run a job: one policy per budget point, one sensitivity table shared by all of them. The
     API validated its specs at submission: they are parsed here once (``Checked.accepted``) and
-    the pipeline and the chunks take that instead of validating again."""
+    the pipeline and the chunks take that instead of validating again. Torch runs on the job's
+    share of its node (``JobThreads``); each change of the thread count is a progress message."""
     from search.spec import SearchSpec
     from search.table import SensitivityTable
     from search.validate import Checked
@@ -213,27 +637,29 @@ def run_job(spec_ds: list[dict], texts: dict[str, str], table_d: dict | None,  n
     from workers.sources import load_model
 
     torch_threads()
+    post = Poster(queue)
 
-    def post(message: Message) -> None:
-        if queue is not None:
-            queue.put(message, block=False)
+    with JobThreads() as threads:
+        def progress(phase: str, fraction: float, message: str) -> None:
+            if threads.update(phase) is not None:
+                post(Progress(phase, fraction, threads.describe()))
+            post(Progress(phase, fraction, message))
 
-    def progress(phase: str, fraction: float, message: str) -> None:
-        post(Progress(phase, fraction, message))
-
-    try:
-        table = SensitivityTable.from_dict(table_d) if table_d else None
-        lm, out, computed = None, [], False
-        specs = [SearchSpec(**_materialise(raw, texts)) for raw in spec_ds]
-        checked = Checked.accepted(specs)
-        for i, (raw, spec) in enumerate(zip(spec_ds, specs)):
-            lm = lm or load_model(spec.model)
-            res = run_search(spec, progress, loaded=lm, table=table, checked=checked,
-                             compute_table=_fan_out(raw, texts, n_chunks, queue, checked))
-            computed = computed or (table is None and res.table is not None)
-            table = res.table or table  # the joint solver makes no table
-            out.append(PointResult(json.loads(res.policy.to_json(None)), res.timings))
-            post(PointDone(i + 1, len(spec_ds)))
-    except _user_errors() as e:
-        return Failed(str(e).splitlines()[0] if str(e) else type(e).__name__)
+        try:
+            table = SensitivityTable.from_dict(table_d) if table_d else None
+            lm, out, computed = None, [], False
+            specs = [SearchSpec(**_materialise(raw, texts)) for raw in spec_ds]
+            checked = Checked.accepted(specs)
+            for i, (raw, spec) in enumerate(zip(spec_ds, specs)):
+                lm = lm or load_model(spec.model)
+                res = run_search(spec, progress, loaded=lm, table=table, checked=checked,
+                                 compute_table=_fan_out(raw, texts, n_chunks, queue, checked))
+                computed = computed or (table is None and res.table is not None)
+                table = res.table or table  # the joint solver makes no table
+                out.append(PointResult(json.loads(res.policy.to_json(None)), res.timings))
+                post(PointDone(i + 1, len(spec_ds)))
+        except _user_errors() as e:
+            return Failed(str(e).splitlines()[0] if str(e) else type(e).__name__)
+        finally:
+            post.flush()
     return Done(tuple(out), table.to_dict() if computed and table is not None else None)

@@ -2,6 +2,7 @@
 node that dies mid-job does not leave the job stuck (Ray retries it on the other node)."""
 from __future__ import annotations
 
+import os
 import time
 
 import pytest
@@ -57,10 +58,40 @@ def db_url_pg(pg_database):
     return pg_database
 
 
-def test_worker_node_dies_mid_job(tmp_path):
-    """Two worker nodes (``ray.cluster_utils.Cluster``); the server joins with RAY_ADDRESS. One
-    node is removed while the sensitivity chunks run: the job still ends, succeeded (Ray
-    re-ran the lost tasks) or failed with a reason — never stuck."""
+# a sensitivity phase of ~10 s per chunk on 2 cores: long enough to lose a node in its middle
+MID = dict(formats={"bits": [2, 3, 4, 8], "group_size": 64}, proxy="measured", solver="ilp", refine=False,
+           calibration={"n_samples": 16, "seq_len": 64}, evaluation={"n_samples": 8})
+
+
+def _busy_nodes(nodes, c, job_id: str, timeout: float = 300) -> tuple:
+    """(the node running the job task, the node running its other sensitivity chunk), read
+    from the nodes' ledgers of running bitplan tasks (workers.ray_jobs.NodeLedger) once both run."""
+    from workers.ray_jobs import ledger_folder
+
+    def names(node) -> list[str]:
+        try:
+            return os.listdir(ledger_folder(node.node_id))
+        except OSError:
+            return []
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        job = [n for n in nodes if any(x.startswith("job-") for x in names(n))]
+        chunk = [n for n in nodes if n not in job and any(x.startswith("chunk-") for x in names(n))]
+        if job and chunk:
+            return job[0], chunk[0]
+        time.sleep(0.2)
+    raise AssertionError(f"no job task and chunk running on two nodes: {[names(n) for n in nodes]}; "
+                         f"{c.get(job_id)}; {[e.message for e in c.events(job_id)]}")
+
+
+@pytest.mark.parametrize("dies", ["chunk", "job"])
+def test_worker_node_dies_mid_job(tmp_path, dies):
+    """Two worker nodes (``ray.cluster_utils.Cluster``); the server joins with RAY_ADDRESS. While
+    the sensitivity chunks run, the node of the other chunk is removed ("chunk": Ray runs that
+    chunk again on the job task's node, which still holds the context it shipped), or the job
+    task's own node ("job": the owner of the shipped context and of the chunk goes; Ray runs
+    the job task again on the other node). Either way the job ends, succeeded or failed with a
+    reason — never stuck on an object or task whose owner or node is gone."""
     from ray.cluster_utils import Cluster
 
     cluster = Cluster(initialize_head=True, connect=False, head_node_args={"num_cpus": 0})
@@ -72,10 +103,11 @@ def test_worker_node_dies_mid_job(tmp_path):
         srv.start()
         with srv.client() as c:
             model = c.register_model("builtin:minilm-l6")
-            job = c.submit(model.id, {"avg_bits": 3.4}, **TINY)
-            _wait_phase(c, job.id, ("sensitivity",))
+            job = c.submit(model.id, {"avg_bits": 3.4}, **MID)
+            job_node, chunk_node = _busy_nodes(nodes, c, job.id)
+            assert _wait_phase(c, job.id, ("sensitivity",)).status == "running"
             time.sleep(1.0)
-            cluster.remove_node(nodes[1])
+            cluster.remove_node(chunk_node if dies == "chunk" else job_node)
             final = c.wait(job.id, timeout=480, poll_interval=0.5, raise_on_failure=False)
             assert final.status in ("succeeded", "failed")
             if final.status == "failed":
