@@ -1,9 +1,27 @@
-"""Speed bench: solver times on synthetic tables, the pareto front, Hutchinson error vs probes
-and time per probe on MiniLM, and the default recipe end to end on MiniLM. Prints tables and
-writes JSON. Run on the machine whose numbers you report (say which in the README).
+"""Speed bench: every speed target of the product, each measured on this code and on a previous
+commit's code in the same run, printed side by side (issue 19's table; the README's speed table
+comes from it).
 
-    python bench/speed.py [--skip-recipe] [--skip-hutchinson] [--skip-solvers]
-                          [--recipe-model builtin:smollm2-135m --recipe-budgets 3.2969,4.3125]
+Parts (``--parts``, default recipe,service,fanout,ilp):
+- ``recipe``: the default recipe on MiniLM in-process, end to end, phase by phase: ``make run``'s job
+  (avg_bits 3.3, bits {2,3,4,8} at g64); ``search``: the same with ``bitplan search``'s default menu
+  (g32/64/128: 12 formats), for reference;
+- ``service``: ``make run``'s job through a real server (SQLite, local Ray), submit → succeeded,
+  with the phase timings the job stored; then a new budget re-solved from the job's stored table
+  (``POST /v1/sensitivities/{id}/solve``, server-side ms; code without that endpoint answers a new
+  budget with a second job on the stored table, timed the same way);
+- ``fanout``: the sensitivity phase with 2 Ray workers (a ``ray.cluster_utils.Cluster`` of two
+  1-CPU nodes) vs 1 (``bench/speed_ray.py``);
+- ``ilp``: the exact solver on a synthetic 10,000-layer × 16-format table with 3 budgets
+  (``bench/speed_solvers.py``);
+- ``solvers``, ``hutchinson``, ``llm``: the older solver/pareto and Hutchinson tables, and the
+  causal-LM recipe on whole SmolLM2 phase by phase (this code only; ``bench/speed_legacy.py``).
+
+The previous code runs from a git worktree of ``--baseline`` (default: the commit before the
+speed work) with this bench's parts: each part runs in a subprocess whose engine is imported from
+that tree, so both columns come from the same machine, minutes apart.
+
+    python bench/speed.py [--parts recipe,service,fanout,ilp] [--baseline caaf93b | none]
 """
 from __future__ import annotations
 
@@ -11,176 +29,311 @@ import argparse
 import json
 import os
 import platform
+import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from search.budgets import CostModel  # noqa: E402
-from search.formats import Format  # noqa: E402
-from search.layers import LayerInfo  # noqa: E402
-from search.problem import Problem  # noqa: E402
-from search.solvers import get_solver  # noqa: E402
-from search.solvers.pareto import front  # noqa: E402
+HERE = Path(__file__).resolve().parent
+BASELINE = "caaf93b"  # the last commit before issue 19's speed work
+TARGETS = {"recipe_s": 60.0, "service_s": 60.0, "fanout_x": 1.8, "ilp_s": 1.0, "resolve_ms": 50.0}
+MAKE_RUN = {"budgets": {"avg_bits": 3.3}, "bits": [2, 3, 4, 8], "group_size": 64}
+SEARCH_DEFAULT = {"budgets": {"avg_bits": 3.3}}
 
 
-def synthetic(n_layers: int, seed: int = 0) -> tuple[list[LayerInfo], list[Format], np.ndarray, CostModel]:
-    """Layers of 4 widths; 12 formats (bits 2,3,4,8 × group 32,64,128, asymmetric); loss
-    s_l·2^(−2·eff_bits) with per-layer scale and per-format noise, like a real table."""
-    rng = np.random.default_rng(seed)
-    layers = []
-    for i in range(n_layers):
-        cols = 512 * (1 + i % 4)
-        layers.append(LayerInfo(f"blk.{i // 7}.proj{i % 7}", "Linear", (512, cols), 512 * cols, cols, 512 * cols))
-    fmts = [Format(b, g, False) for b in (2, 3, 4, 8) for g in (32, 64, 128)]
-    costs = CostModel(layers, fmts)
-    eff = costs.total_bits / np.array([l.numel for l in layers])[:, None]
-    loss = rng.lognormal(0, 1.5, (n_layers, 1)) * 2.0 ** (-2 * eff) * rng.lognormal(0, 0.1, (n_layers, len(fmts)))
-    return layers, fmts, loss, costs
+def _tree(path: str | None) -> Path:
+    """Import the engine from ``path`` (a checkout), ahead of the installed one."""
+    root = Path(path).resolve() if path else HERE.parent
+    sys.path.insert(0, str(root))
+    return root
 
 
-def bench_solvers(out: dict) -> None:
-    print("\n## Solvers on synthetic tables (two budgets: avg_bits 3.5 and bops ≤ 0.45 × all-8-bit)")
-    print("| layers × formats | solver | seconds | objective | lower bound | gap |")
-    print("|---|---|---|---|---|---|")
-    out["solvers"] = []
-    for n in (200, 2000):
-        layers, fmts, loss, costs = synthetic(n)
-        bops8 = costs.cost(np.full(n, len(fmts) - 1))["bops"]
-        prob = Problem(loss, costs, {"avg_bits": 3.5, "bops": 0.45 * bops8})
-        for name in ("ilp", "lp", "convex", "pareto"):
-            t = time.perf_counter()
-            sol = get_solver(name).solve(prob)
-            sec = time.perf_counter() - t
-            lb = "—" if sol.lower_bound is None else f"{sol.lower_bound:.6g}"
-            gap = "—" if sol.gap is None else f"{sol.gap:.1e}"
-            print(f"| {n} × {len(fmts)} | {name} | {sec:.3f} | {sol.objective:.6g} | {lb} | {gap} |")
-            out["solvers"].append({"layers": n, "formats": len(fmts), "solver": name, "seconds": sec,
-                                   "objective": sol.objective, "lower_bound": sol.lower_bound, "gap": sol.gap})
+def machine() -> str:
+    name = platform.processor() or ""
+    try:
+        name = next(l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    return f"{platform.machine()} {name}, {os.cpu_count()} CPUs, Python {platform.python_version()}"
 
 
-def bench_pareto(out: dict) -> None:
-    print("\n## Pareto front: 50 avg_bits budgets from one table")
-    print("| layers × formats | seconds | max gap |")
-    print("|---|---|---|")
-    out["pareto"] = []
-    for n in (200, 2000):
-        layers, fmts, loss, costs = synthetic(n)
-        prob = Problem(loss, costs, {"avg_bits": 4.0})
-        t = time.perf_counter()
-        pts = front(prob, "avg_bits", list(np.linspace(2.6, 8.3, 50)))
-        sec = time.perf_counter() - t
-        gap = max(p["gap"] for p in pts if p["feasible"])
-        print(f"| {n} × {len(fmts)} | {sec:.3f} | {gap:.1e} |")
-        out["pareto"].append({"layers": n, "seconds": sec, "max_gap": gap, "points": len(pts)})
+# ---------------------------------------------------------------- parts (run inside one tree)
 
-
-def bench_hutchinson(out: dict) -> None:
-    from proxies.base import ProxyContext
-    from workers.pipeline import task_layers
-    from proxies.hessian import HessianTraceProxy
-    from search.formats import make_formats
-    from workers.batches import plan_for, prepared_batches
-    from workers.sources import load_model
-
-    lm = load_model("builtin:minilm-l6")
-    calib, _, info = prepared_batches(lm, plan_for(lm), with_evals=False)
-    pairs = task_layers(lm)
-    ctx = ProxyContext(lm.model, [p[0] for p in pairs], [p[1] for p in pairs], lm.task, calib, make_formats([2, 3, 4, 8]))
-    max_probes = 64
-    proxy = HessianTraceProxy(tol=1e-9, min_probes=2, max_probes=max_probes)
-    samples = []
-    t = time.perf_counter()
-    # record every probe's per-layer estimate by running the estimator with growing budgets is
-    # wasteful; instead we run once and keep the raw samples through a small subclass hook
-    orig = proxy._converged
-    proxy._converged = lambda s: (samples.append(s[-1].copy()) if s else None) or False
-    proxy.traces(ctx)
-    proxy._converged = orig
-    sec = time.perf_counter() - t
-    s = np.stack(samples)
-    ref = s.mean(0)
-    print(f"\n## Hutchinson on MiniLM ({len(ref)} layers, {info['samples']} calibration sentences)")
-    print(f"time per probe (one HVP for all layers): {sec / len(s):.3f} s")
-    print("| probes | median rel. error vs 64-probe mean | max rel. error | median reported rel. SE |")
-    print("|---|---|---|---|")
-    out["hutchinson"] = {"seconds_per_probe": sec / len(s), "rows": []}
-    for k in (4, 8, 16, 32):
-        est = s[:k].mean(0)
-        err = np.abs(est - ref) / np.abs(ref)
-        rse = s[:k].std(0, ddof=1) / np.sqrt(k) / np.abs(est)
-        print(f"| {k} | {np.median(err):.3f} | {err.max():.3f} | {np.median(rse):.3f} |")
-        out["hutchinson"]["rows"].append({"probes": k, "median_rel_err": float(np.median(err)),
-                                          "max_rel_err": float(err.max()), "median_reported_rse": float(np.median(rse))})
-
-
-def bench_recipe(out: dict, model: str = "builtin:minilm-l6", budgets: tuple[float, ...] = (3.3,), **spec_kw) -> None:
-    """The default recipe end to end, once per budget on one loaded model (as a job with several
-    budgets runs), with each phase's time."""
+def part_recipe(root: Path, out: dict, specs: tuple[str, ...] = ("make run",)) -> None:
+    """The default recipe in-process (``run_search``), once per spec, on one loaded model."""
+    import torch
     from search.spec import SearchSpec
     from workers.pipeline import run_search
     from workers.sources import load_model
     t0 = time.perf_counter()
-    lm = load_model(model)
-    rows, total = [], time.perf_counter() - t0
-    for b in budgets:
+    lm = load_model("builtin:minilm-l6")
+    load = time.perf_counter() - t0
+    out["recipe"] = {"load_s": load, "threads": torch.get_num_threads(), "rows": {}}
+    for name, kw in (("make run", MAKE_RUN), ("bitplan search", SEARCH_DEFAULT)):
+        if name not in specs:
+            continue
         t = time.perf_counter()
-        res = run_search(SearchSpec(model=model, budgets={"avg_bits": b}, **spec_kw), loaded=lm)
+        res = run_search(SearchSpec(model="builtin:minilm-l6", **kw), loaded=lm)
         sec = time.perf_counter() - t
-        total += sec
-        pol = res.policy
-        loop = (pol.refine or {}).get("loop")
-        rows.append({"budget": b, "seconds": sec, "timings": res.timings, "measured": pol.measured.value,
-                     "uniform": pol.measured.uniform, "metric": pol.measured.metric,
-                     "refine": {k: v for k, v in (pol.refine or {}).items() if k in ("method", "stopped_by", "evals", "accepted")},
-                     "loop": None if loop is None else {k: loop[k] for k in ("began", "start_measured", "final_measured",
-                                                                          "measured_cells", "stopped_by")}
-                     | {"rounds": len(loop["rounds"]), "accepted": sum(r["accepted"] for r in loop["rounds"])},
-                     "uniform_check": ((pol.refine or {}).get("uniform_check") or {}).get("chosen")})
-    phases = list(rows[0]["timings"])
-    print(f"\n## Default recipe, {model}, avg_bits {', '.join(f'{b:g}' for b in budgets)}, end to end (load → refine)"
-          + (f"; {spec_kw}" if spec_kw else ""))
-    print("| phase | " + " | ".join(f"{b:g} bits" for b in budgets) + " |")
-    print("|---|" + "---|" * len(budgets))
-    for k in phases:
-        print(f"| {k} | " + " | ".join(f"{r['timings'].get(k, 0):.1f}" for r in rows) + " |")
-    print(f"| **job** | " + " | ".join(f"**{r['seconds']:.1f}**" for r in rows) + " |")
-    print(f"| {rows[0]['metric']} | " + " | ".join(f"{r['measured']:.4g}" for r in rows) + " |")
-    print("| uniform (nearest bits) | " + " | ".join(
-        f"{min(r['uniform'].items(), key=lambda kv: abs(float(kv[0]) - r['budget']))[1]:.4g}" for r in rows) + " |")
-    for r in rows:
-        if r["loop"]:
-            lp = r["loop"]
-            print(f"{r['budget']:g} bits: loop began at {lp['began']}, judge {lp['start_measured']:.4g} (uniform) -> "
-                  f"{lp['final_measured']:.4g}, {lp['accepted']}/{lp['rounds']} rounds accepted, {lp['measured_cells']} cells, "
-                  f"stopped by {lp['stopped_by']}; uniform check chose {r['uniform_check']}")
-    print(f"total with one model load: {total:.1f} s")
-    out["recipe"] = {"model": model, "seconds": total, "rows": rows, "spec": spec_kw}
+        pol, ref = res.policy, res.policy.refine or {}
+        out["recipe"]["rows"][name] = {
+            "seconds": sec + load, "timings": {"load": load, **{k: v for k, v in res.timings.items() if k != "load"}},
+            "metric": pol.measured.metric, "measured": pol.measured.value, "avg_bits": pol.cost["avg_bits"],
+            "uniform": pol.measured.uniform, "refine_evals": ref.get("evals"), "accepted": ref.get("accepted")}
+        print(f"  recipe {name}: {sec + load:.1f} s {res.timings}", file=sys.stderr, flush=True)
+
+
+def part_search(root: Path, out: dict) -> None:
+    """``bitplan search``'s default menu (12 formats) in-process: not a target, for reference."""
+    part_recipe(root, out, ("bitplan search",))
+
+
+def part_service(root: Path, out: dict) -> None:
+    """``make run``'s job through a real server, then a new budget from its stored table."""
+    import httpx
+    from service.client import Client
+    from service.launcher import ServerProcess, free_port
+    with tempfile.TemporaryDirectory(prefix="bitplan-speed-") as tmp:
+        var = Path(tmp) / "var"
+        env = {**os.environ, "BITPLAN_VAR_DIR": str(var), "BITPLAN_DATABASE_URL": f"sqlite:///{var}/bitplan.db",
+               "PYTHONPATH": str(root), "BITPLAN_API_TOKEN": ""}
+        env.pop("RAY_ADDRESS", None)
+        port = free_port()
+        srv = ServerProcess(port, var / "server.log", env=env, cwd=root)
+        t = time.perf_counter()
+        srv.start(timeout=240)
+        started = time.perf_counter() - t
+        try:
+            with Client(srv.url, None, timeout=600) as c:
+                model = c.register_model("builtin:minilm-l6")
+                fmt = {"bits": MAKE_RUN["bits"], "group_size": MAKE_RUN["group_size"]}
+                t = time.perf_counter()
+                job = c.submit(model.id, MAKE_RUN["budgets"], formats=fmt)
+                job = c.wait(job.id, timeout=1800, poll_interval=0.2)
+                wall = time.perf_counter() - t
+                pol = c.policy(job.policy_ids[0])
+                row = {"server_start_s": started, "seconds": wall, "timings": dict(job.timings),
+                       "measured": pol["measured"]["value"], "avg_bits": pol["cost"]["avg_bits"]}
+                table_id = job.sensitivity_id
+                r = httpx.post(f"{srv.url}/v1/sensitivities/{table_id}/solve", json={"budgets": {"avg_bits": 3.8}}, timeout=60)
+                if r.status_code == 200:
+                    from speed_service import resolve_timings
+                    row["resolve"] = {"how": "POST /v1/sensitivities/{id}/solve",
+                                      **resolve_timings(srv.url, None, table_id, [3.0, 3.5, 3.8, 4.2, 5.0])}
+                else:  # no endpoint: a new budget is a second job that reuses the stored table
+                    t = time.perf_counter()
+                    again = c.wait(c.submit(model.id, {"avg_bits": 3.8}, formats=fmt).id, timeout=1800, poll_interval=0.2)
+                    row["resolve"] = {"how": f"a second job on the stored table (the API answered {r.status_code})",
+                                      "server_ms": (time.perf_counter() - t) * 1e3, "timings": dict(again.timings)}
+                out["service"] = row
+                print(f"  service: {wall:.1f} s {row['timings']}", file=sys.stderr, flush=True)
+        finally:
+            srv.stop()
+
+
+def part_fanout(root: Path, out: dict) -> None:
+    from speed_ray import bench_fanout
+    bench_fanout(out)
+
+
+def part_ilp(root: Path, out: dict) -> None:
+    from speed_solvers import bench_ilp_scale
+    bench_ilp_scale(out)
+
+
+def part_solvers(root: Path, out: dict) -> None:
+    from speed_legacy import bench_pareto, bench_solvers
+    bench_solvers(out)
+    bench_pareto(out)
+
+
+def part_hutchinson(root: Path, out: dict) -> None:
+    from speed_legacy import bench_hutchinson
+    bench_hutchinson(out)
+
+
+def part_llm(root: Path, out: dict) -> None:
+    """The causal-LM recipe on whole SmolLM2 at two budgets, phase by phase (about 17 minutes)."""
+    from speed_legacy import bench_recipe
+    bench_recipe(out, "builtin:smollm2-135m", (3.2969, 4.3125))
+
+
+PARTS = {"recipe": part_recipe, "search": part_search, "service": part_service, "fanout": part_fanout, "ilp": part_ilp,
+         "solvers": part_solvers, "hutchinson": part_hutchinson, "llm": part_llm}
+COMPARED = ("recipe", "search", "service", "fanout", "ilp")
+DEFAULT_PARTS = ("recipe", "service", "fanout", "ilp")
+
+
+# ---------------------------------------------------------------- driver
+
+def run_part(part: str, tree: Path | None, log) -> dict:
+    """One part in a subprocess with the engine of ``tree`` (None: this checkout)."""
+    with tempfile.NamedTemporaryFile(suffix=".json", delete=False) as f:
+        dest = Path(f.name)
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--part", part, "--json", str(dest)]
+    env = dict(os.environ)
+    if tree is not None:
+        cmd += ["--tree", str(tree)]
+        env["PYTHONPATH"] = str(tree)
+    t = time.perf_counter()
+    proc = subprocess.run(cmd, env=env, stdout=log, stderr=log, cwd=str(tree or HERE.parent))
+    res = json.loads(dest.read_text()) if dest.exists() and dest.stat().st_size else {}
+    dest.unlink(missing_ok=True)
+    res[f"_{part}"] = {"rc": proc.returncode, "seconds": time.perf_counter() - t}
+    if proc.returncode:
+        print(f"  {part} exited with {proc.returncode} (see {log.name})", file=sys.stderr, flush=True)
+    return res
+
+
+def merge(into: dict, new: dict) -> dict:
+    """``new`` merged into ``into`` key by key (the recipe and search parts share ``recipe``)."""
+    for k, v in new.items():
+        if isinstance(v, dict) and isinstance(into.get(k), dict):
+            merge(into[k], v)
+        else:
+            into[k] = v
+    return into
+
+
+def baseline_tree(rev: str) -> Path:
+    """A worktree of ``rev`` beside the system's temp files (made once, reused)."""
+    path = Path(tempfile.gettempdir()) / f"bitplan-baseline-{rev}"
+    if not (path / "search").exists():
+        subprocess.run(["git", "-C", str(HERE.parent), "worktree", "add", "--force", "--detach", str(path), rev],
+                       check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return path
+
+
+def _get(d: dict, *keys, default=None):
+    for k in keys:
+        if not isinstance(d, dict) or k not in d:
+            return default
+        d = d[k]
+    return d
+
+
+def _fmt(v, unit: str = "", nd: int = 1) -> str:
+    if v is None:
+        return "—"
+    if isinstance(v, str):
+        return v
+    return f"{v:.{nd}f}{unit}"
+
+
+def print_report(before: dict, now: dict, rev: str) -> None:
+    """Every target side by side: goal, previous code, this code, met or not."""
+    print(f"\n## Speed targets: this code vs {rev} (same machine, same run)")
+    print(f"machine: {machine()}\n")
+    print(f"| target | goal | before ({rev}) | now | met |")
+    print("|---|---|---|---|---|")
+
+    def row(name: str, goal: str, b, n, ok) -> None:
+        print(f"| {name} | {goal} | {b} | {n} | {'yes' if ok else 'no' if ok is not None else '—'} |")
+
+    for spec in ("make run", "bitplan search"):
+        b, n = (_get(x, "recipe", "rows", spec) or {} for x in (before, now))
+        if not b and not n:
+            continue
+        goal = f"≤ {TARGETS['recipe_s']:.0f} s" if spec == "make run" else "(not a target)"
+        row(f"MiniLM default recipe in-process, {spec}'s job", goal, _fmt(b.get("seconds"), " s"),
+            _fmt(n.get("seconds"), " s"), None if "seconds" not in n or spec != "make run" else n["seconds"] <= TARGETS["recipe_s"])
+        metric = n.get("metric") or b.get("metric") or "metric"
+        row(f"  held-out {metric} of that job", "no worse", _fmt(b.get("measured"), nd=5), _fmt(n.get("measured"), nd=5),
+            None if "measured" not in n or "measured" not in b else n["measured"] <= b["measured"] + 1e-9)
+    b, n = _get(before, "service") or {}, _get(now, "service") or {}
+    row("make run's job through the service (submit → succeeded)", f"≤ {TARGETS['service_s']:.0f} s",
+        _fmt(b.get("seconds"), " s"), _fmt(n.get("seconds"), " s"),
+        None if "seconds" not in n else n["seconds"] <= TARGETS["service_s"])
+    row("  held-out metric of that job", "no worse", _fmt(b.get("measured"), nd=5), _fmt(n.get("measured"), nd=5),
+        None if "measured" not in n or "measured" not in b else n["measured"] <= b["measured"] + 1e-9)
+    def resolve(r: dict) -> tuple[str, float | None]:
+        if not r:
+            return "—", None
+        warm = _get(r, "warm", "server_ms")
+        if warm:  # the endpoint: median and p95 of the warm calls, and the first (cold) one
+            return (f"{warm['median']:.1f} ms median, {warm['p95']:.1f} ms p95, first {r['cold']['server_ms']:.1f} ms "
+                    f"({r['warm']['n']} calls)"), max(warm["p95"], r["cold"]["server_ms"])
+        return f"{r['server_ms'] / 1e3:.1f} s ({r['how']})", r["server_ms"]
+    (tb, _), (tn, vn) = resolve(b.get("resolve") or {}), resolve(n.get("resolve") or {})
+    row("a new budget from the stored table, server-side", f"≤ {TARGETS['resolve_ms']:.0f} ms", tb, tn,
+        None if vn is None else vn <= TARGETS["resolve_ms"])
+    def fan(res: dict) -> tuple[str, float | None]:
+        rows = {r.get("workers"): r for r in (_get(res, "fanout") or []) if isinstance(r, dict)}
+        if 1 not in rows or 2 not in rows:
+            return "—", None
+        return f"{rows[1]['seconds']:.1f} s → {rows[2]['seconds']:.1f} s: {rows[2]['speedup']:.2f}×", rows[2]["speedup"]
+    (tb, _), (tn, sn) = fan(before), fan(now)
+    row("sensitivity phase, 1 → 2 Ray workers (two-node Cluster)", f"≥ {TARGETS['fanout_x']}×", tb, tn,
+        None if sn is None else sn >= TARGETS["fanout_x"])
+    ib, inow = _get(before, "ilp_scale") or [], _get(now, "ilp_scale") or []
+    for i, r in enumerate(inow):
+        rb_ = ib[i] if i < len(ib) else {}
+        gap = r.get("gap")
+        row(f"ilp {r.get('layers')} layers × {r.get('formats')} formats, {r.get('budgets')}",
+            f"≤ {TARGETS['ilp_s']:.0f} s, gap reported", _fmt(rb_.get("seconds"), " s", 2) + (
+                f" (gap {rb_['gap']:.1e})" if rb_.get("gap") is not None else ""),
+            _fmt(r.get("seconds"), " s", 2) + (f" (gap {gap:.1e})" if gap is not None else ""),
+            None if r.get("seconds") is None else r["seconds"] <= TARGETS["ilp_s"] and gap is not None)
+
+    print("\n### Where the time goes, by phase (seconds)")
+    for spec in ("make run", "bitplan search"):
+        b, n = (_get(x, "recipe", "rows", spec, "timings") or {} for x in (before, now))
+        if n or b:
+            _phase_table(f"in-process, {spec}'s job", b, n, rev)
+    b, n = (_get(x, "service", "timings") or {} for x in (before, now))
+    if n or b:
+        _phase_table("through the service, make run's job (the job's stored timings)", b, n, rev)
+
+
+def _phase_table(title: str, b: dict, n: dict, rev: str) -> None:
+    print(f"\n{title}\n\n| phase | before ({rev}) | now |\n|---|---|---|")
+    for k in dict.fromkeys([*b, *n]):
+        print(f"| {k} | {_fmt(b.get(k))} | {_fmt(n.get(k))} |")
+    print(f"| **sum** | **{_fmt(sum(b.values()) if b else None)}** | **{_fmt(sum(n.values()) if n else None)}** |")
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--skip-recipe", action="store_true")
-    ap.add_argument("--skip-hutchinson", action="store_true")
-    ap.add_argument("--recipe-model", default="builtin:minilm-l6")
-    ap.add_argument("--recipe-budgets", default="3.3", help="comma-separated avg_bits budgets")
-    ap.add_argument("--skip-solvers", action="store_true", help="only the recipe (and Hutchinson unless skipped)")
+    ap.add_argument("--parts", default=",".join(DEFAULT_PARTS), help=f"comma-separated, of {', '.join(PARTS)}")
+    ap.add_argument("--baseline", default=BASELINE, help="git revision for the 'before' column ('none': skip it)")
     ap.add_argument("--out", type=Path, default=Path("bench/results/speed.json"))
+    ap.add_argument("--log", type=Path, default=Path("bench/results/speed.log"), help="the parts' own output")
+    ap.add_argument("--report", type=Path, help="print the tables of a saved --out file and exit")
+    ap.add_argument("--part", help=argparse.SUPPRESS)
+    ap.add_argument("--tree", help=argparse.SUPPRESS)
+    ap.add_argument("--json", type=Path, help=argparse.SUPPRESS)
     args = ap.parse_args()
-    out = {"machine": f"{platform.machine()} {platform.processor() or ''} {os.cpu_count()} cpus, {platform.python_version()}"}
-    print(f"machine: {out['machine']}")
-    if not args.skip_solvers:
-        bench_solvers(out)
-        bench_pareto(out)
-    if not args.skip_hutchinson:
-        bench_hutchinson(out)
-    if not args.skip_recipe:
-        bench_recipe(out, args.recipe_model, tuple(float(b) for b in args.recipe_budgets.split(",")))
+    if args.part:  # inside one tree: run one part, write what it measured
+        root = _tree(args.tree)
+        out: dict = {}
+        try:
+            PARTS[args.part](root, out)
+        finally:
+            args.json.write_text(json.dumps(out, default=float))
+        return
+    if args.report:
+        saved = json.loads(args.report.read_text())
+        print_report(saved["before"], saved["now"], saved["baseline"] or "—")
+        return
+    parts = [p.strip() for p in args.parts.split(",") if p.strip()]
+    unknown = [p for p in parts if p not in PARTS]
+    if unknown:
+        ap.error(f"unknown parts {unknown}; choose from {', '.join(PARTS)}")
+    args.log.parent.mkdir(parents=True, exist_ok=True)
+    rev = None if args.baseline == "none" else args.baseline
+    before, now = {}, {}
+    with open(args.log, "w") as log:
+        old = baseline_tree(rev) if rev else None
+        for p in parts:
+            if old is not None and p in COMPARED:
+                print(f"{p}: running on {rev} …", file=sys.stderr, flush=True)
+                merge(before, run_part(p, old, log))
+            print(f"{p}: running on this code …", file=sys.stderr, flush=True)
+            merge(now, run_part(p, None, log))
+    print_report(before, now, rev or "—")
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(out, indent=1, default=float))
+    args.out.write_text(json.dumps({"machine": machine(), "baseline": rev, "before": before, "now": now}, indent=1, default=float))
 
 
 if __name__ == "__main__":
