@@ -31,6 +31,8 @@ def test_a_lone_job_task_runs_torch_on_every_cpu_of_its_node():
 
     spec = SearchSpec(model="builtin:digits-cnn", budgets={"avg_bits": 4.3}, proxy="measured", solver="ilp",
                       refine=False, n_calib=16).model_dump()
+    if ray.is_initialized():  # a test before this one in the same process left its Ray up
+        ray.shutdown()
     ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level=logging.WARNING)
     try:
         queue = Queue()
@@ -52,6 +54,8 @@ def two_nodes():
     cluster = Cluster(initialize_head=True, connect=False, head_node_args={"num_cpus": 0})
     nodes = [cluster.add_node(num_cpus=1) for _ in range(2)]
     cluster.wait_for_nodes()
+    if ray.is_initialized():
+        ray.shutdown()
     ray.init(address=cluster.address, logging_level=logging.WARNING)
     try:
         yield cluster, nodes
