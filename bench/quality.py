@@ -25,6 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from proxies.base import ProxyContext  # noqa: E402
 from proxies.evaluate import Evaluator  # noqa: E402
+from proxies.precision import resolve_compute_dtype  # noqa: E402
 from proxies.registry import get_proxy  # noqa: E402
 from search.baselines import greedy_upgrades, llamacpp_mix  # noqa: E402
 from search.budgets import CostModel  # noqa: E402
@@ -96,7 +97,8 @@ def run_model(key: str, args) -> dict:
     st = setup_model(key, args)
     ref, lm, layers, modules, formats, costs = st.ref, st.lm, st.layers, st.modules, st.formats, st.costs
     calib, evals, info, budgets, n = st.calib, st.evals, st.info, st.budgets, st.n
-    ev = Evaluator(lm.model, modules, lm.task)
+    dtype = resolve_compute_dtype(args.compute_dtype)  # the comparison passes' dtype, as the pipeline picks it
+    ev = Evaluator(lm.model, modules, lm.task, compute_dtype=dtype)
     metric = lm.task.metric
     rows, tables, tsec = [], {}, {}
     base = {"float": ev.task.evaluate(lm.model, evals)[metric]}
@@ -105,7 +107,7 @@ def run_model(key: str, args) -> dict:
     wanted = {p.strip() for p in args.proxies.split(",")}
     proxies = {k: v for k, v in PROXY_PARAMS.items() if k in wanted or k == "measured"}
     for name, params in proxies.items():
-        ctx = ProxyContext(lm.model, layers, modules, lm.task, calib, formats, 0, None, lm.sha256, info)
+        ctx = ProxyContext(lm.model, layers, modules, lm.task, calib, formats, 0, None, lm.sha256, info, compute_dtype=dtype)
         if key == "smollm2" and name == "hessian_trace":
             params = {"max_probes": args.hutchinson_probes, "min_probes": min(8, args.hutchinson_probes)}
         t = time.perf_counter()
@@ -163,14 +165,14 @@ def run_model(key: str, args) -> dict:
         rows.append(row)
     return {"model": ref, "metric": metric, "layers": n, "baselines": base, "rows": rows, "proxy_seconds": tsec,
             "calibration": info, "eval_batches": len(evals), "eval_samples": st.eval_samples,
-            "menu": menu_name(args), "judge": {"samples": judge.samples, "source": judge_source}}
+            "menu": menu_name(args), "judge": {"samples": judge.samples, "source": judge_source}, "compute_dtype": dtype}
 
 
 def print_table(res: dict) -> None:
     higher = res["metric"] == "accuracy"
     print(f"\n### {res['model']} — {res['metric']} ({'higher' if higher else 'lower'} is better), {res['layers']} layers, "
           f"menu {res['menu']}, {res['eval_samples']} held-out samples, refine judged on "
-          f"{res['judge']['samples']} samples ({res['judge']['source']})")
+          f"{res['judge']['samples']} samples ({res['judge']['source']}), cells and judge in {res.get('compute_dtype', 'float32')}")
     print("baselines: " + ", ".join(f"{k} {v:.5g}" for k, v in res["baselines"].items()))
     keys = [k for k in res["rows"][0] if k not in ("budget", "refine_seconds", "loop_seconds", "calibration loss")]
     print("| method | " + " | ".join(f"{r['budget']:.4f} bits" for r in res["rows"]) + " |")
@@ -205,6 +207,8 @@ def main() -> None:
     ap.add_argument("--proxies", default=",".join(PROXY_PARAMS),
                     help="proxies whose rows to measure (measured always: the recipe's); e.g. measured for the recipe alone")
     ap.add_argument("--loop", action="store_true", help="also refine_method=loop: the operating-point loop, then moves")
+    ap.add_argument("--compute-dtype", default="auto", choices=["auto", "float32", "bfloat16"],
+                    help="dtype of the measured cells and refine's judge, as a job's compute_dtype (default auto)")
     add_setup_args(ap, smollm_blocks="")
     ap.add_argument("--hutchinson-probes", type=int, default=16)
     ap.add_argument("--out", type=Path, default=Path("bench/results/quality.json"))

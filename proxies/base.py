@@ -16,6 +16,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from proxies.device import model_device
+from proxies.precision import comparison_precision
 from proxies.quantizers import RTNQuantizer, WeightQuantizer
 from proxies.tasks import Batch, Task
 from search.formats import Format
@@ -43,6 +45,9 @@ class ProxyContext:
     map_policies: Callable | None = None
     # the job's weight quantizer (RTN when not given); every weight perturbation goes through it
     quantizer: WeightQuantizer | None = None
+    # the dtype of the comparison passes of proxies that allow it ("float32" or "bfloat16", see
+    # proxies.precision); resolved from the job's compute_dtype on the worker that runs them
+    compute_dtype: str = "float32"
 
     def __post_init__(self) -> None:
         if self.quantizer is None:
@@ -62,6 +67,9 @@ class Proxy(ABC):
     # True when the proxy takes a ``layers`` parameter (row indices) and rows are independent,
     # so a table can be computed in chunks on several workers and summed.
     chunkable: bool = False
+    # True when the proxy only compares forward losses of the same kind (no gradients), so its
+    # passes may run in ``ctx.compute_dtype`` (proxies.precision); others always run float32.
+    low_precision: bool = False
 
     def __init__(self, **params):
         # typed and range-checked in search.params, so the API and CLI refuse the same input
@@ -78,7 +86,8 @@ class Proxy(ABC):
 
     def compute(self, ctx: ProxyContext) -> SensitivityTable:
         t0 = time.perf_counter()
-        values, stderr, diagnostics = self._compute(ctx)
+        with comparison_precision(self._dtype(ctx), model_device(ctx.model)):
+            values, stderr, diagnostics = self._compute(ctx)
         seconds = time.perf_counter() - t0
         return SensitivityTable(ctx.layers, ctx.formats, values, self.name, self.table_params(ctx), ctx.calibration,
                                 stderr, {"seconds": round(seconds, 4)}, ctx.model_sha256, diagnostics)
@@ -89,7 +98,12 @@ class Proxy(ABC):
         params = dict(self.params)
         if ctx.quantizer.method != "rtn":
             params["quantizer"] = ctx.quantizer.key()
+        if self._dtype(ctx) != "float32":  # float32 keys stay as they were
+            params["compute_dtype"] = self._dtype(ctx)
         return params
+
+    def _dtype(self, ctx: ProxyContext) -> str:
+        return ctx.compute_dtype if self.low_precision else "float32"
 
     @abstractmethod
     def _compute(self, ctx: ProxyContext) -> tuple[np.ndarray, np.ndarray | None, dict]:

@@ -21,6 +21,7 @@ from proxies.blockcache import prefix_cache
 class MeasuredProxy(Proxy):
     name = "measured"
     chunkable = True
+    low_precision = True  # every number it returns is a difference of two losses from the same kind of pass
 
     def _context_format(self, ctx: ProxyContext):
         label = self.params["context"]

@@ -4,11 +4,13 @@ once, in a module with no imports, so the lean SDK (httpx + pydantic, no numpy) 
 
 DEFAULT_REFINE_EVALS = 300   # refine's candidate policies, judged by measured loss on samples held
                              # apart from the table's (a racing judge: most candidates cost one batch).
-DEFAULT_REFINE_PATIENCE = 150  # and it stops once this many candidates in a row since the last accepted move
-                               # lost: moves are tried best-predicted first, and on MiniLM (8 refines: 2
-                               # menus × 4 budgets) every accepted move came within 136 candidates of the
-                               # one before, so this limit changed none of them; where moves dry up early
-                               # (make run's job: the last accepted at candidate 83) it saves the rest
+DEFAULT_REFINE_PATIENCE = 100  # and it stops once this many candidates in a row since the last accepted move
+                               # lost, or as many as it took to find that move when more (search/refine.py).
+                               # Moves go best-predicted and never-judged first; on MiniLM (8 refines: menus
+                               # g64 and g32/64/128 × 4 budgets, bench/quality.py's data) every accepted move
+                               # came within that wait of the one before (the longest: 141 candidates after one
+                               # found at candidate 156), while make run's job, whose last move is found at
+                               # candidate 67, stops at 167 instead of 217
 DEFAULT_REFINE_SECONDS = 600  # and at most this much wall time: a model whose forward is costly (a CNN
                               # at 224 px) judges few candidates per minute, and refine's gain comes
                               # mostly from its first accepted moves; the default MiniLM job stays

@@ -97,14 +97,32 @@ def candidate_moves(problem: Problem, gchoice: np.ndarray, metric: str) -> list[
     return moves
 
 
+def move_key(gchoice: np.ndarray, changes: tuple) -> frozenset:
+    """A move's identity: which groups go from which format to which."""
+    return frozenset((int(g), int(gchoice[g]), int(k)) for g, k in changes)
+
+
+def fresh_first(moves: list[tuple[float, tuple]], lost: set[frozenset], gchoice: np.ndarray) -> list[tuple[float, tuple]]:
+    """``moves`` from ``gchoice`` (best-predicted first) with the ones already judged and lost
+    (``move_key``) moved behind the rest. After an accepted move most candidates are the same
+    moves again, now on a policy that differs in two layers; a move that lost before mostly
+    loses again (on MiniLM's 12-format menu, 14 of 17 accepted moves had never been judged, and
+    over half of the judged candidates were moves judged before), so the unjudged ones go
+    first: the next improvement comes after fewer candidates, and the lost ones still get their turn."""
+    return sorted(moves, key=lambda m: move_key(gchoice, m[1]) in lost)  # stable: each tier keeps its order
+
+
 def refine(problem: Problem, start: np.ndarray, judge: Judge, max_evals: int = 40,
            max_candidates: int = 400, progress: Callable[[int, int, float], None] | None = None,
            max_seconds: float | None = None, clock: Callable[[], float] = time.monotonic,
            patience: int | None = None) -> RefineResult:
     """Local search from layer choice ``start``; returns the best *measured* policy found.
     ``patience``: also stop once that many judged candidates in a row (since the start or the
-    last accepted move) did not improve: the moves are tried best-predicted first, so a long
-    run of losers means the table's ordering has nothing better left to offer."""
+    last accepted move) did not improve, or as many as it took to reach the last accepted move
+    when that is more: the moves are tried best-predicted and unjudged first, so a long run of
+    losers means the table's ordering has nothing better left to offer, and a search that still
+    found improvements late has earned a longer wait than one that stopped finding them early
+    (at most half of its judgements then go to the unrewarded tail)."""
     if max_evals < 1:
         raise ValueError(f"max_evals must be >= 1, got {max_evals}")
     if max_seconds is not None and not max_seconds > 0:
@@ -119,14 +137,20 @@ def refine(problem: Problem, start: np.ndarray, judge: Judge, max_evals: int = 4
     cur_loss = judge(problem.expand(gcur))
     start_loss, evals, accepted, history = cur_loss, 1, 0, []
     tried: set[bytes] = {gcur.tobytes()}  # the start is measured: never spend an eval on it again
+    lost: set[frozenset] = set()  # moves (move_key) judged worse than the policy they were tried on
     improved, out_of_time, since = True, False, 0  # since: judged candidates since the last improvement
+    reached = 0  # the evaluation that found the last improvement
+
+    def waited() -> bool:
+        return patience is not None and since >= max(patience, reached)
+
     while improved and evals < max_evals and not out_of_time:
         improved = False
-        for pred, changes in candidate_moves(problem, gcur, metric)[:max_candidates]:
+        for pred, changes in fresh_first(candidate_moves(problem, gcur, metric)[:max_candidates], lost, gcur):
             if clock() >= deadline:
                 out_of_time = True
                 break
-            if patience is not None and since >= patience:
+            if waited():
                 break
             g = gcur.copy()
             for grp, k in changes:
@@ -143,13 +167,14 @@ def refine(problem: Problem, start: np.ndarray, judge: Judge, max_evals: int = 4
             if progress:
                 progress(evals, max_evals, min(cur_loss, loss))
             if loss < cur_loss:
-                gcur, cur_loss, accepted, improved, since = g, loss, accepted + 1, True, 0
+                gcur, cur_loss, accepted, improved, since, reached = g, loss, accepted + 1, True, 0, evals
                 break
+            lost.add(move_key(gcur, changes))
             since += 1
             if evals >= max_evals:
                 break
     stopped_by = ("time" if out_of_time else "evals" if evals >= max_evals
-                  else "patience" if patience is not None and since >= patience else "converged")
+                  else "patience" if waited() else "converged")
     return RefineResult(problem.expand(gcur), start_loss, cur_loss, evals, accepted, history, stopped_by, clock() - t0)
 
 

@@ -52,6 +52,10 @@ class SearchSpec(BaseModel):
     # refine's judge: samples of the calibration source apart from the calibration ones (None:
     # the per-model default; 0: judge on the calibration batches themselves)
     judge_samples: int | None = None
+    # the dtype of the comparison passes (the measured proxy's cells, refine's judge): "auto" is
+    # bf16 where the device multiplies it natively, else float32 (proxies/precision.py); held-out
+    # metrics and calibration references are float32 whatever this says
+    compute_dtype: Literal["auto", "float32", "bfloat16"] = "auto"
     calib: str | None = None
     eval: str | None = None
     n_calib: int | None = None

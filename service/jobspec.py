@@ -39,7 +39,8 @@ class JobPlan:
 TEXT_MODEL_KINDS = ("causal_lm", "embedding", "text_classifier")
 IMAGE_FIELDS = ("image_size", "resize", "image_mean", "image_std")
 NEW_FIELDS = {**{f: None for f in IMAGE_FIELDS}, "data_column": None, "label_column": None, "fold_batchnorm": False,
-              "refine_patience": DEFAULT_REFINE_PATIENCE}
+              "refine_patience": DEFAULT_REFINE_PATIENCE, "compute_dtype": "auto"}
+REFINE_ONLY = ("refine_patience",)  # new fields the sensitivity table does not depend on
 _KIND_WORDS = {"images": "images", "tensors": "tensors", "text": "text", "jsonl": "JSONL text", "file": "text",
                "dataset": "a dataset"}
 
@@ -189,7 +190,7 @@ def _sensitivity_key(req: JobCreate, model_id: str, checked: Checked, calib: str
                 "n_calib": spec.n_calib, "seq_len": spec.seq_len, "seed": spec.seed,
                 "formats": [x.label for x in parts.formats]}
     for f, default in NEW_FIELDS.items():  # unset: keys stay as they were, cached tables remain valid
-        if getattr(req, f) != default:
+        if f not in REFINE_ONLY and getattr(req, f) != default:
             key_blob[f] = getattr(req, f)
     if req.quantizer != "rtn":  # RTN keys stay as they were, so existing cached tables remain valid
         key_blob["quantizer"] = {"method": req.quantizer, **parts.quantizer_params}

@@ -94,6 +94,10 @@ class JobCreate(_Strict):
         "wall time refine may spend (checked between candidates); it stops at whichever of this and "
         "refine_evals comes first, and the policy's refine.stopped_by says which (null: "
         + ", ".join(f"{v:g} for a {k}" for k, v in REFINE_SECONDS.items()) + f", {DEFAULT_REFINE_SECONDS:g} otherwise)"))
+    compute_dtype: Literal["auto", "float32", "bfloat16"] = Field(default="auto", description=(
+        "dtype of the comparison passes (the measured proxy's cells and refine's judge): auto = bfloat16 where the "
+        "worker's device multiplies it natively (AVX512-BF16/AMX CPUs, bf16 GPUs), else float32; held-out metrics "
+        "are float32 either way. The table's params and the policy's refine report name the one used"))
     refine_method: Literal["moves", "loop"] | None = Field(default=None, description=(
         "moves: pairs of one-step moves judged one by one; loop: measure the cells around the policy at the "
         "operating point (the dearest uniform format that fits), re-solve and judge, then moves with the time "

@@ -15,6 +15,8 @@ import torch
 from proxies.base import Proxy, ProxyContext
 from proxies.measured import cell_measure
 from proxies.evaluate import Evaluator, RacingJudge
+from proxies.device import model_device
+from proxies.precision import comparison_precision, resolve_compute_dtype
 from search.budgets import CostModel
 from search.formats import FLOAT_BITS, Format
 from search.policy import Measured, Policy, Predicted, Quantizer, SolverInfo, build_policy
@@ -75,8 +77,10 @@ def run_search(spec: SearchSpec, progress: Progress = _noop, loaded: LoadedModel
         return measuring_phases(solver.name)(spec, ld, formats, solver, calib, evals, timings, progress)
 
     t = time.perf_counter()
+    dtype = resolve_compute_dtype(spec.compute_dtype, model_device(lm.model))  # the comparison passes' dtype
     ctx = ProxyContext(lm.model, layers, modules, lm.task, calib, formats, spec.seed,
-                       lambda f, m: progress("sensitivity", f, m), ld.table_sha256, calib_info, quantizer=quantizer)
+                       lambda f, m: progress("sensitivity", f, m), ld.table_sha256, calib_info, quantizer=quantizer,
+                       compute_dtype=dtype)
     if table is None:
         table = compute_table(proxy, ctx) if compute_table else proxy.compute(ctx)
     timings["sensitivity"] = time.perf_counter() - t
@@ -90,7 +94,7 @@ def run_search(spec: SearchSpec, progress: Progress = _noop, loaded: LoadedModel
     progress("solve", 1.0, f"objective {solution.objective:.4g}, gap {solution.gap}")
 
     t = time.perf_counter()
-    ev = Evaluator(lm.model, modules, lm.task, quantizer)
+    ev = Evaluator(lm.model, modules, lm.task, quantizer, dtype)
     baselines = _baselines(ev, formats, costs, evals, lambda f, m: progress("evaluate", f, m))
     solved = ev.metrics([formats[k] for k in solution.choice], evals)
     timings["evaluate"] = time.perf_counter() - t
@@ -124,8 +128,9 @@ def run_search(spec: SearchSpec, progress: Progress = _noop, loaded: LoadedModel
         if loop_info is not None:
             refine_info["loop"] = loop_info
             refine_info["start_measured"] = loop_info["start_measured"]  # the loop's start: uniform
-        refine_info.update(judge_samples=judge.samples, judge_source=judge_source, judge_batches=judge.batches_run,
-                           stopped_early=judge.stopped_early)
+        refine_info.update(compute_dtype=dtype, judge_samples=judge.samples, judge_source=judge_source,
+                           judge_batches=judge.batches_run, stopped_early=judge.stopped_early,
+                           screened_out=judge.screened_out)
         unrefined = solved
         # the policy refine returns, measured: the loop may change it even when no move is accepted
         solved = solved if np.array_equal(choice, solution.choice) else ev.metrics([formats[k] for k in choice], evals)
@@ -189,7 +194,10 @@ def refine_judge(lm: LoadedModel, plan, ev: Evaluator, formats: list[Format], ca
     apart = ev.cache.quantizer.apart_samples
     batches, n = judge_batches(lm, plan, judge_samples, apart) if judge_samples != 0 else ([], 0)
     if n:
-        return ev.judge(formats, lm.task.prepare(lm.model, batches)), "held apart"
+        # the judge's references come from the same kind of pass as its candidates' (proxies.precision)
+        with comparison_precision(ev.compute_dtype, model_device(lm.model)):
+            batches = lm.task.prepare(lm.model, batches)
+        return ev.judge(formats, batches), "held apart"
     why = "judge_samples=0" if judge_samples == 0 else "the source has no samples left"
     return ev.judge(formats, calib), f"calibration ({why})"
 

@@ -51,7 +51,7 @@ PREPARE_FIELDS = ("version", "model", "bits", "group_size", "symmetric", "format
 # The spec fields only the job part and the later phases read: budgets and the costs they are
 # checked against (ties, a_bits, latency_table), the proxy, the solver, refine and its judge.
 JOB_FIELDS = ("budgets", "proxy", "proxy_params", "solver", "solver_params", "refine", "refine_evals",
-              "refine_patience", "refine_seconds", "refine_method", "judge_samples", "ties", "latency_table", "a_bits")
+              "refine_patience", "refine_seconds", "refine_method", "judge_samples", "compute_dtype", "ties", "latency_table", "a_bits")
 
 
 def _noop(phase: str, fraction: float, message: str) -> None:

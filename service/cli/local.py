@@ -18,7 +18,7 @@ if TYPE_CHECKING:  # the engine's imports stay lazy so --help and usage errors a
     from search.validate import Checked
 
 # the flags that carry a request field under the field's own name
-SAME_NAMES = ("target", "proxy", "solver", "refine", "refine_evals", "refine_patience", "refine_seconds", "refine_method", "judge_samples", "seed",
+SAME_NAMES = ("target", "proxy", "solver", "refine", "refine_evals", "refine_patience", "refine_seconds", "refine_method", "judge_samples", "compute_dtype", "seed",
               "quantizer", "device", "offload", "runtime", "include_embeddings", "include_head")
 
 

@@ -95,6 +95,9 @@ def _add_search(sub) -> None:
                    help="calibration-source samples, apart from the calibration ones, that judge refine's moves "
                         "(default by model kind: " + ", ".join(f"{k} {v}" for k, v in JUDGE_SAMPLES.items())
                         + "; 0 = the calibration samples)")
+    s.add_argument("--compute-dtype", choices=["auto", "float32", "bfloat16"], default="auto",
+                   help="dtype of the measured proxy's cells and refine's judge: auto = bfloat16 where the CPU/GPU has "
+                        "it natively (about twice as fast there), else float32; metrics are float32 either way")
     s.add_argument("--device", default="auto",
                    help="where the forward passes run: auto (a GPU when there is one, else the CPU), cpu, cuda, cuda:N, mps")
     s.add_argument("--offload", dest="offload", action="store_true", default=None,

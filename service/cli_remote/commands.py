@@ -110,7 +110,8 @@ def _submit(c, args) -> int:
                        refine=args.refine, refine_evals=args.refine_evals,
                        refine_patience=args.refine_patience, refine_seconds=args.refine_seconds,
                        refine_method=args.refine_method,
-                       judge_samples=args.judge_samples, device=args.device, offload=args.offload,
+                       judge_samples=args.judge_samples, compute_dtype=args.compute_dtype, device=args.device,
+                       offload=args.offload,
                        calibration=calib or None, evaluation=evaluation or None, seed=args.seed,
                        ties=[t for t in args.tie.split(",") if t] or None, **extra)
     except ValidationError as e:

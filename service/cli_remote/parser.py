@@ -72,6 +72,8 @@ def _add_submit(sub, bits_type, group_type, kv_type, data_args) -> None:
     s.add_argument("--refine-method", choices=["moves", "loop"], help="how refine searches (server default when not given)")
     s.add_argument("--judge-samples", type=int, metavar="N",
                    help="calibration-source samples apart from the calibration ones that judge refine (0 = the calibration samples)")
+    s.add_argument("--compute-dtype", choices=["auto", "float32", "bfloat16"],
+                   help="dtype of the measured proxy's cells and refine's judge (server default auto: bfloat16 where native)")
     s.add_argument("--device", help="where the worker runs the forward passes: auto, cpu, cuda, cuda:N, mps (server default auto)")
     s.add_argument("--offload", dest="offload", action="store_true", default=None,
                    help="stream the model's blocks through the GPU one at a time (default: only when it does not fit)")

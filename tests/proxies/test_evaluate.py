@@ -41,7 +41,7 @@ def test_a_loser_is_stopped_after_its_first_batch_and_a_winner_is_exact(setup):
     ev, batches = setup
     low, high = (ev.loss([FORMATS[k] for k in c], batches) for c in (LOW, HIGH))
     assert high < low  # the setup: 8-bit keeps the float labels better than 2-bit
-    judge = ev.judge(FORMATS, batches)
+    judge = ev.judge(FORMATS, batches, screen=None)
     assert judge.samples == 4 * 32
     assert judge(HIGH) == pytest.approx(high, rel=1e-6)  # nothing to race against yet: measured whole
     assert judge.batches_run == len(batches)
@@ -51,6 +51,26 @@ def test_a_loser_is_stopped_after_its_first_batch_and_a_winner_is_exact(setup):
     assert judge(LOW) == pytest.approx(low, rel=1e-6)
     assert judge(HIGH) == pytest.approx(high, rel=1e-6)
     assert judge.stopped_early == 1
+
+
+def test_the_screen_stops_a_clear_loser_on_its_first_samples_and_races_the_rest_as_before(setup):
+    """With the screen, the first batch is read in two parts (16 samples, then the rest): a
+    candidate far behind the best stops after 16 samples; answers are the unscreened judge's."""
+    ev, batches = setup
+    plain, screened = ev.judge(FORMATS, batches, screen=None), ev.judge(FORMATS, batches)
+    assert screened.screened and len(screened.batches) == len(batches) + 1
+    assert [screened.task_size(b) for b in screened.batches[:2]] == [16, 16] if hasattr(screened, "task_size") else True
+    assert screened.samples == plain.samples == 4 * 32
+    assert screened(HIGH) == pytest.approx(plain(HIGH), rel=1e-6)  # a whole measurement, in five parts
+    assert screened.batches_run == len(batches) + 1
+    assert math.isinf(screened(LOW)) and math.isinf(plain(LOW))
+    assert screened.screened_out == 1 and screened.batches_run == len(batches) + 2  # half a batch
+    close = np.array([1, 0])  # nearer the best: not clearly behind on 16 samples, raced as before
+    a, b = plain(close), screened(close)
+    assert a == b or (math.isinf(a) and math.isinf(b))
+    screened.reset()
+    assert screened(LOW) == pytest.approx(plain.ev.loss([FORMATS[k] for k in LOW], batches), rel=1e-6)
+    assert not ev.judge(FORMATS, batches, race=False).screened  # nothing to stop without racing
 
 
 def test_a_judge_needs_batches(setup):

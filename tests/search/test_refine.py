@@ -315,3 +315,71 @@ def test_patience_counts_from_the_last_accepted_move():
     assert res.choice.tolist() == full.choice.tolist() and res.final_loss == full.final_loss
     with pytest.raises(ValueError, match="patience"):
         refine(problem, start, CountingJudge(problem), patience=0)
+
+
+def test_fresh_first_moves_lost_changes_behind_the_rest_in_predicted_order():
+    from search.refine import fresh_first, move_key
+    g = np.array([0, 1, 1, 0])
+    moves = [(-0.3, ((0, 1),)), (-0.2, ((1, 2), (2, 0))), (0.1, ((3, 1),)), (0.4, ((1, 2),))]
+    assert fresh_first(moves, set(), g) == moves
+    lost = {move_key(g, moves[1][1]), move_key(g, moves[0][1])}
+    assert lost == {frozenset({(1, 1, 2), (2, 1, 0)}), frozenset({(0, 0, 1)})}
+    assert fresh_first(moves, lost, g) == [moves[2], moves[3], moves[0], moves[1]]
+    # the same target formats reached from other formats is another move
+    assert fresh_first(moves, lost, np.array([2, 0, 1, 0]))[:2] == moves[:2]
+
+
+@settings(max_examples=25, deadline=None)
+@given(seed=st.integers(0, 2**32 - 1), n=st.integers(4, 7))
+def test_after_an_accepted_move_unjudged_changes_come_before_lost_ones(seed, n):
+    """Within every round (between accepted moves), no change that lost in an earlier round is
+    judged while a change never judged is still waiting, and refine still ends no worse."""
+    rng = np.random.default_rng(seed)
+    layers = [LayerInfo(f"l{i}", "linear", (64, 64), 4096, 64, 4096) for i in range(n)]
+    costs = CostModel(layers, make_formats([2, 3, 4, 8], 64, False))
+    loss = np.sort(rng.uniform(0, 1, size=(n, 4)), axis=1)[:, ::-1]
+    problem = Problem(loss, costs, {"avg_bits": costs.cost(np.full(n, 1))["avg_bits"]})
+    W = rng.normal(0, 0.3, size=(n, n))
+    calls: list[np.ndarray] = []
+
+    def judge(choice):
+        calls.append(np.asarray(choice).copy())
+        low = (np.asarray(choice) <= 1).astype(float)
+        return problem.objective(choice) + float(low @ W @ low)
+
+    start = ILPSolver().solve(problem).choice
+    res = refine(problem, start, judge, max_evals=60)
+    assert res.final_loss <= res.start_loss
+    accepted = {h["eval"] for h in res.history if h["accepted"]}
+    base, lost, this_round = calls[0], set(), []
+    for e, c in enumerate(calls[1:], start=2):
+        change = frozenset((int(i), int(base[i]), int(c[i])) for i in np.flatnonzero(c != base))
+        if change in lost:  # a lost change: every unjudged one of this round is judged by now
+            this_round.append("lost")
+        else:
+            assert "lost" not in this_round, "an unjudged change came after a lost one"
+            this_round.append("new")
+        if e in accepted:
+            base, this_round = c, []
+        else:
+            lost.add(change)
+
+
+def test_patience_grows_to_the_evaluations_that_found_the_last_improvement():
+    """A search that found its last improvement at evaluation e waits max(patience, e) losers."""
+    rng = np.random.default_rng(3)
+    n = 8
+    layers = [LayerInfo(f"l{i}", "linear", (64, 64), 4096, 64, 4096) for i in range(n)]
+    costs = CostModel(layers, make_formats([2, 3, 4, 8], 64, False))
+    problem = Problem(np.sort(rng.uniform(0, 1, size=(n, 4)), axis=1)[:, ::-1], costs,
+                      {"avg_bits": costs.cost(np.full(n, 1))["avg_bits"]})
+    start = ILPSolver().solve(problem).choice
+    late = {"n": 0}
+
+    def judge(choice):  # the start, then losers, then one improvement on the 12th evaluation, then losers
+        late["n"] += 1
+        return 1.0 if late["n"] == 1 else 0.5 if late["n"] == 12 else 2.0
+
+    res = refine(problem, start, judge, max_evals=200, patience=11)
+    assert [h["eval"] for h in res.history if h["accepted"]] == [12]
+    assert res.stopped_by == "patience" and res.evals == 12 + 12  # waited 12 (> 11) after it
