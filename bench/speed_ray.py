@@ -7,8 +7,10 @@ Each run is what the service does with a job: the driver submits the job task ``
 many sensitivity chunks as the cluster has CPUs (``service.dispatcher``), and the job task runs
 the pipeline with the job-level fan-out of ``workers/ray_jobs.py``; the figure is the job's
 ``timings["sensitivity"]``. Repeat ``r`` uses seed ``r`` (new calibration data: the table is
-measured again) on the same cluster, so repeat 0 meets fresh worker processes and later repeats
-warm ones. Only interfaces that every version of ``workers/ray_jobs.py`` has are used
+measured again) on the same cluster. Before the first, the workers are warmed as the server
+warms them when it connects to Ray (``workers/warm.py``: the engine imported in one worker per
+CPU; code without it meets fresh processes), so repeat 0 is a server's first job and later
+repeats meet workers that have run one. Only interfaces that every version of ``workers/ray_jobs.py`` has are used
 (``run_job(specs, texts, table, n_chunks, queue)`` and its ``Done``), so the same file measures
 an older checkout too: copy it into that checkout's ``bench/`` and run it there.
 
@@ -45,8 +47,19 @@ def _cluster(workers: int):
     return cluster
 
 
-def _run(workers: int, repeats: int) -> list[dict]:
-    """``repeats`` jobs on a fresh cluster of ``workers`` 1-CPU nodes: sensitivity seconds each."""
+def _prewarm(ray) -> int:
+    """What the server does when it connects to Ray (``workers/warm.py``): one warm worker per
+    CPU, here awaited, as on a server that has been up a few seconds. Code without it: 0."""
+    try:
+        from workers.warm import prewarm
+    except ImportError:
+        return 0
+    return len(ray.get(prewarm()))
+
+
+def _run(workers: int, repeats: int, warm: bool = True) -> list[dict]:
+    """``repeats`` jobs on a fresh cluster of ``workers`` 1-CPU nodes: sensitivity seconds each
+    (``warm``: after warming the workers as the server does)."""
     import logging
 
     import ray
@@ -57,6 +70,7 @@ def _run(workers: int, repeats: int) -> list[dict]:
     try:
         ray.init(address=cluster.address, logging_level=logging.WARNING, log_to_driver=False)
         chunks = max(1, int(ray.cluster_resources().get("CPU", 1)))  # as service.dispatcher does
+        warmed = _prewarm(ray) if warm else 0
         rows = []
         for r in range(repeats):
             t = time.perf_counter()
@@ -66,7 +80,8 @@ def _run(workers: int, repeats: int) -> list[dict]:
                 raise RuntimeError(f"the job failed: {out}")
             timings = out.results[0].timings
             table = out.table or {}
-            rows.append({"workers": workers, "chunks": chunks, "repeat": r, "seconds": float(timings["sensitivity"]),
+            rows.append({"workers": workers, "chunks": chunks, "repeat": r, "warmed": warmed,
+                         "seconds": float(timings["sensitivity"]),
                          "job_seconds": wall, "load_1min": os.getloadavg()[0],
                          "table_timing": {**table.get("timing", {}), **table.get("diagnostics", {})},
                          "table": table.get("values")})
@@ -80,8 +95,8 @@ def _run(workers: int, repeats: int) -> list[dict]:
 
 def bench_fanout(out: dict, repeats: int = 1) -> None:
     """Time the sensitivity phase with 1 and 2 Ray workers; print a markdown table and store its
-    rows in ``out["fanout"]``. A row's seconds: the one run when ``repeats`` is 1 (fresh worker
-    processes), else the least of the repeats after the first (warm workers; the least, as the
+    rows in ``out["fanout"]``. A row's seconds: the one run when ``repeats`` is 1 (a server's first
+    job), else the least of the repeats after the first (workers that ran a job; the least, as the
     figure least disturbed by whatever else the machine runs). Each row keeps its runs (seconds,
     the job's wall time, the load average after, the table's timing and diagnostics: per chunk
     rows, seconds, CPU seconds, seconds taking the context from the object store, node);

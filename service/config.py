@@ -81,6 +81,9 @@ class Settings:
     max_attempts: int = _number_field("BITPLAN_MAX_ATTEMPTS", 3)
     max_running: int = _number_field("BITPLAN_MAX_RUNNING", 2)
     sensitivity_chunks: int = _number_field("BITPLAN_SENSITIVITY_CHUNKS", 0)
+    # Ray workers the server warms up per node when it connects (the engine imported before the
+    # first job; workers/warm.py): -1 = one per CPU, 0 = none, N = at most N per node
+    prewarm_workers: int = _number_field("BITPLAN_PREWARM_WORKERS", -1)
     poll_seconds: float = _number_field("BITPLAN_POLL_SECONDS", 0.25, float)
     # stored evolved proxies (proxy=evolved:<name>), shared with the Ray workers; unset:
     # var_dir/evolved

@@ -32,6 +32,7 @@ log = logging.getLogger("bitplan.dispatcher")
 # (bench/speed.py): the sensitivity table and refine's judged candidates take most of the time
 WEIGHTS = dict(zip(PHASES, (0.03, 0.03, 0.45, 0.02, 0.1, 0.37), strict=True))
 _START = {p: sum(list(WEIGHTS.values())[:i]) for i, p in enumerate(WEIGHTS)}
+DRAIN_SECONDS = 0.5  # how often a running job's progress queue is read
 
 
 def overall(phase: str, fraction: float, point: int, points: int) -> float:
@@ -51,6 +52,7 @@ class Running:
     chunks: dict[int, float] = field(default_factory=dict)
     last_write: float = 0.0
     last_log: float = 0.0
+    last_drain: float = 0.0
     cancelling: bool = False
 
 
@@ -138,9 +140,15 @@ class Dispatcher:
         msg = "sensitivity table reused from cache" if cached else f"dispatched to Ray ({chunks} sensitivity chunks)"
         self.store.progress(job.id, self.owner, "load", 0.0, msg, log=True)
 
-    def _drain(self, r: Running) -> None:
+    def _drain(self, r: Running, force: bool = False) -> None:
         """Write the job's queued messages to the store: every phase change at once and logged,
-        the rest at most every 0.3 s (logged every 2 s), a finished budget point at once and logged."""
+        the rest at most every 0.3 s (logged every 2 s), a finished budget point at once and logged.
+        The queue is read at most every ``DRAIN_SECONDS`` (each read is two calls to its actor),
+        and once more, ``force``d, when the job has ended."""
+        now = time.monotonic()
+        if not force and now - r.last_drain < DRAIN_SECONDS:
+            return
+        r.last_drain = now
         try:
             items: list[Message] = r.queue.get_nowait_batch(r.queue.qsize())
         except Exception:
@@ -199,7 +207,7 @@ class Dispatcher:
         done, _ = ray.wait(refs, num_returns=len(refs), timeout=0)
         for ref in done:
             r = next(x for x in self.running.values() if x.ref == ref)
-            self._drain(r)
+            self._drain(r, force=True)
             self._finish(r)
             del self.running[r.job_id]
             try:

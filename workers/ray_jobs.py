@@ -1,10 +1,11 @@
 """The Ray side of the service: model inspection, whole jobs, and sensitivity chunks.
 
 A job is one Ray task (``run_job``) that runs the pipeline's phases; its sensitivity phase fans
-out (``_fan_out``) when the proxy is chunkable: the rows of the table are split by their
-estimated cost (``row_costs``, ``plan_chunks``: a measured row costs a forward pass from its
-layer's trunk block to the output), the job task measures the first chunk itself and the others
-run as ``measure_rows`` tasks, which take what they measure on (model, layers, calibration
+out (``_fan_out``) when the proxy is chunkable and the cluster has other nodes: the rows of the
+table are split by their estimated cost (``row_costs``, ``job_share``: a measured row costs a
+forward pass from its layer's trunk block to the output), the job task measures its node's share
+itself, with the threads it runs on, and the others run as ``measure_rows`` tasks, one per CPU of
+the other nodes (placed there), which take what they measure on (model, layers, calibration
 batches, quantizer: the job's ``ProxyContext``) from the Ray object store, put there once by the
 job task, instead of loading the model and building the batches again on every worker. A model
 that cannot travel that way (on a GPU, offloaded, not picklable) is prepared by each chunk from
@@ -38,6 +39,7 @@ from typing import Any
 
 import numpy as np
 import ray
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from workers.messages import ChunkProgress, Done, Failed, Message, Outcome, PointDone, PointResult, Progress
 
@@ -120,10 +122,17 @@ class Poster:
     one CPU and an idle node elsewhere. An actor runs one caller's calls in order, so ``flush``
     (waiting for the last message) waits for all of them; the job and its chunks flush before
     they return, so the server has every message once it has the outcome. A message to a full
-    or gone queue is dropped, never a job's failure."""
+    or gone queue is dropped, never a job's failure.
 
-    def __init__(self, queue):
-        self.queue, self.last = queue, None
+    Messages of one phase that come less than ``every`` seconds after the last call are sent
+    together with the next one (none is dropped, the order is kept): refine reports every judged
+    candidate, several a second, and one actor call per message cost the job's node about a
+    tenth of a CPU between the queue actor and the server draining it. A new phase goes at once."""
+
+    def __init__(self, queue, every: float = 0.5):
+        self.queue, self.last, self.every = queue, None, every
+        self.pending: list[Message] = []
+        self.sent_at, self.phase = 0.0, None
 
     def __call__(self, message: Message) -> None:
         if self.queue is None:
@@ -132,9 +141,22 @@ class Poster:
         if actor is None:  # not a Ray queue (a test's list-like queue): as it asks
             self.queue.put(message, block=False)
             return
-        self.last = actor.put_nowait.remote(message)
+        self.pending.append(message)
+        phase = getattr(message, "phase", None)
+        if (phase is not None and phase != self.phase) or time.monotonic() - self.sent_at >= self.every:
+            self._send(actor)
+        if phase is not None:
+            self.phase = phase
+
+    def _send(self, actor) -> None:
+        if self.pending:
+            self.last = actor.put_nowait_batch.remote(self.pending)
+            self.pending, self.sent_at = [], time.monotonic()
 
     def flush(self, timeout: float = 30.0) -> None:
+        actor = getattr(self.queue, "actor", None)
+        if actor is not None:
+            self._send(actor)
         if self.last is not None:
             with contextlib.suppress(Exception):
                 ray.get(self.last, timeout=timeout)
@@ -165,6 +187,8 @@ def measure_chunk(spec_d: dict, texts: dict[str, str], rows: list[int], chunk: i
     proxy gives none), on a model and data this worker prepares from the spec (the way for a
     job whose model cannot travel through the object store, see ``_ship``)."""
     from proxies.base import ProxyContext
+    from proxies.device import model_device
+    from proxies.precision import resolve_compute_dtype
     from proxies.registry import get_proxy
 
     post = Poster(queue)
@@ -174,7 +198,8 @@ def measure_chunk(spec_d: dict, texts: dict[str, str], rows: list[int], chunk: i
         p = _prepared(spec_d, checked)
         params = {**spec_d.get("proxy_params", {}), "layers": rows}
         ctx = ProxyContext(p.lm.model, p.layers, p.modules, p.lm.task, p.calib, p.formats, spec_d.get("seed", 0),
-                           _chunk_reporter(post, chunk, n_chunks), p.table_sha256, p.info, quantizer=p.quantizer)
+                           _chunk_reporter(post, chunk, n_chunks), p.table_sha256, p.info, quantizer=p.quantizer,
+                           compute_dtype=resolve_compute_dtype(spec_d.get("compute_dtype"), model_device(p.lm.model)))
         table = get_proxy(spec_d.get("proxy") or "measured", **params).compute(ctx)
     post.flush()
     return _rows(table, rows, seconds=table.timing.get("seconds"), node=_node_name())
@@ -355,9 +380,7 @@ def _cores() -> int:
 class JobThreads:
     """A job task's torch threads (``job_threads`` on its node's ledger): a context holding the
     task's ledger entry; ``update`` (the job's progress calls it) sets them at every phase change
-    and at most every ``every`` seconds within a phase; ``pinned`` keeps the granted CPUs for a
-    stretch (the job's own chunk of the sensitivity table, while other chunks run beside it).
-    Does nothing outside a Ray worker."""
+    and at most every ``every`` seconds within a phase. Does nothing outside a Ray worker."""
 
     def __init__(self, every: float = 5.0):
         self.every = every
@@ -368,7 +391,6 @@ class JobThreads:
         self.at = 0.0
         self.threads: int | None = None
         self.seen: tuple[int, int] = (1, 0)
-        self._pins = 0
         self._stack = contextlib.ExitStack()
 
     def __enter__(self) -> "JobThreads":
@@ -384,7 +406,7 @@ class JobThreads:
     def update(self, phase: str | None = None) -> int | None:
         """Re-evaluate on a phase change or after ``every`` seconds; the new thread count when
         it changed, else None."""
-        if self.ledger is None or self._pins:
+        if self.ledger is None:
             return None
         now = time.monotonic()
         if phase == self.phase and now - self.at < self.every:
@@ -404,28 +426,8 @@ class JobThreads:
         return (f"{self.threads} torch threads for the job task (node: {self.node[1]:g} CPUs, {jobs} bitplan "
                 f"job{'s' if jobs != 1 else ''}, {chunk_cpus} CPUs in sensitivity chunks)")
 
-    @contextlib.contextmanager
-    def pinned(self) -> Iterator[None]:
-        if self.ledger is None:
-            yield
-            return
-        import torch
-        self._pins += 1
-        torch.set_num_threads(self.granted)
-        self.threads = self.granted
-        try:
-            yield
-        finally:
-            self._pins -= 1
-            self.at = 0.0  # the next update re-evaluates
-
 
 _JOB_THREADS: list[JobThreads] = []
-
-
-def _pinned():
-    """The running job task's ``JobThreads.pinned`` (a job body run outside Ray: nothing)."""
-    return _JOB_THREADS[-1].pinned() if _JOB_THREADS else contextlib.nullcontext()
 
 
 # ------------------------------------------------------------------- sensitivity chunks
@@ -454,21 +456,40 @@ def balance_rows(costs: Sequence[float], n_chunks: int) -> list[list[int]]:
     return [sorted(p) for p in parts if p]
 
 
-def plan_chunks(costs: Sequence[float], workers: int) -> list[list[int]]:
-    """The chunks to measure a table in on ``workers`` workers: the fewest chunks (at most one
-    per worker, so that they all run at once) whose costliest chunk is the least costly. Every
-    chunk pays the same overhead before its rows (the prefix cache's recording pass and the
-    base loss: two full forwards, ~3 % of MiniLM's table each), so the wall time is that plus
-    the costliest chunk; a chunk that does not shorten it would only add its overhead. More
-    chunks than workers would queue: with static, cost-balanced chunks on equal workers they
-    take nothing off the longest one either."""
-    best, best_t = [list(range(len(costs)))], float(sum(costs))
-    for c in range(2, max(1, min(workers, len(costs))) + 1):
-        parts = balance_rows(costs, c)
-        t = max(sum(costs[r] for r in p) for p in parts)
-        if t < best_t - 1e-9:
-            best, best_t = parts, t
-    return best
+def job_share(costs: Sequence[float], own: int, others: int) -> list[list[int]]:
+    """Rows for the job task (first) and for ``others`` one-worker chunks on other nodes: the
+    rows are dealt by cost into ``own + others`` equal parts, and the job task, which measures
+    with its node's ``own`` workers (torch threads), takes ``own`` of them. With no other node
+    it takes every row: on its own node a chunk would only split the same CPUs between two
+    processes, and pay for shipping the context (on 2 CPUs, MiniLM's table took 18.1 s in two
+    chunks against 13.7 s in the job task alone)."""
+    if others < 1 or len(costs) < 2:
+        return [list(range(len(costs)))]
+    parts = balance_rows(costs, max(own, 1) + others)
+    mine = sorted(r for p in parts[: max(own, 1)] for r in p)
+    return [mine] + parts[max(own, 1):] if len(parts) > max(own, 1) else [mine]
+
+
+def _other_slots(resource: str = "CPU") -> list[str]:
+    """One entry per ``resource`` unit (CPU or GPU) of every alive node but this task's, by node id,
+    dealt round-robin over the nodes so the first chunks spread out."""
+    node = _node()
+    me = node[0] if node else None
+    per_node = [(n["NodeID"], int(n.get("Resources", {}).get(resource, 0))) for n in ray.nodes()
+                if n.get("Alive") and n.get("NodeID") != me]
+    out: list[str] = []
+    for k in range(max((c for _, c in per_node), default=0)):
+        out += [nid for nid, c in per_node if c > k]
+    return out
+
+
+def _own_workers(gpu_options: dict) -> int:
+    """What the job task measures with on its node: its torch threads (its share of the node's
+    CPUs, ``JobThreads``), or one GPU."""
+    if gpu_options:
+        return 1
+    import torch
+    return max(1, torch.get_num_threads())
 
 
 def layer_blocks(model, names: Sequence[str]) -> tuple[list[int], int]:
@@ -535,11 +556,11 @@ def _policy_mapper(spec_d: dict, texts: dict[str, str], n_chunks: int, ctx, chec
 
 
 def _fan_out(spec_d: dict, texts: dict[str, str], n_chunks: int, queue, checked=None):
-    """A ``compute_table`` for the pipeline that spreads a chunkable proxy over ``n_chunks``
-    workers (and the evolved proxy's ground-truth measurements over Ray tasks). The rows are
-    split by estimated cost (``plan_chunks``); the job task measures the first chunk itself,
-    on its granted CPUs, while ``measure_rows`` tasks measure the others on its context from
-    the object store (``measure_chunk`` from the spec, with the job's ``checked``, when the
+    """A ``compute_table`` for the pipeline that spreads a chunkable proxy over at most
+    ``n_chunks`` workers (and the evolved proxy's ground-truth measurements over Ray tasks). The
+    rows are split by estimated cost (``job_share``); the job task measures its node's share
+    itself, on its torch threads, while ``measure_rows`` tasks on the other nodes' CPUs measure
+    the others on its context from the object store (``measure_chunk`` from the spec, with the job's ``checked``, when the
     context cannot travel). The numbers are the in-process table's: every row is measured
     against the same base, whichever chunk it is in."""
     from proxies.registry import get_proxy
@@ -554,21 +575,26 @@ def _fan_out(spec_d: dict, texts: dict[str, str], n_chunks: int, queue, checked=
             return proxy.compute(ctx)
         t0 = time.perf_counter()
         blocks, n_blocks = layer_blocks(ctx.model, [l.name for l in ctx.layers])
-        parts = plan_chunks(row_costs(blocks, n_blocks, len(ctx.formats)), n_chunks)
+        opts = _gpu_options()
+        # chunks go to the other nodes' CPUs (GPUs); the job task measures its node's share itself
+        slots = _other_slots("GPU" if opts else "CPU")[: max(n_chunks - 1, 0)]
+        parts = job_share(row_costs(blocks, n_blocks, len(ctx.formats)), _own_workers(opts), len(slots))
         if len(parts) == 1:
             return proxy.compute(ctx)
         # the chunks measure with the proxy's own parameters (the pipeline may have set some the
         # spec leaves to defaults), so every row comes from the same table definition
         params = {k: v for k, v in proxy.params.items() if k != "layers"}
-        n, opts = len(parts), _gpu_options()
+        n = len(parts)
+        placed = [{**opts, "scheduling_strategy": NodeAffinitySchedulingStrategy(node, soft=True)}
+                  for node in slots[: n - 1]]
         shipped = _ship(ctx)
         travelled = shipped is not None
         if travelled:
-            refs = [measure_rows.options(**opts).remote(shipped, proxy.name, params, rows, i, n, queue)
+            refs = [measure_rows.options(**placed[i - 1]).remote(shipped, proxy.name, params, rows, i, n, queue)
                     for i, rows in enumerate(parts) if i]
         else:
             chunk_spec = {**spec_d, "proxy": proxy.name, "proxy_params": params}
-            refs = [measure_chunk.options(**opts).remote(chunk_spec, texts, rows, i, n, queue, checked)
+            refs = [measure_chunk.options(**placed[i - 1]).remote(chunk_spec, texts, rows, i, n, queue, checked)
                     for i, rows in enumerate(parts) if i]
         ctx.report(0.0, f"{n} chunks of {'/'.join(str(len(p)) for p in parts)} rows, split by cost; the context "
                         f"{'shipped through the object store' if travelled else 'prepared by each chunk'}")
@@ -589,12 +615,11 @@ def _fan_out(spec_d: dict, texts: dict[str, str], n_chunks: int, queue, checked=
 
         pending, where = list(refs), {r: i + 1 for i, r in enumerate(refs)}
         try:
-            with _pinned():
-                t, cpu = time.perf_counter(), time.process_time()
-                mine = get_proxy(proxy.name, **{**params, "layers": parts[0]}).compute(
-                    dataclasses.replace(ctx, progress=_chunk_reporter(post, 0, n), map_policies=None))
-                chunk_seconds[0] = round(time.perf_counter() - t, 3)
-                chunk_cpu[0] = round(time.process_time() - cpu, 3)
+            t, cpu = time.perf_counter(), time.process_time()
+            mine = get_proxy(proxy.name, **{**params, "layers": parts[0]}).compute(
+                dataclasses.replace(ctx, progress=_chunk_reporter(post, 0, n), map_policies=None))
+            chunk_seconds[0] = round(time.perf_counter() - t, 3)
+            chunk_cpu[0] = round(time.process_time() - cpu, 3)
             take(parts[0], _rows(mine, parts[0]))
             ctx.report(1 / n, f"1/{n} chunks")
             while pending:

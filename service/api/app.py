@@ -61,6 +61,9 @@ def _init_ray(settings: Settings) -> None:
         # "local", not None: with None Ray joins any cluster already running on the machine (a
         # leftover `ray start`, another test's cluster) and then refuses num_cpus
         ray.init(address="local", num_cpus=settings.ray_num_cpus, include_dashboard=False, **kw)
+    if settings.prewarm_workers:
+        from workers.warm import prewarm
+        prewarm(None if settings.prewarm_workers < 0 else settings.prewarm_workers)
 
 
 def size_threadpool(store: Store, threads: int) -> int:

@@ -80,7 +80,7 @@ def world(monkeypatch):
     def drain(*messages) -> list[tuple]:
         store.calls.clear()
         r.queue.items.extend(messages)
-        d._drain(r)
+        d._drain(r, force=True)  # these tests are about what is written; test_the_queue_is_read… about when
         return list(store.calls)
 
     return SimpleNamespace(d=d, r=r, store=store, clock=clock, drain=drain)
@@ -171,3 +171,22 @@ def test_a_done_job_without_a_table_links_the_cached_one(finish):
 def test_a_job_cancelled_while_finishing_is_cancelled_whatever_it_returned(finish):
     assert finish(Done((), None), cancelling=True) == [("cancelled", "cancelled")]
     assert finish(Failed("x"), cancelling=True) == [("cancelled", "cancelled")]
+
+
+def test_the_queue_is_read_at_most_every_half_second_and_once_more_at_the_end(world):
+    """Each read is two calls to the queue's actor: a running job's queue is read at most every
+    ``DRAIN_SECONDS``; the final read (``force``, when the job has ended) always happens."""
+    from service.dispatcher import DRAIN_SECONDS
+    world.r.queue.items.append(Progress("load", 0.0, "a"))
+    world.d._drain(world.r)
+    assert world.r.phase == "load" and not world.r.queue.items
+    world.r.queue.items.append(Progress("calibrate", 0.0, "b"))
+    world.clock.now += DRAIN_SECONDS / 2
+    world.d._drain(world.r)
+    assert world.r.phase == "load" and world.r.queue.items  # not read yet
+    world.clock.now += DRAIN_SECONDS / 2
+    world.d._drain(world.r)
+    assert world.r.phase == "calibrate" and not world.r.queue.items
+    world.r.queue.items.append(Progress("sensitivity", 0.0, "c"))
+    world.d._drain(world.r, force=True)
+    assert world.r.phase == "sensitivity"

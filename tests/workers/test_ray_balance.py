@@ -8,7 +8,7 @@ import os
 
 import pytest
 
-from workers.ray_jobs import NodeLedger, balance_rows, job_threads, layer_blocks, plan_chunks, row_costs
+from workers.ray_jobs import NodeLedger, balance_rows, job_threads, layer_blocks, row_costs
 
 # MiniLM-L6: 6 blocks × 6 layers, 4 formats
 MINILM_BLOCKS = [i // 6 for i in range(36)]
@@ -49,17 +49,22 @@ def test_equal_costs_are_dealt_round_robin_and_extra_chunks_are_dropped():
     assert balance_rows([2.0, 1.0], 1) == [[0, 1]]
 
 
-def test_plan_takes_the_fewest_chunks_that_finish_first():
+def test_the_job_task_takes_its_nodes_share_and_all_rows_alone():
+    """Rows dealt by cost into own + others parts; the job task (first) takes ``own`` of them;
+    with no other node it measures every row itself."""
+    from workers.ray_jobs import job_share
     costs = row_costs(MINILM_BLOCKS, 6, 4)
-    assert len(plan_chunks(costs, 1)) == 1
-    assert len(plan_chunks(costs, 2)) == 2
-    # 36 rows on 64 workers: no more chunks than rows, and none that do not shorten the longest
-    many = plan_chunks(costs, 64)
-    assert len(many) <= 36 and sorted(itertools.chain(*many)) == list(range(36))
-    best = max(load(many, costs))
-    assert all(max(load(balance_rows(costs, c), costs)) >= best for c in range(1, 37))
-    assert all(max(load(balance_rows(costs, c), costs)) > best for c in range(1, len(many)))
-    assert plan_chunks([5.0, 1.0, 1.0], 3) == [[0], [1, 2]]  # a third chunk would not end sooner
+    assert job_share(costs, 2, 0) == [list(range(36))]
+    assert job_share([3.0], 1, 4) == [[0]]
+    parts = job_share(costs, 1, 1)
+    assert len(parts) == 2 and sorted(itertools.chain(*parts)) == list(range(36))
+    a, b = load(parts, costs)
+    assert abs(a - b) <= max(costs)  # balanced by cost
+    mine, *rest = job_share(costs, 2, 2)  # a 2-thread job task and two 1-CPU chunks elsewhere
+    assert len(rest) == 2 and sorted(mine + list(itertools.chain(*rest))) == list(range(36))
+    total = sum(costs)
+    assert sum(costs[r] for r in mine) == pytest.approx(total / 2, abs=max(costs))
+    assert all(sum(costs[r] for r in p) == pytest.approx(total / 4, abs=max(costs)) for p in rest)
 
 
 def test_layer_blocks_follow_the_trunk():
@@ -150,3 +155,35 @@ def test_poster_without_a_queue_or_with_a_plain_one():
     post(Progress("load", 0.5, "y"))
     post.flush()
     assert got == [(Progress("load", 0.5, "y"), False)]
+
+
+def test_poster_sends_a_phase_at_once_and_its_later_messages_together(monkeypatch):
+    """One actor call per message cost the node CPU: messages of one phase within ``every``
+    seconds of the last call wait for the next one (or ``flush``); a new phase goes at once; no
+    message is lost and the order is kept."""
+    from types import SimpleNamespace
+
+    from workers import ray_jobs
+    from workers.messages import Progress
+    from workers.ray_jobs import Poster
+
+    clock = SimpleNamespace(now=10.0)
+    monkeypatch.setattr(ray_jobs, "time", SimpleNamespace(monotonic=lambda: clock.now, perf_counter=lambda: clock.now))
+    monkeypatch.setattr(ray_jobs.ray, "get", lambda ref, timeout=None: ref)
+    calls: list[list] = []
+    actor = SimpleNamespace(put_nowait_batch=SimpleNamespace(remote=lambda items: calls.append(list(items)) or "ref"))
+    post = Poster(SimpleNamespace(actor=actor), every=0.5)
+    msgs = [Progress("refine", i / 10, f"eval {i}") for i in range(4)]
+    post(msgs[0])  # a new phase: at once
+    post(msgs[1])
+    post(msgs[2])  # within 0.5 s: they wait
+    assert calls == [[msgs[0]]]
+    clock.now += 0.6
+    post(msgs[3])  # the next call after 0.5 s takes the waiting ones along
+    assert calls == [[msgs[0]], msgs[1:4]]
+    post(Progress("refine", 0.9, "late"))
+    post(Progress("evaluate", 0.0, "next phase"))  # a new phase goes at once, with what waited
+    assert calls[-1] == [Progress("refine", 0.9, "late"), Progress("evaluate", 0.0, "next phase")]
+    post(Progress("evaluate", 0.5, "tail"))
+    post.flush()  # the job's end: nothing stays behind
+    assert calls[-1] == [Progress("evaluate", 0.5, "tail")] and not post.pending

@@ -39,7 +39,7 @@ def test_two_jobs_with_different_menus_on_one_ray_worker_get_their_own_tables():
     from workers.ray_jobs import measure_chunk
 
     a = SearchSpec(model="builtin:digits-cnn", budgets={"avg_bits": 4.0}, bits=[2, 4], group_size=16,
-                   n_calib=16).model_dump()
+                   n_calib=16, compute_dtype="float32").model_dump()  # bf16 sums vary with the thread count
     b = {**a, "bits": [2, 3, 8], "group_size": 32}
     ray.init(address="local", num_cpus=1, include_dashboard=False, ignore_reinit_error=True)
     try:
@@ -92,8 +92,10 @@ def test_a_job_task_sends_typed_messages_and_returns_its_outcome():
         ray.shutdown()
     assert isinstance(out, Done) and len(out.results) == 2 and out.table is not None
     assert all(r.policy and r.timings for r in out.results)
-    assert {type(m) for m in messages} == {Progress, ChunkProgress, PointDone}
+    # one node: the job task measures every row itself, on both CPUs (the two-node cluster test
+    # in test_ray_cluster.py covers chunks on other nodes)
+    assert {type(m) for m in messages} == {Progress, PointDone}
+    assert not any(isinstance(m, ChunkProgress) for m in messages) and "chunks" not in out.table["timing"]
     assert [m for m in messages if isinstance(m, PointDone)] == [PointDone(1, 2), PointDone(2, 2)]
-    assert {m.chunk for m in messages if isinstance(m, ChunkProgress)} == {0, 1}
     assert {"load", "sensitivity", "solve", "evaluate"} <= {m.phase for m in messages if isinstance(m, Progress)}
     assert isinstance(bad, Failed) and "nope" in bad.error
