@@ -15,7 +15,7 @@ CHANGED = {
     "version": 2, "model": "builtin:minilm-l6", "budgets": {"avg_bits": 3.0}, "bits": [2, 4], "group_size": 64,
     "symmetric": True, "format_names": ["q4_K"], "target": "torchao", "proxy": "fisher", "proxy_params": {"max_samples": 8}, "solver": "lp",
     "solver_params": {"population": 8}, "refine": False, "refine_evals": 7, "refine_patience": 9, "refine_seconds": 5.0,
-    "refine_method": "loop", "judge_samples": 0, "calib": "digits", "eval": "digits", "n_calib": 64, "n_eval": 99,
+    "refine_method": "loop", "judge_samples": 0, "compute_dtype": "float32", "calib": "digits", "eval": "digits", "n_calib": 64, "n_eval": 99,
     "seq_len": 32, "seed": 1, "ties": ["attention"], "include_embeddings": True, "include_head": True,
     "latency_table": {"conv1": {"w4g64": 1.0}}, "a_bits": 8, "quantizer": "gptq", "quantizer_params": {"damp": 0.02},
     "image_size": 32, "resize": 64, "image_mean": [0.5], "image_std": [0.5], "data_column": "img",
