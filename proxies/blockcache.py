@@ -12,6 +12,7 @@ cache for a model)."""
 from __future__ import annotations
 
 import contextlib
+from collections import OrderedDict
 from collections.abc import Iterator
 
 import torch
@@ -37,6 +38,19 @@ class _Replay(nn.Module):
 
     def forward(self, *args, **kwargs):
         return self.cache.outputs[self.cache.current][self.j]
+
+
+@contextlib.contextmanager
+def _blocks_replaced(trunk: nn.ModuleList, stand_ins: dict[int, nn.Module]) -> Iterator[None]:
+    """Within the block, ``trunk[j]`` is ``stand_ins[j]``; the blocks are put back afterwards."""
+    saved = {j: trunk[j] for j in stand_ins}
+    try:
+        for j, m in stand_ins.items():
+            trunk[j] = m
+        yield
+    finally:
+        for j, blk in saved.items():
+            trunk[j] = blk
 
 
 def trunk_block(trunk_name: str, trunk: nn.ModuleList | None, layer_name: str) -> int:
@@ -80,14 +94,8 @@ class PrefixCache:
         if self.trunk is None or b == 0:
             yield
             return
-        saved = [self.trunk[j] for j in range(b)]
-        try:
-            for j in range(b):
-                self.trunk[j] = _Replay(self, j)
+        with _blocks_replaced(self.trunk, {j: _Replay(self, j) for j in range(b)}):
             yield
-        finally:
-            for j, blk in enumerate(saved):
-                self.trunk[j] = blk
 
 
 def _nbytes(obj) -> int:
@@ -101,6 +109,23 @@ def _nbytes(obj) -> int:
     return 0
 
 
+class _Gate(nn.Module):
+    """Stands in for trunk block ``j`` during a judge's run: before the current batch's start it
+    replays the policy's output of this block, from there it runs (and records) the block."""
+
+    def __init__(self, trunk: "PolicyTrunk", j: int, block: nn.Module):
+        super().__init__()
+        self.trunk, self.j, self.block = trunk, j, block
+
+    def forward(self, *args, **kwargs):
+        t = self.trunk
+        if self.j < t.start:
+            return t._rec[t.current][self.j]
+        out = self.block(*args, **kwargs)
+        t._rec[t.current][self.j] = out
+        return out
+
+
 class PolicyTrunk:
     """Trunk block outputs of one *policy* (not float) per batch, for judges that measure many
     policies each a small change from the last accepted one: a candidate that changes only
@@ -108,17 +133,30 @@ class PolicyTrunk:
     rest, with bit-identical results. The base moves when the judge accepts a candidate, from
     what that candidate's own run recorded (no extra pass).
 
-    Memory is one output per block per batch; when the first recording exceeds ``max_bytes``
-    the cache turns itself off (``enabled`` False) and every run is a full one."""
+    Refine's candidates come in families: a move pairs one change with many others, so many
+    candidates share their first changed block's change. The outputs a candidate computes while
+    only that first change is in effect (up to the block before its next change) are kept in a
+    side store keyed by the formats of every layer up to that block (``prefix``), and a later
+    candidate with the same prefix starts after it. Keys are the policy's content, so entries
+    stay valid when the base moves; the store drops its least recently used entries past
+    ``side_bytes``.
 
-    def __init__(self, model: nn.Module, n_batches: int, max_bytes: int = 2 << 30):
+    Memory of the base is one output per block per batch; when the first recording exceeds
+    ``max_bytes`` the cache turns itself off (``enabled`` False) and every run is a full one."""
+
+    def __init__(self, model: nn.Module, n_batches: int, max_bytes: int = 2 << 30, side_bytes: int = 256 << 20):
         found = find_trunk(model)
         self.name, self.trunk = found if found else ("", None)
         self.enabled = self.trunk is not None
-        self.n_batches, self.max_bytes = n_batches, max_bytes
+        self.n_batches, self.max_bytes, self.side_bytes = n_batches, max_bytes, side_bytes
         self.outputs: list[list] = []  # [batch][block] outputs of the base policy ([] until recorded)
-        self.current = 0
-        self._record: list[list] | None = None
+        self.side: OrderedDict[tuple, object] = OrderedDict()  # (batch, block, prefix) → that block's output
+        self._side_used = 0
+        self.current = 0  # the batch being run
+        self.start = 0  # the first block the current batch computes
+        self._rec: list[list] = []
+        self._changed: list[int] | None = None
+        self._prefix: list[bytes] = []
 
     @property
     def n_blocks(self) -> int:
@@ -127,44 +165,63 @@ class PolicyTrunk:
     def block_of(self, layer_name: str) -> int:
         return trunk_block(self.name, self.trunk, layer_name)
 
-    def start_block(self, changed_blocks) -> int:
-        """First block a run must compute when the layers in ``changed_blocks`` differ from the
-        base policy: 0 when nothing is cached, every block replayed when nothing differs."""
-        if not self.enabled or not self.outputs:
-            return 0
-        return min(changed_blocks, default=self.n_blocks)
-
     @contextlib.contextmanager
-    def running(self, b: int) -> Iterator[None]:
-        """Within the block, blocks < b replay the base policy's outputs for batch ``current``
-        and blocks ≥ b run and are recorded (for ``accept``)."""
+    def running(self, changed_blocks: list[int] | None, prefix: list[bytes]) -> Iterator[None]:
+        """Within the block, a run of one policy: ``changed_blocks`` are the trunk blocks whose
+        layers differ from the base policy (None: no base to compare with), ``prefix[j]`` the
+        policy's formats of every layer up to block j, as bytes. Call ``begin`` per batch."""
         if not self.enabled:
             yield
             return
-        self._record = [[None] * self.n_blocks for _ in range(self.n_batches)]
-        rec = self._record
-        hooks = [self.trunk[j].register_forward_hook(
-            lambda m, i, o, j=j: rec[self.current].__setitem__(j, o)) for j in range(b, self.n_blocks)]
-        saved = [self.trunk[j] for j in range(b)]
+        self._changed = None if changed_blocks is None or not self.outputs else sorted(set(changed_blocks))
+        self._prefix = prefix
+        self._rec = [[None] * self.n_blocks for _ in range(self.n_batches)]
+        self.start = 0
         try:
-            for j in range(b):
-                self.trunk[j] = _Replay(self, j)
-            self._from = b
-            yield
+            with _blocks_replaced(self.trunk, {j: _Gate(self, j, self.trunk[j]) for j in range(self.n_blocks)}):
+                yield
         finally:
-            for j, blk in enumerate(saved):
-                self.trunk[j] = blk
-            for h in hooks:
-                h.remove()
+            self._keep_shared()
+
+    def begin(self, batch: int) -> int:
+        """Start batch ``batch`` of the current run; returns the first block it computes."""
+        self.current = batch
+        if not self.enabled or self._changed is None:
+            self.start = 0
+            return 0
+        base = min(self._changed, default=self.n_blocks)
+        rec, start = self._rec[batch], base
+        rec[:base] = self.outputs[batch][:base]
+        # every replayed block returns its own output (a model may add it to a residual stream
+        # outside the block), so the store must hold each block from the first changed one on
+        while start < self.n_blocks and (key := (batch, start, self._prefix[start])) in self.side:
+            self.side.move_to_end(key)
+            rec[start] = self.side[key]
+            start += 1
+        self.start = start
+        return start
+
+    def _keep_shared(self) -> None:
+        """Side-store the outputs the last run computed with at most one changed block in
+        effect: only those can be shared by another candidate."""
+        if self._changed is None or len(self._changed) < 2 or self.side_bytes <= 0:
+            return  # no base, or a change in one block: every output it computed is its own
+        for bi, row in enumerate(self._rec):
+            for j in range(self._changed[0], self._changed[1]):
+                key = (bi, j, self._prefix[j])
+                if row[j] is None or key in self.side:
+                    continue
+                self.side[key] = row[j]
+                self._side_used += _nbytes(row[j])
+        while self._side_used > self.side_bytes and self.side:
+            _, out = self.side.popitem(last=False)
+            self._side_used -= _nbytes(out)
 
     def accept(self) -> None:
         """The last run (over every batch) becomes the base policy."""
-        if not self.enabled or self._record is None:
+        if not self.enabled or not self._rec:
             return
-        b = self._from
-        new = [(old[:b] if old else [None] * b) + rec[b:] for old, rec in
-               zip(self.outputs or [[] for _ in range(self.n_batches)], self._record)]
-        self._record = None
+        new, self._rec = self._rec, []
         if any(o is None for row in new for o in row):  # an incomplete run: start afresh next time
             self.outputs = []
             return

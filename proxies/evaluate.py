@@ -151,18 +151,16 @@ class RacingJudge:
         choice = np.asarray(choice)
         mods, ws = self.ev._weights([self.formats[int(k)] for k in choice])
         sums: list[float] = []
-        start, run = 0, contextlib.nullcontext()
+        run = contextlib.nullcontext()
         if self.trunk is not None:
-            changed = () if self._base is None else self._block[np.flatnonzero(choice != self._base)]
-            start = self.trunk.start_block(changed.tolist() if len(changed) else []) if self._base is not None else 0
-            run = self.trunk.running(start)
+            changed = None if self._base is None else self._block[choice != self._base].tolist()
+            run = self.trunk.running(changed, [choice[self._block <= j].tobytes() for j in range(self.trunk.n_blocks)])
         precision = comparison_precision(self.ev.compute_dtype, model_device(self.ev.model))
         screen = None
         with swapped(mods, ws), torch.no_grad(), precision, run:
             for bi, (b, s) in enumerate(zip(self.batches, self.sizes)):
                 if self.trunk is not None:
-                    self.trunk.current = bi
-                    self.blocks_run += self.trunk.n_blocks - start
+                    self.blocks_run += self.trunk.n_blocks - self.trunk.begin(bi)
                 self.batches_run += 1
                 if bi == 0 and self.screened:
                     screen = self.ev.task.sample_loss_values(self.ev.model, b).double()

@@ -127,6 +127,38 @@ def test_the_incremental_judge_answers_exactly_what_full_runs_answer():
         assert torch.equal(model(x).argmax(-1), y)
 
 
+@pytest.mark.parametrize("side_bytes", [256 << 20, 0])
+def test_candidates_sharing_their_first_change_start_after_it(side_bytes):
+    """Refine's moves come in families sharing one change: a candidate whose changes up to some
+    block match an earlier candidate's (here block 1's layer, paired with a change in block 3,
+    then in block 2) starts after the blocks that earlier run computed with only that change in
+    effect, and answers exactly what a full run answers. Without a side store (0 bytes) it
+    starts at its first changed block, as before."""
+    torch.manual_seed(2)
+    model = Trunked()
+    with torch.no_grad():
+        x = torch.randn(3 * 32, 16)
+        y = model(x).argmax(-1)
+    batches = [{"x": a, "y": b} for a, b in zip(x.split(32), y.split(32))]
+    modules = [blk[j] for blk in model.blocks for j in (0, 2)]  # layer 2i, 2i+1 in block i
+    ev = Evaluator(model, modules, ClassifierTask())
+    formats = make_formats([2, 8], None, False)
+    full, inc = ev.judge(formats, batches, race=False, incremental=False), ev.judge(formats, batches, race=False)
+    inc.trunk.side_bytes = side_bytes
+    base = np.ones(len(modules), dtype=int)  # 8-bit everywhere: the best, so it stays the base
+    assert full(base) == inc(base)
+    runs = []
+    for later in (6, 4, 7):  # block 3, block 2, block 3 again: each with block 1's layer 2 at 2 bits
+        cand = base.copy()
+        cand[[2, later]] = 0
+        before = inc.blocks_run
+        assert full(cand) == inc(cand)
+        runs.append((inc.blocks_run - before) // len(batches))
+    # with the store: blocks 1-3, then from block 2 (block 1 replayed), then from block 3 (1, 2 replayed)
+    assert runs == ([3, 2, 1] if side_bytes else [3, 3, 3])
+    assert bool(inc.trunk.side) == bool(side_bytes)
+
+
 def test_swapped_rebinds_matching_weights_copies_others_and_restores_both():
     """A weight of the parameter's dtype/device/shape is swapped in without a copy (the judge
     swaps every layer per candidate); another dtype is copied in; both come back exactly, the
