@@ -31,6 +31,13 @@ def synthetic(n_layers: int, seed: int = 0) -> tuple[list[LayerInfo], list[Forma
     return layers, fmts, loss, costs
 
 
+def timed(fn, *args):
+    """``fn(*args)`` and the seconds it took."""
+    t = time.perf_counter()
+    result = fn(*args)
+    return result, time.perf_counter() - t
+
+
 def bench_solvers(out: dict) -> None:
     print("\n## Solvers on synthetic tables (two budgets: avg_bits 3.5 and bops ≤ 0.45 × all-8-bit)")
     print("| layers × formats | solver | seconds | objective | lower bound | gap |")
@@ -41,9 +48,7 @@ def bench_solvers(out: dict) -> None:
         bops8 = costs.cost(np.full(n, len(fmts) - 1))["bops"]
         prob = Problem(loss, costs, {"avg_bits": 3.5, "bops": 0.45 * bops8})
         for name in ("ilp", "lp", "convex", "pareto"):
-            t = time.perf_counter()
-            sol = get_solver(name).solve(prob)
-            sec = time.perf_counter() - t
+            sol, sec = timed(get_solver(name).solve, prob)
             lb = "—" if sol.lower_bound is None else f"{sol.lower_bound:.6g}"
             gap = "—" if sol.gap is None else f"{sol.gap:.1e}"
             print(f"| {n} × {len(fmts)} | {name} | {sec:.3f} | {sol.objective:.6g} | {lb} | {gap} |")
@@ -59,9 +64,7 @@ def bench_pareto(out: dict) -> None:
     for n in (200, 2000):
         layers, fmts, loss, costs = synthetic(n)
         prob = Problem(loss, costs, {"avg_bits": 4.0})
-        t = time.perf_counter()
-        pts = front(prob, "avg_bits", list(np.linspace(2.6, 8.3, 50)))
-        sec = time.perf_counter() - t
+        pts, sec = timed(front, prob, "avg_bits", list(np.linspace(2.6, 8.3, 50)))
         gap = max(p["gap"] for p in pts if p["feasible"])
         print(f"| {n} × {len(fmts)} | {sec:.3f} | {gap:.1e} |")
         out["pareto"].append({"layers": n, "seconds": sec, "max_gap": gap, "points": len(pts)})

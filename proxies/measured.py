@@ -8,7 +8,16 @@ point*: every other layer sits in the context format instead of float, so the ta
 interactions with the quantization noise the final policy will actually have. The sum then
 predicts loss(policy) − loss(uniform context). With ``context=None`` it is DESIGN §2's
 definition (others in float). Embarrassingly parallel: ``layers`` restricts the work to a chunk,
-which is how the service fans it out over Ray tasks."""
+which is how the service fans it out over Ray tasks.
+
+A cell far finer than another of the same layer (``extrapolate``: weight error at least 64×
+smaller, such as 8 bits beside 4) is not measured but predicted from the finest such measured
+cell, its loss increase scaled by the ratio of the two weight errors: the second-order model
+ΔL ≈ ½ δᵀHδ with errors of alike direction. On MiniLM the 8-bit cells predicted from the 4-bit
+ones came within 0.80–1.17× of the measured ones for 80% of the layers (0.54–1.40× at worst),
+while an 8-bit cell's increase is about 1/300 of its 4-bit one: far below any difference the
+solver weighs. It saves a quarter of the passes on a {2, 3, 4, 8}-bit menu. Only where the
+other layers are float (no ``context``); the table's info counts the predicted cells."""
 from __future__ import annotations
 
 import numpy as np
@@ -39,14 +48,16 @@ class MeasuredProxy(Proxy):
             raise ValueError(f"measured: layer index {max(rows)} out of range (model has {L} layers)")
         base_fmt = self._context_format(ctx)
         todo = [k for k, f in enumerate(ctx.formats) if f != base_fmt and not (base_fmt is None and f.is_float)]
-        values, stderr, info = measure_cells(ctx, [base_fmt] * L, {i: todo for i in rows})
+        ratio = self.params["extrapolate"] if base_fmt is None else None
+        values, stderr, info = measure_cells(ctx, [base_fmt] * L, {i: todo for i in rows}, extrapolate=ratio)
         values = np.nan_to_num(values, nan=0.0)  # unmeasured: the context format itself (and float from float)
         if stderr is not None:
             stderr = np.nan_to_num(stderr, nan=0.0)
         return values, stderr, {**info, "context": None if base_fmt is None else base_fmt.label}
 
 
-def measure_cells(ctx: ProxyContext, base: list, cells: dict[int, list[int]], cache=None):
+def measure_cells(ctx: ProxyContext, base: list, cells: dict[int, list[int]], cache=None,
+                  extrapolate: float | None = None):
     """Measure ``loss(base with layer i → format k) − loss(base)`` for every asked cell.
 
     ``base`` holds each layer's format (None = float): the policy the cells are measured at.
@@ -54,7 +65,9 @@ def measure_cells(ctx: ProxyContext, base: list, cells: dict[int, list[int]], ca
     shape; None when the task gives no per-sample losses) and diagnostics. The model's weights
     are restored afterwards. ``cache`` (a :class:`proxies.evaluate.QuantCache` of the same
     quantizer) keeps quantized weights between calls: the operating-point loop measures at a
-    new policy every round, and under GPTQ each layer's solve is the expensive part."""
+    new policy every round, and under GPTQ each layer's solve is the expensive part.
+    ``extrapolate``: the weight-error ratio past which a cell is predicted, not measured (see
+    the module's docstring; only meaningful when ``base`` is float)."""
     L = len(ctx.layers)
     floats = [m.weight.detach().clone() for m in ctx.modules]
 
@@ -64,7 +77,7 @@ def measure_cells(ctx: ProxyContext, base: list, cells: dict[int, list[int]], ca
         return ctx.quantize(i, f, floats[i]) if cache is None else cache.get(i, f, floats[i])
 
     with swapped(ctx.modules, [q(i, base[i]) for i in range(L)]):
-        return _measure(ctx, cells, q)
+        return _measure(ctx, cells, q, extrapolate)
 
 
 def cell_measure(ctx: ProxyContext, cache=None):
@@ -73,7 +86,24 @@ def cell_measure(ctx: ProxyContext, cache=None):
     return lambda base, cells: measure_cells(ctx, [ctx.formats[int(k)] for k in base], cells, cache)[:2]
 
 
-def _measure(ctx: ProxyContext, cells: dict[int, list[int]], q):
+def predicted_from(errors: dict[int, float], ratio: float | None) -> dict[int, int]:
+    """Which cells of one layer to predict, and from which: ``errors`` maps format index → the
+    layer's weight error in it. Coarsest first, a cell whose error is ``ratio`` times smaller
+    than a measured one's is predicted from the finest such measured cell; the rest are measured."""
+    if ratio is None:
+        return {}
+    measured: list[int] = []
+    out: dict[int, int] = {}
+    for k in sorted(errors, key=lambda k: -errors[k]):
+        src = [j for j in measured if errors[j] > 0 and errors[j] >= ratio * errors[k]]
+        if src:
+            out[k] = min(src, key=lambda j: errors[j])
+        else:
+            measured.append(k)
+    return out
+
+
+def _measure(ctx: ProxyContext, cells: dict[int, list[int]], q, extrapolate: float | None = None):
     L, K = len(ctx.layers), len(ctx.formats)
     sizes = [ctx.task.size(b) for b in ctx.batches]
     cache = prefix_cache(ctx.model, lambda bi: ctx.task.loss(ctx.model, ctx.batches[bi]), len(ctx.batches))
@@ -100,16 +130,32 @@ def _measure(ctx: ProxyContext, cells: dict[int, list[int]], q):
     # per-sample differences (what the solver's decisions between cells must exceed)
     stderr = np.full((L, K), np.nan) if base_per is not None and len(base_per) > 1 else None
     done, total = 0, sum(len(ks) for ks in cells.values())
+    predicted = 0
     # in the cache's order (trunk block or graph position), so its prefix only moves forward
     for i in sorted(cells, key=lambda i: cache.block_of(ctx.layers[i].name)):
         m = ctx.modules[i]
+        weights = {k: q(i, ctx.formats[k]) for k in cells[i]} if extrapolate is not None else {}
+        w0 = m.weight.detach()  # the base (float) weight
+        errors = {k: float(((w.to(w0.dtype) - w0) ** 2).sum()) for k, w in weights.items()}
+        plan = predicted_from(errors, extrapolate)
         with cache.skip_until(cache.block_of(ctx.layers[i].name)):
             for k in cells[i]:
-                with swapped([m], [q(i, ctx.formats[k])]):
+                if k in plan:
+                    continue
+                with swapped([m], [weights[k] if k in weights else q(i, ctx.formats[k])]):
                     mean, per = loss()
                 values[i, k] = mean - base
                 if stderr is not None and per is not None:
                     stderr[i, k] = float(np.std(per - base_per, ddof=1) / np.sqrt(len(per)))
                 done += 1
                 ctx.report(done / max(total, 1), f"{ctx.layers[i].name} {ctx.formats[k].label}")
-    return values, stderr, {"base_loss": base, "forward_passes": done + 1, "trunk": cache.name}
+        for k, j in plan.items():
+            scale = errors[k] / errors[j]
+            values[i, k] = values[i, j] * scale
+            if stderr is not None:
+                stderr[i, k] = stderr[i, j] * scale
+            done, predicted = done + 1, predicted + 1
+        if plan:
+            ctx.report(done / max(total, 1), f"{ctx.layers[i].name}: {len(plan)} predicted")
+    return values, stderr, {"base_loss": base, "forward_passes": done - predicted + 1, "trunk": cache.name,
+                            "predicted_cells": predicted}

@@ -66,6 +66,10 @@ class OutputErrorParams(_Params):
 class MeasuredParams(_Params):
     layers: list[int] | None = Field(None, description="rows to measure (the service's chunks); all when null")
     context: str | None = Field(None, description="format label the other layers sit in while a cell is measured")
+    extrapolate: float | None = Field(
+        64.0, ge=4, description="a cell whose weight error is at least this many times smaller than a measured cell of "
+        "the same layer is predicted from it (loss increase scaled by the ratio of weight errors) instead of measured; "
+        "null measures every cell")
 
     @field_validator("layers")
     @classmethod

@@ -41,6 +41,9 @@ IMAGE_FIELDS = ("image_size", "resize", "image_mean", "image_std")
 NEW_FIELDS = {**{f: None for f in IMAGE_FIELDS}, "data_column": None, "label_column": None, "fold_batchnorm": False,
               "refine_patience": DEFAULT_REFINE_PATIENCE, "compute_dtype": "auto"}
 REFINE_ONLY = ("refine_patience",)  # new fields the sensitivity table does not depend on
+# proxy parameters added after tables were stored, with their defaults: keyed only when set
+# otherwise (a table stored before them was measured at least as exactly, and stays valid)
+NEW_PROXY_PARAMS = {"measured": {"extrapolate": 64.0}}
 _KIND_WORDS = {"images": "images", "tensors": "tensors", "text": "text", "jsonl": "JSONL text", "file": "text",
                "dataset": "a dataset"}
 
@@ -185,7 +188,9 @@ def _sensitivity_key(req: JobCreate, model_id: str, checked: Checked, calib: str
     parameters, calibration data, formats (what the table depends on, nothing more)."""
     spec, parts, texts = checked.specs[0], checked.parts, _texts(req)
     sha = lambda t: None if t is None else hashlib.sha256(t.encode()).hexdigest()  # noqa: E731
-    key_blob = {"v": SPEC_VERSION, "model": model_id, "proxy": parts.proxy, "params": parts.proxy_params,
+    new = NEW_PROXY_PARAMS.get(parts.proxy, {})
+    params = {k: v for k, v in parts.proxy_params.items() if k not in new or v != new[k]}
+    key_blob = {"v": SPEC_VERSION, "model": model_id, "proxy": parts.proxy, "params": params,
                 "calib": calib, "calib_text": sha(texts["calib"]), "eval": evaluation, "eval_text": sha(texts["eval"]),
                 "n_calib": spec.n_calib, "seq_len": spec.seq_len, "seed": spec.seed,
                 "formats": [x.label for x in parts.formats]}

@@ -399,6 +399,29 @@ def test_measured_chunk_fills_only_its_rows_and_equals_direct(digits_ctx):
         assert torch.equal(m.weight, w)
 
 
+def test_measured_predicts_a_far_finer_cell_from_the_coarser_one(digits_ctx):
+    """With 2- and 8-bit formats the 8-bit weight error is thousands of times smaller: that
+    cell is predicted from the 2-bit one (scaled by the error ratio), not measured, and lands
+    near the direct measurement; ``extrapolate=None`` measures it exactly."""
+    import dataclasses
+    from proxies.measured import predicted_from
+    ctx = dataclasses.replace(digits_ctx, formats=make_formats([2, 8], group_size=64))
+    table = MeasuredProxy(layers=[1, 4]).compute(ctx)
+    direct = direct_measurement(ctx, [1, 4])
+    assert table.diagnostics["predicted_cells"] == 2 and table.diagnostics["forward_passes"] == 3
+    np.testing.assert_allclose(table.values[:, 0], direct[:, 0], rtol=1e-6, atol=1e-9)  # measured
+    ratio = table.values[[1, 4], 1] / direct[[1, 4], 1]
+    assert np.all((ratio > 0.3) & (ratio < 3)), ratio  # predicted: the same order of magnitude
+    assert np.all(table.values[[1, 4], 1] < 0.01 * table.values[[1, 4], 0])
+    exact = MeasuredProxy(layers=[1, 4], extrapolate=None).compute(ctx)
+    np.testing.assert_allclose(exact.values, direct, rtol=1e-6, atol=1e-9)
+    assert exact.diagnostics["predicted_cells"] == 0 and table.params["extrapolate"] == 64
+    # the plan: coarsest measured first; a cell is predicted from the finest measured cell far enough above it
+    assert predicted_from({0: 100.0, 1: 25.0, 2: 0.3, 3: 0.2}, 64) == {2: 1, 3: 1}
+    assert predicted_from({0: 100.0, 1: 25.0, 2: 0.3}, None) == {}
+    assert predicted_from({0: 0.0, 1: 0.0}, 64) == {}  # nothing to scale from
+
+
 def test_measured_cells_carry_their_paired_standard_errors(digits_ctx):
     """A cell is the mean over the calibration samples of (loss with the layer quantized − loss
     without); its standard error is that of the 64 per-sample differences."""

@@ -71,6 +71,15 @@ def test_sensitivity_keys_did_not_move(body, key):
     assert plan(**body).sensitivity_key == key
 
 
+def test_measuring_every_cell_is_another_table():
+    """``extrapolate`` at its default keeps the key tables were stored under; asking for every
+    cell measured (null) or another ratio is another table."""
+    default = plan(proxy="measured").sensitivity_key
+    assert plan(proxy="measured", proxy_params={"extrapolate": 64}).sensitivity_key == default
+    exact = plan(proxy="measured", proxy_params={"extrapolate": None}).sensitivity_key
+    assert len({default, exact, plan(proxy="measured", proxy_params={"extrapolate": 16}).sensitivity_key}) == 3
+
+
 def test_a_causal_lms_recipe_is_keyed_by_the_proxy_it_runs():
     recipe, measured = plan(), plan(proxy="measured")
     assert recipe.specs[0]["proxy"] == "fisher" and recipe.specs[0]["refine_method"] == "loop"
