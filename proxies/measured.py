@@ -106,25 +106,33 @@ def predicted_from(errors: dict[int, float], ratio: float | None) -> dict[int, i
 def _measure(ctx: ProxyContext, cells: dict[int, list[int]], q, extrapolate: float | None = None):
     L, K = len(ctx.layers), len(ctx.formats)
     sizes = [ctx.task.size(b) for b in ctx.batches]
-    cache = prefix_cache(ctx.model, lambda bi: ctx.task.loss(ctx.model, ctx.batches[bi]), len(ctx.batches))
+
+    def batch_loss(bi: int) -> tuple[float, np.ndarray | None]:
+        """Batch ``bi``'s mean loss and, where the task splits it by sample, each sample's."""
+        with torch.no_grad():
+            v = ctx.task.sample_loss_values(ctx.model, ctx.batches[bi])
+            if v is None:
+                return float(ctx.task.loss(ctx.model, ctx.batches[bi])), None
+            return float(v.mean()), v.double().cpu().numpy()  # as ``loss`` reduces it: same numbers as before
+
+    # the cache records the prefix on a pass of the base policy: that pass's losses are the base's
+    recorded: dict[int, tuple[float, np.ndarray | None]] = {}
+    cache = prefix_cache(ctx.model, lambda bi: recorded.__setitem__(bi, batch_loss(bi)), len(ctx.batches))
+
+    def pooled(losses: list[tuple[float, np.ndarray | None]]) -> tuple[float, np.ndarray | None]:
+        total = sum(m * n for (m, _), n in zip(losses, sizes)) / sum(sizes)
+        per = [p for _, p in losses]
+        return total, None if any(p is None for p in per) else np.concatenate(per)
 
     def loss() -> tuple[float, np.ndarray | None]:
         """Mean calibration loss and, where the task splits it by sample, each sample's."""
-        total, per = 0.0, []
-        with torch.no_grad():
-            for bi, b in enumerate(ctx.batches):
-                cache.current = bi
-                v = ctx.task.sample_loss_values(ctx.model, b)
-                if v is None:
-                    total += float(ctx.task.loss(ctx.model, b)) * sizes[bi]
-                    per = None
-                else:
-                    total += float(v.mean()) * sizes[bi]  # as ``loss`` reduces it: same numbers as before
-                    if per is not None:
-                        per.append(v.double().cpu().numpy())
-        return total / sum(sizes), None if per is None else np.concatenate(per)
+        out = []
+        for bi in range(len(ctx.batches)):
+            cache.current = bi
+            out.append(batch_loss(bi))
+        return pooled(out)
 
-    base, base_per = loss()
+    base, base_per = pooled([recorded[bi] for bi in range(len(sizes))]) if len(recorded) == len(sizes) else loss()
     values = np.full((L, K), np.nan)
     # a cell is a paired difference on the same samples: its standard error is that of the
     # per-sample differences (what the solver's decisions between cells must exceed)

@@ -512,7 +512,7 @@ def test_measured_block_cache_skips_the_prefix(trunk_ctx):
         hook.remove()
     np.testing.assert_allclose(values, direct_measurement(ctx, last), rtol=1e-6, atol=1e-9)
     n_batches, n_measurements = len(ctx.batches), len(last) * 2
-    # block 0 runs to record the cache and for the base loss, not once per measurement
+    # block 0 runs to record the cache (that pass gives the base loss), not once per measurement
     assert len(calls) < n_batches * (1 + n_measurements)
 
 
