@@ -97,16 +97,22 @@ class Trunked(nn.Module):
         return self.head(h)
 
 
+def trunked(seed: int, n_batches: int) -> tuple[Trunked, list[dict]]:
+    """A seeded ``Trunked`` model and batches of 32 labelled by its own float predictions."""
+    torch.manual_seed(seed)
+    model = Trunked()
+    with torch.no_grad():
+        x = torch.randn(n_batches * 32, 16)
+        y = model(x).argmax(-1)
+    return model, [{"x": a, "y": b} for a, b in zip(x.split(32), y.split(32))]
+
+
 def test_the_incremental_judge_answers_exactly_what_full_runs_answer():
     """Every candidate of a refine-like walk (one or two layers changed from the best policy,
     some accepted, some raced out) gets the same answer with the trunk replayed as without it,
     and the replay computes fewer blocks."""
-    torch.manual_seed(1)
-    model = Trunked()
-    with torch.no_grad():
-        x = torch.randn(4 * 32, 16)
-        y = model(x).argmax(-1)
-    batches = [{"x": a, "y": b} for a, b in zip(x.split(32), y.split(32))]
+    model, batches = trunked(1, 4)
+    x, y = torch.cat([b["x"] for b in batches]), torch.cat([b["y"] for b in batches])
     modules = [model.stem] + [blk[j] for blk in model.blocks for j in (0, 2)] + [model.head]
     ev = Evaluator(model, modules, ClassifierTask())
     formats = make_formats([2, 3, 8], None, False)
@@ -134,12 +140,7 @@ def test_candidates_sharing_their_first_change_start_after_it(side_bytes):
     then in block 2) starts after the blocks that earlier run computed with only that change in
     effect, and answers exactly what a full run answers. Without a side store (0 bytes) it
     starts at its first changed block, as before."""
-    torch.manual_seed(2)
-    model = Trunked()
-    with torch.no_grad():
-        x = torch.randn(3 * 32, 16)
-        y = model(x).argmax(-1)
-    batches = [{"x": a, "y": b} for a, b in zip(x.split(32), y.split(32))]
+    model, batches = trunked(2, 3)
     modules = [blk[j] for blk in model.blocks for j in (0, 2)]  # layer 2i, 2i+1 in block i
     ev = Evaluator(model, modules, ClassifierTask())
     formats = make_formats([2, 8], None, False)
