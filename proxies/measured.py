@@ -103,6 +103,28 @@ def predicted_from(errors: dict[int, float], ratio: float | None) -> dict[int, i
     return out
 
 
+# quantized copies of one layer kept between its weight errors and its passes; past this the
+# measured ones are quantized again (a 7B model's MLP layer in 12 formats would hold ~2 GB)
+HELD_BYTES = 256 << 20
+
+
+def weight_errors(quantized, ks: list[int], w0: torch.Tensor, held_bytes: int):
+    """Each format's squared weight error against ``w0`` (``quantized(k)`` gives the copy), and
+    the copies themselves while they fit in ``held_bytes``, so the measured cells need not
+    quantize again; one copy at a time is alive beyond that."""
+    errors: dict[int, float] = {}
+    held: dict[int, torch.Tensor] = {}
+    used = 0
+    for k in ks:
+        w = quantized(k)
+        errors[k] = float(((w.to(w0.dtype) - w0) ** 2).sum())
+        size = w.numel() * w.element_size()
+        if used + size <= held_bytes:
+            held[k], used = w, used + size
+        del w
+    return errors, held
+
+
 def _measure(ctx: ProxyContext, cells: dict[int, list[int]], q, extrapolate: float | None = None):
     L, K = len(ctx.layers), len(ctx.formats)
     sizes = [ctx.task.size(b) for b in ctx.batches]
@@ -137,33 +159,34 @@ def _measure(ctx: ProxyContext, cells: dict[int, list[int]], q, extrapolate: flo
     # a cell is a paired difference on the same samples: its standard error is that of the
     # per-sample differences (what the solver's decisions between cells must exceed)
     stderr = np.full((L, K), np.nan) if base_per is not None and len(base_per) > 1 else None
-    done, total = 0, sum(len(ks) for ks in cells.values())
-    predicted = 0
+    total = sum(len(ks) for ks in cells.values())
+    passes, predicted = 1, 0  # the base policy's pass (the one that records the cache) counts
     # in the cache's order (trunk block or graph position), so its prefix only moves forward
     for i in sorted(cells, key=lambda i: cache.block_of(ctx.layers[i].name)):
         m = ctx.modules[i]
-        weights = {k: q(i, ctx.formats[k]) for k in cells[i]} if extrapolate is not None else {}
-        w0 = m.weight.detach()  # the base (float) weight
-        errors = {k: float(((w.to(w0.dtype) - w0) ** 2).sum()) for k, w in weights.items()}
+        errors, held = weight_errors(lambda k: q(i, ctx.formats[k]), cells[i], m.weight.detach(), HELD_BYTES) \
+            if extrapolate is not None else ({}, {})
         plan = predicted_from(errors, extrapolate)
+        for k in plan:
+            held.pop(k, None)
         with cache.skip_until(cache.block_of(ctx.layers[i].name)):
             for k in cells[i]:
                 if k in plan:
                     continue
-                with swapped([m], [weights[k] if k in weights else q(i, ctx.formats[k])]):
+                with swapped([m], [held.pop(k) if k in held else q(i, ctx.formats[k])]):
                     mean, per = loss()
                 values[i, k] = mean - base
                 if stderr is not None and per is not None:
                     stderr[i, k] = float(np.std(per - base_per, ddof=1) / np.sqrt(len(per)))
-                done += 1
-                ctx.report(done / max(total, 1), f"{ctx.layers[i].name} {ctx.formats[k].label}")
+                passes += 1
+                ctx.report((passes - 1 + predicted) / max(total, 1), f"{ctx.layers[i].name} {ctx.formats[k].label}")
         for k, j in plan.items():
             scale = errors[k] / errors[j]
             values[i, k] = values[i, j] * scale
             if stderr is not None:
                 stderr[i, k] = stderr[i, j] * scale
-            done, predicted = done + 1, predicted + 1
+        predicted += len(plan)
         if plan:
-            ctx.report(done / max(total, 1), f"{ctx.layers[i].name}: {len(plan)} predicted")
-    return values, stderr, {"base_loss": base, "forward_passes": done - predicted + 1, "trunk": cache.name,
+            ctx.report((passes - 1 + predicted) / max(total, 1), f"{ctx.layers[i].name}: {len(plan)} predicted")
+    return values, stderr, {"base_loss": base, "forward_passes": passes, "trunk": cache.name,
                             "predicted_cells": predicted}

@@ -410,9 +410,12 @@ def test_measured_predicts_a_far_finer_cell_from_the_coarser_one(digits_ctx):
     direct = direct_measurement(ctx, [1, 4])
     assert table.diagnostics["predicted_cells"] == 2 and table.diagnostics["forward_passes"] == 3
     np.testing.assert_allclose(table.values[:, 0], direct[:, 0], rtol=1e-6, atol=1e-9)  # measured
-    ratio = table.values[[1, 4], 1] / direct[[1, 4], 1]
-    assert np.all((ratio > 0.3) & (ratio < 3)), ratio  # predicted: the same order of magnitude
-    assert np.all(table.values[[1, 4], 1] < 0.01 * table.values[[1, 4], 0])
+    # predicted: positive, negligible beside the coarse cell and as near the direct measurement
+    # as that measurement's own float32 resolution allows (an 8-bit cell's loss change on 64
+    # samples is ~1e-7, at the rounding level of the loss: 0.23x and 1.7x on an AVX-512 EPYC)
+    coarse, fine = table.values[[1, 4], 0], table.values[[1, 4], 1]
+    assert np.all(fine > 0) and np.all(fine < 0.01 * coarse)
+    assert np.all(np.abs(fine - direct[[1, 4], 1]) < 1e-3 * coarse), (fine, direct[[1, 4], 1])
     exact = MeasuredProxy(layers=[1, 4], extrapolate=None).compute(ctx)
     np.testing.assert_allclose(exact.values, direct, rtol=1e-6, atol=1e-9)
     assert exact.diagnostics["predicted_cells"] == 0 and table.params["extrapolate"] == 64
@@ -420,6 +423,26 @@ def test_measured_predicts_a_far_finer_cell_from_the_coarser_one(digits_ctx):
     assert predicted_from({0: 100.0, 1: 25.0, 2: 0.3, 3: 0.2}, 64) == {2: 1, 3: 1}
     assert predicted_from({0: 100.0, 1: 25.0, 2: 0.3}, None) == {}
     assert predicted_from({0: 0.0, 1: 0.0}, 64) == {}  # nothing to scale from
+
+
+def test_measured_holds_quantized_copies_only_up_to_a_bound(digits_ctx, monkeypatch):
+    """A layer's quantized copies are kept between its weight errors and its passes only while
+    they fit the bound (a 7B MLP layer in 12 formats would be ~2 GB); past it the measured cells
+    quantize again, with the same table."""
+    import proxies.measured as measured
+    from proxies.measured import weight_errors
+    w0 = torch.zeros(4, 8)
+    copies = {0: torch.full((4, 8), 2.0), 1: torch.full((4, 8), 1.0), 2: torch.full((4, 8), 0.5)}
+    errors, held = weight_errors(copies.__getitem__, [0, 1, 2], w0, held_bytes=2 * 4 * 8 * 4)
+    assert errors == {0: 128.0, 1: 32.0, 2: 8.0} and list(held) == [0, 1]
+    assert weight_errors(copies.__getitem__, [0, 1, 2], w0, held_bytes=0)[1] == {}
+    import dataclasses
+    ctx = dataclasses.replace(digits_ctx, formats=make_formats([2, 4, 8], group_size=64))
+    kept = MeasuredProxy(layers=[1, 4]).compute(ctx)
+    monkeypatch.setattr(measured, "HELD_BYTES", 0)
+    again = MeasuredProxy(layers=[1, 4]).compute(ctx)
+    np.testing.assert_array_equal(again.values, kept.values)
+    assert again.diagnostics["predicted_cells"] == kept.diagnostics["predicted_cells"] > 0
 
 
 def test_measured_cells_carry_their_paired_standard_errors(digits_ctx):
