@@ -155,8 +155,10 @@ class PolicyTrunk:
         self.current = 0  # the batch being run
         self.start = 0  # the first block the current batch computes
         self._rec: list[list] = []
+        self._keys: list[bytes] = []  # the running policy's formats of each block's layers
+        self._base_keys: list[bytes] | None = None  # the base policy's (None: no base recorded)
         self._changed: list[int] | None = None
-        self._prefix: list[bytes] = []
+        self._prefix: list[tuple] = []
 
     @property
     def n_blocks(self) -> int:
@@ -166,15 +168,18 @@ class PolicyTrunk:
         return trunk_block(self.name, self.trunk, layer_name)
 
     @contextlib.contextmanager
-    def running(self, changed_blocks: list[int] | None, prefix: list[bytes]) -> Iterator[None]:
-        """Within the block, a run of one policy: ``changed_blocks`` are the trunk blocks whose
-        layers differ from the base policy (None: no base to compare with), ``prefix[j]`` the
-        policy's formats of every layer up to block j, as bytes. Call ``begin`` per batch."""
+    def running(self, keys: list[bytes]) -> Iterator[None]:
+        """Within the block, a run of one policy: ``keys[j]`` is the policy's formats of the
+        layers in trunk block j, as bytes (layers outside the trunk count as block 0's: a
+        change there is replayed from nothing). The trunk compares them with the base policy's
+        to find the changed blocks. Call ``begin`` per batch."""
         if not self.enabled:
             yield
             return
-        self._changed = None if changed_blocks is None or not self.outputs else sorted(set(changed_blocks))
-        self._prefix = prefix
+        base = self._base_keys
+        self._changed = None if base is None else [j for j, (k, b) in enumerate(zip(keys, base)) if k != b]
+        self._keys = keys
+        self._prefix = [tuple(keys[:j + 1]) for j in range(len(keys))]
         self._rec = [[None] * self.n_blocks for _ in range(self.n_batches)]
         self.start = 0
         try:
@@ -222,13 +227,13 @@ class PolicyTrunk:
         if not self.enabled or not self._rec:
             return
         new, self._rec = self._rec, []
+        self.outputs, self._base_keys = [], None
         if any(o is None for row in new for o in row):  # an incomplete run: start afresh next time
-            self.outputs = []
             return
         if sum(_nbytes(o) for row in new for o in row) > self.max_bytes:
-            self.enabled, self.outputs = False, []
+            self.enabled = False
             return
-        self.outputs = new
+        self.outputs, self._base_keys = new, self._keys
 
 
 # ---------------------------------------------------------------- graph programs (torch.export)

@@ -131,7 +131,6 @@ class RacingJudge:
             self.trunk = None
         self._block = None if self.trunk is None else \
             np.array([self.trunk.block_of(n) for n in layer_names(evaluator.model, evaluator.modules)])
-        self._base: np.ndarray | None = None  # the choice whose outputs the trunk holds
 
     def _clearly_behind(self, losses: torch.Tensor) -> bool:
         """Whether per-sample ``losses`` on the screen trail the best policy's by more than
@@ -153,8 +152,7 @@ class RacingJudge:
         sums: list[float] = []
         run = contextlib.nullcontext()
         if self.trunk is not None:
-            changed = None if self._base is None else self._block[choice != self._base].tolist()
-            run = self.trunk.running(changed, [choice[self._block <= j].tobytes() for j in range(self.trunk.n_blocks)])
+            run = self.trunk.running([choice[self._block == j].tobytes() for j in range(self.trunk.n_blocks)])
         precision = comparison_precision(self.ev.compute_dtype, model_device(self.ev.model))
         screen = None
         with swapped(mods, ws), torch.no_grad(), precision, run:
@@ -179,5 +177,4 @@ class RacingJudge:
             self.best, self._best_screen = sums, screen
             if self.trunk is not None:  # refine moves on from the best policy: cache its outputs
                 self.trunk.accept()
-                self._base = choice.copy() if self.trunk.outputs else None
         return sum(sums) / self.samples
