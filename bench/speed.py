@@ -262,7 +262,7 @@ def print_report(before: dict, now: dict, rev: str) -> None:
         rows = {r.get("workers"): r for r in (_get(res, "fanout") or []) if isinstance(r, dict)}
         if 1 not in rows or 2 not in rows:
             return "—", None
-        return f"{rows[1]['seconds']:.1f} s → {rows[2]['seconds']:.1f} s: {rows[2]['speedup']:.2f}×", rows[2]["speedup"]
+        return f"{rows[1]['seconds']:.1f} s → {rows[2]['seconds']:.1f} s: {rows[2]['speedup']:.3f}×", rows[2]["speedup"]
     (tb, _), (tn, sn) = fan(before), fan(now)
     row("sensitivity phase, 1 → 2 Ray workers (two-node Cluster)", f"≥ {TARGETS['fanout_x']}×", tb, tn,
         None if sn is None else sn >= TARGETS["fanout_x"])
