@@ -119,6 +119,11 @@ def require_hooks(ctx: ProxyContext, proxy: str) -> None:
                          f"torch.export program (export:FILE.pt2)")
 
 
+def sq_error(wq: torch.Tensor, w: torch.Tensor) -> float:
+    """‖wq − w‖², with the quantized copy ``wq`` taken to ``w``'s dtype first."""
+    return float(((wq.to(w.dtype) - w) ** 2).sum())
+
+
 def quant_error_sq(ctx: ProxyContext) -> np.ndarray:
     """‖Q_k(W_l) − W_l‖² for every layer and format (L×K), the perturbation size that the
     second-order proxies scale."""
@@ -128,7 +133,7 @@ def quant_error_sq(ctx: ProxyContext) -> np.ndarray:
             w = m.weight.detach().float()
             for k, f in enumerate(ctx.formats):
                 if not f.is_float:
-                    out[i, k] = float(((ctx.quantize(i, f).float() - w) ** 2).sum())
+                    out[i, k] = sq_error(ctx.quantize(i, f), w)
     return out
 
 
@@ -172,6 +177,25 @@ def requiring_grad(params: list[torch.Tensor]) -> Iterator[None]:
     finally:
         for p, f in zip(params, flags):
             p.requires_grad_(f)
+
+
+@contextlib.contextmanager
+def eager_attention(model: nn.Module) -> Iterator[None]:
+    """Run a Hugging Face model on its eager attention inside the block, restoring what it had.
+
+    Models load with PyTorch's fused attention (SDPA: 5-7% off every MiniLM forward on a 2-core
+    CPU, bench/speed.py), which has no double backward; a Hessian-vector product needs one. Any
+    other model (no ``set_attn_implementation``, or already eager) is left as it is."""
+    cfg = getattr(model, "config", None)
+    was = getattr(cfg, "_attn_implementation", None)
+    switch = was not in (None, "eager") and hasattr(model, "set_attn_implementation")
+    if switch:
+        model.set_attn_implementation("eager")
+    try:
+        yield
+    finally:
+        if switch:
+            model.set_attn_implementation(was)
 
 
 def batch_mean_loss(task: Task, model: nn.Module, batches: list[Batch]) -> float:

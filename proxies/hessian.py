@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from proxies.base import Proxy, ProxyContext, quant_error_sq, requiring_grad
+from proxies.base import Proxy, ProxyContext, eager_attention, quant_error_sq, requiring_grad
 
 
 class HessianTraceProxy(Proxy):
@@ -29,7 +29,7 @@ class HessianTraceProxy(Proxy):
         n_b = len(ctx.batches)
         per_batch = p_["max_probes"] if n_b == 1 else -(-p_["min_probes"] // n_b)
         visits = 0
-        with requiring_grad(params):
+        with requiring_grad(params), eager_attention(ctx.model):  # HVPs need a double backward
             while len(samples) < p_["max_probes"]:
                 batch = ctx.batches[visits % n_b]
                 visits += 1

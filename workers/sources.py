@@ -140,9 +140,8 @@ def _hf_dir_model(path: Path, ref: str) -> LoadedModel:
     auto = {"causal_lm": AutoModelForCausalLM, "text_classifier": AutoModelForSequenceClassification,
             "classifier": AutoModelForImageClassification, "embedding": AutoModel}[kind]
     tok = _tokenizer(path, ref) if kind != "classifier" else None
-    kwargs = {"attn_implementation": "eager"} if kind != "classifier" else {}  # SDPA has no double backward (HVPs)
-    try:
-        model = auto.from_pretrained(path, local_files_only=True, dtype=torch.float32, **kwargs)
+    try:  # attention as transformers picks it (SDPA where the model has it); the Hessian proxy switches to eager
+        model = auto.from_pretrained(path, local_files_only=True, dtype=torch.float32)
     except (OSError, ValueError, KeyError) as e:
         raise SourceError(f"{ref!r}: the {kind.replace('_', ' ')} model does not load "
                           f"({str(e).splitlines()[0][:200]})") from None

@@ -591,3 +591,35 @@ def test_unknown_proxy_names_the_choices():
 def test_hessian_rejects_bad_parameters(params):
     with pytest.raises(ValueError, match="hessian_trace"):
         HessianTraceProxy(**params)
+
+
+def _tiny_sdpa_bert():
+    from transformers import BertConfig, BertModel
+    cfg = BertConfig(vocab_size=50, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                     intermediate_size=32, max_position_embeddings=16, attn_implementation="sdpa")
+    return BertModel(cfg, add_pooling_layer=False).eval()
+
+
+def _double_backward(model) -> None:
+    ids = torch.randint(0, 50, (2, 6), generator=torch.Generator().manual_seed(0))
+    w = model.encoder.layer[0].attention.self.query.weight
+    w.requires_grad_(True)
+    loss = model(input_ids=ids).last_hidden_state.pow(2).sum()
+    (g,) = torch.autograd.grad(loss, [w], create_graph=True)
+    torch.autograd.grad((g * torch.ones_like(g)).sum(), [w])
+
+
+def test_eager_attention_gives_a_sdpa_model_its_double_backward_and_restores_it():
+    """Models load on fused attention (SDPA) for speed; it has no double backward, so the
+    Hutchinson proxy runs inside ``eager_attention``, which must hand the model back as it was."""
+    from proxies.base import eager_attention
+    model = _tiny_sdpa_bert()
+    assert model.config._attn_implementation == "sdpa"
+    with pytest.raises(RuntimeError, match="not implemented"):
+        _double_backward(model)
+    with eager_attention(model):
+        assert model.config._attn_implementation == "eager"
+        _double_backward(model)
+    assert model.config._attn_implementation == "sdpa"
+    with eager_attention(nn.Linear(2, 2)):  # not a transformers model: left alone
+        pass
