@@ -224,7 +224,14 @@ def _lm_windows(tok, paras: list[str], n: int, seq_len: int, pick) -> torch.Tens
     return windows[pick(count)]
 
 
-def _tokenize(lm: LoadedModel, texts: list[str], plan: DataPlan, bs: int) -> list[dict]:
+def _tokenize(lm: LoadedModel, texts: list[str], plan: DataPlan, bs: int, by_length: bool = False) -> list[dict]:
+    """Padded batches of ``bs`` texts. ``by_length``: batch texts of similar token counts together
+    (stable by length), so a batch pads to little more than its own longest text: the held-out
+    set's metrics are means over samples and do not depend on the grouping, while wikitext's
+    paragraphs batched in order are 13% padding, sorted 5% (MiniLM, 256 held-out paragraphs)."""
+    if by_length:
+        lengths = [len(ids) for ids in lm.tokenizer(texts, truncation=True, max_length=plan.seq_len)["input_ids"]]
+        texts = [texts[i] for i in sorted(range(len(texts)), key=lengths.__getitem__)]
     out = []
     for group in _chunks(texts, bs):
         enc = lm.tokenizer(group, padding=True, truncation=True, max_length=plan.seq_len, return_tensors="pt")
@@ -233,11 +240,13 @@ def _tokenize(lm: LoadedModel, texts: list[str], plan: DataPlan, bs: int) -> lis
 
 
 def _text_batches(lm: LoadedModel, paras: list[str], n: int, plan: DataPlan, pick) -> list[dict]:
+    """Calibration/judge batches (``pick`` chooses the paragraphs, in order), or with ``pick``
+    None the evaluation set: the first ``n`` paragraphs, batched by length."""
     if lm.kind == "causal_lm":
         w = _lm_windows(lm.tokenizer, paras, n, plan.seq_len, pick)
         return [{"input_ids": x} for x in w.split(plan.batch_size)]
     chosen = [paras[i] for i in pick(len(paras))] if pick is not None else paras[:n]
-    return _tokenize(lm, chosen, plan, plan.batch_size)
+    return _tokenize(lm, chosen, plan, plan.batch_size, by_length=pick is None)
 
 
 # ---------------------------------------------------------------- sample sets (classifiers)
