@@ -23,7 +23,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from proxies.base import Proxy, ProxyContext, swapped
+from proxies.base import Proxy, ProxyContext, sq_error, swapped
 from proxies.blockcache import prefix_cache
 
 
@@ -117,11 +117,11 @@ def weight_errors(quantized, ks: list[int], w0: torch.Tensor, held_bytes: int):
     used = 0
     for k in ks:
         w = quantized(k)
-        errors[k] = float(((w.to(w0.dtype) - w0) ** 2).sum())
+        errors[k] = sq_error(w, w0)
         size = w.numel() * w.element_size()
         if used + size <= held_bytes:
             held[k], used = w, used + size
-        del w
+        del w  # before the next format's copy is made: one unheld copy alive at a time
     return errors, held
 
 
@@ -161,6 +161,11 @@ def _measure(ctx: ProxyContext, cells: dict[int, list[int]], q, extrapolate: flo
     stderr = np.full((L, K), np.nan) if base_per is not None and len(base_per) > 1 else None
     total = sum(len(ks) for ks in cells.values())
     passes, predicted = 1, 0  # the base policy's pass (the one that records the cache) counts
+
+    def done() -> float:
+        """The fraction of the table's cells filled: measured (every pass but the base's) or predicted."""
+        return (passes - 1 + predicted) / max(total, 1)
+
     # in the cache's order (trunk block or graph position), so its prefix only moves forward
     for i in sorted(cells, key=lambda i: cache.block_of(ctx.layers[i].name)):
         m = ctx.modules[i]
@@ -179,7 +184,7 @@ def _measure(ctx: ProxyContext, cells: dict[int, list[int]], q, extrapolate: flo
                 if stderr is not None and per is not None:
                     stderr[i, k] = float(np.std(per - base_per, ddof=1) / np.sqrt(len(per)))
                 passes += 1
-                ctx.report((passes - 1 + predicted) / max(total, 1), f"{ctx.layers[i].name} {ctx.formats[k].label}")
+                ctx.report(done(), f"{ctx.layers[i].name} {ctx.formats[k].label}")
         for k, j in plan.items():
             scale = errors[k] / errors[j]
             values[i, k] = values[i, j] * scale
@@ -187,6 +192,6 @@ def _measure(ctx: ProxyContext, cells: dict[int, list[int]], q, extrapolate: flo
                 stderr[i, k] = stderr[i, j] * scale
         predicted += len(plan)
         if plan:
-            ctx.report((passes - 1 + predicted) / max(total, 1), f"{ctx.layers[i].name}: {len(plan)} predicted")
+            ctx.report(done(), f"{ctx.layers[i].name}: {len(plan)} predicted")
     return values, stderr, {"base_loss": base, "forward_passes": passes, "trunk": cache.name,
                             "predicted_cells": predicted}
