@@ -18,6 +18,12 @@ from workers.pipeline import run_search, task_layers
 pytestmark = pytest.mark.integration
 
 BUDGET = 3.3
+# refine's tests need moves to judge, some of them clear losers. fc1 holds most of digits-cnn's
+# weights, so where the budget sits at one of fc1's format costs (3.0-3.3, 4.0-4.6 bits) the solver
+# can leave no slack for any one-step move and the search ends at once ("converged"), depending
+# on the CPU's table (3.3 had moves on an AMD EPYC, none on an Intel Xeon); at 5 bits every move
+# is a near-tie that the racing judge cannot stop early. At 2.6 bits fc1 sits at w2g64 with slack
+REFINE_BUDGET = 2.6
 BITS = [2, 3, 4, 8]
 # small calibration/evaluation sets and probe counts keep every run to a few seconds on 2 cores
 DATA = {"n_calib": 64, "n_eval": 200}
@@ -88,10 +94,10 @@ def test_measured_value_is_the_policy_applied_to_held_out_data(digits):
 
 
 def test_default_recipe_refines_and_records_it(digits):
-    res = run_search(spec(refine_evals=8), loaded=digits)
+    res = run_search(spec(refine_evals=8, budgets={"avg_bits": REFINE_BUDGET}), loaded=digits)
     pol = res.policy
     assert pol.predicted.proxy == "measured" and pol.solver.name == "ilp"
-    assert pol.cost["avg_bits"] <= BUDGET * (1 + 1e-9)
+    assert pol.cost["avg_bits"] <= REFINE_BUDGET * (1 + 1e-9)
     info = pol.refine
     assert info is not None and "history" not in info
     assert {"start_measured", "final_measured", "evals", "accepted"} <= set(info)
@@ -143,7 +149,7 @@ def test_loop_refine_starts_at_the_operating_point_and_records_its_rounds(digits
 def test_refine_stops_at_its_time_limit_and_says_so(digits):
     """A tiny wall-time budget: the start policy is judged, then refine stops and records why
     (the limit is checked between candidates, so the answer is a fully judged policy)."""
-    info = run_search(spec(refine_evals=300, refine_seconds=1e-6), loaded=digits).policy.refine
+    info = run_search(spec(refine_evals=300, refine_seconds=1e-6, budgets={"avg_bits": REFINE_BUDGET}), loaded=digits).policy.refine
     assert info["stopped_by"] == "time" and info["evals"] == 1 and info["accepted"] == 0
     assert info["final_measured"] == info["start_measured"]
 
@@ -151,7 +157,7 @@ def test_refine_stops_at_its_time_limit_and_says_so(digits):
 def test_refine_stops_on_patience_and_says_so(digits):
     """refine_patience reaches the search: one losing candidate ends it (unless the first one
     judged improved, which starts the count again), and the policy records why."""
-    info = run_search(spec(refine_evals=300, refine_patience=1), loaded=digits).policy.refine
+    info = run_search(spec(refine_evals=300, refine_patience=1, budgets={"avg_bits": REFINE_BUDGET}), loaded=digits).policy.refine
     assert info["stopped_by"] == "patience" and info["evals"] <= 2 + 2 * info["accepted"]
     with pytest.raises(ValueError, match="refine_patience"):
         spec(refine_patience=0)
