@@ -49,6 +49,8 @@ class Running:
     cached: bool
     point: int = 0
     phase: str | None = None
+    phase_point: int = 0  # the budget point ``phase`` belongs to
+    shown: float = 0.0  # the progress last written: the bar never goes back
     chunks: dict[int, float] = field(default_factory=dict)
     last_write: float = 0.0
     last_log: float = 0.0
@@ -163,9 +165,9 @@ class Dispatcher:
                     r.point = min(m.done, r.points)
                     point_done = True
                     last = m
-                case ChunkProgress():
+                case ChunkProgress() if not self._stale(r, m.phase):
                     last = self._phase_progress(r, self._chunks_progress(r, m), last)
-                case Progress():
+                case Progress() if not self._stale(r, m.phase):
                     last = self._phase_progress(r, m, last)
         now = time.monotonic()
         if last is None or (now - r.last_write < 0.3 and not point_done):
@@ -174,10 +176,25 @@ class Dispatcher:
         phase = r.phase or "load"
         prog = overall(phase, last.fraction, r.point, r.points) if isinstance(last, Progress) else \
             overall("load", 0.0, r.point, r.points)
-        self.store.progress(r.job_id, self.owner, phase, prog, last.message, log=log_it)
+        self._write(r, phase, prog, last.message, log_it)
         r.last_write = now
         if log_it:
             r.last_log = now
+
+    def _write(self, r: Running, phase: str, progress: float, message: str, log: bool) -> None:
+        """The job's phase and progress into the store, the progress never below the last written."""
+        r.shown = max(progress, r.shown)
+        self.store.progress(r.job_id, self.owner, phase, r.shown, message, log=log)
+
+    @staticmethod
+    def _stale(r: Running, phase: str) -> bool:
+        """Whether a message of ``phase`` comes from before the phase shown. A job's task and its
+        sensitivity chunks post through separate queue handles, so a chunk's first message can
+        reach the queue ahead of the job's own last calibrate messages; shown as they come, the
+        bar went from sensitivity back to calibrate."""
+        if r.phase is None or phase not in PHASES or r.phase not in PHASES:
+            return False
+        return (r.point, PHASES.index(phase)) < (r.phase_point, PHASES.index(r.phase))
 
     @staticmethod
     def _chunks_progress(r: Running, m: ChunkProgress) -> Progress:
@@ -192,11 +209,9 @@ class Dispatcher:
         if p.phase != r.phase:
             # a Progress before this one in the batch is of r.phase: the previous one made it so
             if isinstance(last, Progress) and r.phase is not None:
-                self.store.progress(r.job_id, self.owner, r.phase, overall(r.phase, last.fraction, r.point, r.points),
-                                    last.message, log=True)
-            r.phase = p.phase
-            self.store.progress(r.job_id, self.owner, p.phase, overall(p.phase, p.fraction, r.point, r.points),
-                                p.message, log=True)
+                self._write(r, r.phase, overall(r.phase, last.fraction, r.point, r.points), last.message, True)
+            r.phase, r.phase_point = p.phase, r.point
+            self._write(r, p.phase, overall(p.phase, p.fraction, r.point, r.points), p.message, True)
             r.last_log = r.last_write = time.monotonic()
         return p
 

@@ -116,6 +116,24 @@ def test_chunks_show_the_mean_of_their_latest_fractions(world):
         ("progress", "sensitivity", overall("sensitivity", 0.625, 0, 2), "c0 done", False)]
 
 
+def test_a_late_message_of_an_earlier_phase_does_not_move_the_bar_back(world):
+    """The job's task and its chunks post through separate queue handles: a chunk's first word
+    can reach the queue before the task's last calibrate messages (seen in CI as 0.03 → 0.015)."""
+    world.drain(Progress("calibrate", 0.0, "c"))
+    world.clock.now += 1.0
+    world.drain(ChunkProgress(1, 2, 0.5, "remote chunk"))
+    assert world.r.phase == "sensitivity"
+    world.clock.now += 1.0
+    assert world.drain(Progress("calibrate", 1.0, "late")) == []
+    world.clock.now += 1.0
+    calls = world.drain(Progress("sensitivity", 0.0, "the task's own start of the phase"))
+    assert [c[1:3] for c in calls] == [("sensitivity", overall("sensitivity", 0.25, 0, 2))]  # not back to 0
+    # the next budget point's phases start over: not stale
+    world.drain(PointDone(1, 2))
+    world.clock.now += 1.0
+    assert world.drain(Progress("load", 0.5, "m"))[0][1:3] == ("load", overall("load", 0.5, 1, 2))
+
+
 def test_a_finished_point_moves_the_bar_and_is_logged_at_once(world):
     world.drain(Progress("refine", 0.5, "r"))
     assert world.drain(Progress("refine", 1.0, "r done"), PointDone(1, 2)) == [
