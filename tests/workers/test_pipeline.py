@@ -41,6 +41,11 @@ def spec(**kw) -> SearchSpec:
     return SearchSpec(**{"model": "builtin:digits-cnn", "budgets": {"avg_bits": BUDGET}, "bits": BITS, **DATA, **kw})
 
 
+def refine_spec(**kw) -> SearchSpec:
+    """``spec`` at the budget where refine has moves to judge (REFINE_BUDGET)."""
+    return spec(budgets={"avg_bits": REFINE_BUDGET}, **kw)
+
+
 def test_a_forced_group_size_is_the_only_one_used(digits):
     res = run_search(spec(proxy="output_error", solver="ilp", group_size=64), loaded=digits)
     assert res.policy.layers and all(l.group_size == 64 for l in res.policy.layers)
@@ -94,7 +99,7 @@ def test_measured_value_is_the_policy_applied_to_held_out_data(digits):
 
 
 def test_default_recipe_refines_and_records_it(digits):
-    res = run_search(spec(refine_evals=8, budgets={"avg_bits": REFINE_BUDGET}), loaded=digits)
+    res = run_search(refine_spec(refine_evals=8), loaded=digits)
     pol = res.policy
     assert pol.predicted.proxy == "measured" and pol.solver.name == "ilp"
     assert pol.cost["avg_bits"] <= REFINE_BUDGET * (1 + 1e-9)
@@ -149,7 +154,7 @@ def test_loop_refine_starts_at_the_operating_point_and_records_its_rounds(digits
 def test_refine_stops_at_its_time_limit_and_says_so(digits):
     """A tiny wall-time budget: the start policy is judged, then refine stops and records why
     (the limit is checked between candidates, so the answer is a fully judged policy)."""
-    info = run_search(spec(refine_evals=300, refine_seconds=1e-6, budgets={"avg_bits": REFINE_BUDGET}), loaded=digits).policy.refine
+    info = run_search(refine_spec(refine_evals=300, refine_seconds=1e-6), loaded=digits).policy.refine
     assert info["stopped_by"] == "time" and info["evals"] == 1 and info["accepted"] == 0
     assert info["final_measured"] == info["start_measured"]
 
@@ -157,7 +162,7 @@ def test_refine_stops_at_its_time_limit_and_says_so(digits):
 def test_refine_stops_on_patience_and_says_so(digits):
     """refine_patience reaches the search: one losing candidate ends it (unless the first one
     judged improved, which starts the count again), and the policy records why."""
-    info = run_search(spec(refine_evals=300, refine_patience=1, budgets={"avg_bits": REFINE_BUDGET}), loaded=digits).policy.refine
+    info = run_search(refine_spec(refine_evals=300, refine_patience=1), loaded=digits).policy.refine
     assert info["stopped_by"] == "patience" and info["evals"] <= 2 + 2 * info["accepted"]
     with pytest.raises(ValueError, match="refine_patience"):
         spec(refine_patience=0)
