@@ -4,12 +4,16 @@ A job is one Ray task (``run_job``) that runs the pipeline's phases; its sensiti
 out (``_fan_out``) when the proxy is chunkable and the cluster has other nodes: the rows of the
 table are split by their estimated cost (``row_costs``, ``job_share``: a measured row costs a
 forward pass from its layer's trunk block to the output), the job task measures its node's share
-itself, with the threads it runs on, and the others run as ``measure_rows`` tasks, one per CPU of
-the other nodes (placed there), which take what they measure on (model, layers, calibration
-batches, quantizer: the job's ``ProxyContext``) from the Ray object store, put there once by the
-job task, instead of loading the model and building the batches again on every worker. A model
-that cannot travel that way (on a GPU, offloaded, not picklable) is prepared by each chunk from
-the spec (``measure_chunk``, with a per-process ``workers.prepare.PrepareCache``).
+itself, with the threads it runs on, and one task per CPU of the other nodes (placed there)
+measures each other part. Those tasks are launched as soon as the job task has loaded the model
+(``launch_shares``, ``measure_share``): each prepares the model and the calibration batches from
+the spec (``workers.prepare.PrepareCache``: a warm worker reloads no weights) while the job task
+calibrates, deals the rows exactly as the job task will, and starts measuring with nothing to wait
+for. A part that fails or comes back with other rows or parameters is measured by the job task.
+A job that launched no parts at its start (it had no other node then) uses the nodes there are
+when it reaches the phase: ``measure_rows`` tasks there take the job's ``ProxyContext`` (model, layers, calibration batches, quantizer) from the Ray object store, put
+there once by the job task; a model that cannot travel that way (on a GPU, offloaded, not
+picklable) is prepared by each chunk from the spec (``measure_chunk``).
 
 Threads: a chunk runs torch on the CPUs Ray granted it; the job task (granted one CPU) runs its
 phases on its share of the node (``job_threads``): the node's CPUs less those held by running
@@ -227,6 +231,47 @@ def measure_rows(shipped: list, proxy: str, params: dict, rows: list[int], chunk
     post.flush()
     return _rows(table, rows, fetch_seconds=round(fetched, 3), seconds=table.timing.get("seconds"), node=_node_name(),
                  cpu_seconds=round(cpu, 3))
+
+
+@ray.remote(num_cpus=1, max_retries=3)
+def measure_share(spec_d: dict, texts: dict[str, str], share: tuple[int, int, int], queue=None,
+                  checked=None) -> dict:
+    """Part ``i`` of a job's measured table, launched when the job starts (``launch_shares``):
+    ``share`` is ``(i, own, others)``. This worker prepares the model and the calibration data
+    from the spec (``PrepareCache``: a warm worker reloads no weights) while the job task itself
+    loads and calibrates, then deals the rows by cost as the job task deals them (``job_share``
+    with the same ``own`` and ``others``) and measures part ``i``. It returns its rows, the proxy
+    and the parameters it measured with, so the job task takes them only when they are its own."""
+    from proxies.base import ProxyContext
+    from proxies.device import model_device
+    from proxies.precision import resolve_compute_dtype
+    from proxies.registry import get_proxy
+
+    i, own, others = share
+    post = Poster(queue)
+    with _hold("chunk"):
+        torch_threads()
+        t = time.perf_counter()
+        spec_d = _materialise(spec_d, texts)
+        p = _prepared(spec_d, checked)
+        proxy, prepared = p.proxy, time.perf_counter() - t
+        params = {k: v for k, v in proxy.params.items() if k != "layers"}
+        rows: list[int] = []
+        if proxy.chunkable and len(p.layers) >= 2:
+            blocks, n_blocks = layer_blocks(p.lm.model, [l.name for l in p.layers])
+            parts = job_share(row_costs(blocks, n_blocks, len(p.formats)), own, others)
+            rows = parts[i] if i < len(parts) else []
+        if not rows:
+            return {"rows": [], "proxy": proxy.name, "params": params, "node": _node_name()}
+        ctx = ProxyContext(p.lm.model, p.layers, p.modules, p.lm.task, p.calib, p.formats, spec_d.get("seed", 0),
+                           _chunk_reporter(post, i, others + 1), p.table_sha256, p.info, quantizer=p.quantizer,
+                           compute_dtype=resolve_compute_dtype(spec_d.get("compute_dtype"), model_device(p.lm.model)))
+        cpu = time.process_time()
+        table = get_proxy(proxy.name, **{**params, "layers": rows}).compute(ctx)
+        cpu = time.process_time() - cpu
+    post.flush()
+    return {**_rows(table, rows, proxy=proxy.name, params=params, seconds=table.timing.get("seconds"),
+                    node=_node_name(), cpu_seconds=round(cpu, 3), prepare_seconds=round(prepared, 3)), "rows": rows}
 
 
 def _node_name() -> str:
@@ -555,55 +600,116 @@ def _policy_mapper(spec_d: dict, texts: dict[str, str], n_chunks: int, ctx, chec
     return run
 
 
-def _fan_out(spec_d: dict, texts: dict[str, str], n_chunks: int, queue, checked=None):
+@dataclasses.dataclass
+class Shares:
+    """The other nodes' parts of a job's measured table, launched when the job starts
+    (``launch_shares``): ``refs[j]`` measures part ``j + 1`` of ``job_share(costs, own, others)``."""
+    refs: list
+    own: int
+    others: int
+
+    def cancel(self) -> None:
+        """Stop the parts not taken (the job failed, reused a table or measured no table)."""
+        for r in self.refs:
+            with contextlib.suppress(Exception):
+                ray.cancel(r)
+        self.refs = []
+
+
+def launch_shares(raw: dict, spec, texts: dict[str, str], n_chunks: int, kind: str, queue=None,
+                  checked=None) -> Shares | None:
+    """Start the other nodes' parts of a job's measured table at once (``measure_share``), so a
+    worker there prepares its model and data while the job task loads and calibrates, and starts
+    measuring with no context to wait for: shipping MiniLM's context held the other node back
+    0.35-0.5 s a job (1.4 s on a cold worker) out of a 10 s phase. ``spec``: the parsed ``raw``.
+    None when nothing would fan out: one chunk, no other node, or a job whose recipe (for model
+    ``kind``) measures no chunkable table."""
+    from proxies.registry import PROXIES
+    from search.solvers import SOLVERS
+
+    if n_chunks <= 1:
+        return None
+    spec = spec.with_recipe(kind)
+    cls, solver = PROXIES.get(spec.proxy_name), SOLVERS.get(spec.solver_name)
+    if cls is None or not cls.chunkable or solver is None or not solver.needs_table:
+        return None
+    opts = _gpu_options()
+    slots = _other_slots("GPU" if opts else "CPU")[: n_chunks - 1]
+    if not slots:
+        return None
+    own = _own_workers(opts)
+    refs = [measure_share.options(**opts, scheduling_strategy=NodeAffinitySchedulingStrategy(node, soft=True))
+            .remote(raw, texts, (j + 1, own, len(slots)), queue, checked) for j, node in enumerate(slots)]
+    return Shares(refs, own, len(slots))
+
+
+def _fan_out(spec_d: dict, texts: dict[str, str], n_chunks: int, queue, checked=None, shares: Shares | None = None):
     """A ``compute_table`` for the pipeline that spreads a chunkable proxy over at most
     ``n_chunks`` workers (and the evolved proxy's ground-truth measurements over Ray tasks). The
     rows are split by estimated cost (``job_share``); the job task measures its node's share
-    itself, on its torch threads, while ``measure_rows`` tasks on the other nodes' CPUs measure
-    the others on its context from the object store (``measure_chunk`` from the spec, with the job's ``checked``, when the
-    context cannot travel). The numbers are the in-process table's: every row is measured
-    against the same base, whichever chunk it is in."""
+    itself, on its torch threads. The other parts are the ``shares`` launched at the job's start
+    when there are some; else ``measure_rows`` tasks on the other nodes' CPUs measure them on its
+    context from the object store (``measure_chunk`` from the spec, with the job's ``checked``,
+    when the context cannot travel). A share that failed, or measured other rows or parameters
+    than the job task's, is measured by the job task after its own part. The numbers are the
+    in-process table's: every row is measured against the same base, whichever chunk it is in."""
     from proxies.registry import get_proxy
     from search.table import SensitivityTable
 
     post = Poster(queue)
 
+    def in_process(proxy, ctx):
+        if shares is not None:
+            shares.cancel()
+        return proxy.compute(ctx)
+
     def compute(proxy, ctx):
         if proxy.name == "evolved" and n_chunks > 1:
             ctx.map_policies = _policy_mapper(spec_d, texts, n_chunks, ctx, checked)
         if not proxy.chunkable or n_chunks <= 1 or len(ctx.layers) < 2:
-            return proxy.compute(ctx)
+            return in_process(proxy, ctx)
         t0 = time.perf_counter()
         blocks, n_blocks = layer_blocks(ctx.model, [l.name for l in ctx.layers])
-        opts = _gpu_options()
-        # chunks go to the other nodes' CPUs (GPUs); the job task measures its node's share itself
-        slots = _other_slots("GPU" if opts else "CPU")[: max(n_chunks - 1, 0)]
-        parts = job_share(row_costs(blocks, n_blocks, len(ctx.formats)), _own_workers(opts), len(slots))
-        if len(parts) == 1:
-            return proxy.compute(ctx)
+        costs = row_costs(blocks, n_blocks, len(ctx.formats))
         # the chunks measure with the proxy's own parameters (the pipeline may have set some the
         # spec leaves to defaults), so every row comes from the same table definition
         params = {k: v for k, v in proxy.params.items() if k != "layers"}
-        n = len(parts)
-        placed = [{**opts, "scheduling_strategy": NodeAffinitySchedulingStrategy(node, soft=True)}
-                  for node in slots[: n - 1]]
-        shipped = _ship(ctx)
-        travelled = shipped is not None
-        if travelled:
-            refs = [measure_rows.options(**placed[i - 1]).remote(shipped, proxy.name, params, rows, i, n, queue)
-                    for i, rows in enumerate(parts) if i]
+        opts = _gpu_options()
+        if shares is not None:
+            parts = job_share(costs, shares.own, shares.others)
+            slots: list[str] = []
         else:
-            chunk_spec = {**spec_d, "proxy": proxy.name, "proxy_params": params}
-            refs = [measure_chunk.options(**placed[i - 1]).remote(chunk_spec, texts, rows, i, n, queue, checked)
-                    for i, rows in enumerate(parts) if i]
-        ctx.report(0.0, f"{n} chunks of {'/'.join(str(len(p)) for p in parts)} rows, split by cost; the context "
-                        f"{'shipped through the object store' if travelled else 'prepared by each chunk'}")
+            # chunks go to the other nodes' CPUs (GPUs); the job task measures its node's share itself
+            slots = _other_slots("GPU" if opts else "CPU")[: max(n_chunks - 1, 0)]
+            parts = job_share(costs, _own_workers(opts), len(slots))
+        if len(parts) == 1:
+            return in_process(proxy, ctx)
+        n = len(parts)
+        shipped, how = None, "prepared by each chunk from the spec at the job's start"
+        if shares is not None:
+            refs = shares.refs[: n - 1]
+        else:
+            placed = [{**opts, "scheduling_strategy": NodeAffinitySchedulingStrategy(node, soft=True)}
+                      for node in slots[: n - 1]]
+            shipped = _ship(ctx)
+            if shipped is not None:
+                how = "shipped through the object store"
+                refs = [measure_rows.options(**placed[i - 1]).remote(shipped, proxy.name, params, rows, i, n, queue)
+                        for i, rows in enumerate(parts) if i]
+            else:
+                how = "prepared by each chunk"
+                chunk_spec = {**spec_d, "proxy": proxy.name, "proxy_params": params}
+                refs = [measure_chunk.options(**placed[i - 1]).remote(chunk_spec, texts, rows, i, n, queue, checked)
+                        for i, rows in enumerate(parts) if i]
+        ctx.report(0.0, f"{n} chunks of {'/'.join(str(len(p)) for p in parts)} rows, split by cost; the context {how}")
         values = np.zeros((len(ctx.layers), len(ctx.formats)))
         stderr: np.ndarray | None = np.zeros_like(values)
         chunk_seconds: list[float | None] = [None] * n
         chunk_nodes: list[str | None] = [_node_name()] + [None] * (n - 1)
         chunk_cpu: list[float | None] = [None] * n
-        fetch: list[float | None] = [0.0] + [None] * (n - 1)
+        ready_in: list[float | None] = [0.0] + [None] * (n - 1)  # seconds to the chunk's context
+        redo: list[int] = []  # rows of shares that failed or measured something else: measured here
+        errors: list[str] = []
 
         def take(rows: list[int], got: dict) -> None:
             nonlocal stderr
@@ -613,7 +719,12 @@ def _fan_out(spec_d: dict, texts: dict[str, str], n_chunks: int, queue, checked=
             elif stderr is not None:
                 stderr[rows] = np.array(got["stderr"])
 
+        def own_rows(rows: list[int], progress) -> dict:
+            return _rows(get_proxy(proxy.name, **{**params, "layers": rows}).compute(
+                dataclasses.replace(ctx, progress=progress, map_policies=None)), rows)
+
         pending, where = list(refs), {r: i + 1 for i, r in enumerate(refs)}
+        mine = None
         try:
             t, cpu = time.perf_counter(), time.process_time()
             mine = get_proxy(proxy.name, **{**params, "layers": parts[0]}).compute(
@@ -624,25 +735,45 @@ def _fan_out(spec_d: dict, texts: dict[str, str], n_chunks: int, queue, checked=
             ctx.report(1 / n, f"1/{n} chunks")
             while pending:
                 ready, pending = ray.wait(pending, num_returns=1)
-                got = ray.get(ready[0])
-                take(parts[where[ready[0]]], got)
-                chunk_seconds[where[ready[0]]] = got.get("seconds")
-                chunk_nodes[where[ready[0]]] = got.get("node")
-                chunk_cpu[where[ready[0]]] = got.get("cpu_seconds")
-                fetch[where[ready[0]]] = got.get("fetch_seconds")
+                i = where[ready[0]]
+                try:
+                    got = ray.get(ready[0])
+                except Exception as e:  # noqa: BLE001 - a share's failure costs time, not the job
+                    if shares is None:
+                        raise
+                    errors.append(f"chunk {i}: {(str(e).strip().splitlines() or [type(e).__name__])[-1][:200]}")
+                    redo += parts[i]
+                    continue
+                if shares is not None and (got.get("rows") != parts[i] or got.get("proxy") != proxy.name
+                                           or got.get("params") != params):
+                    errors.append(f"chunk {i}: measured other rows or parameters than the job's")
+                    redo += parts[i]
+                    continue
+                take(parts[i], got)
+                chunk_seconds[i], chunk_nodes[i], chunk_cpu[i] = got.get("seconds"), got.get("node"), got.get("cpu_seconds")
+                ready_in[i] = got.get("prepare_seconds" if shares is not None else "fetch_seconds")
                 ctx.report(1 - len(pending) / n, f"{n - len(pending)}/{n} chunks")
+            if redo:
+                ctx.report(1 - len(redo) / len(ctx.layers), f"{len(redo)} rows of chunks that failed, measured here")
+                take(sorted(redo), own_rows(sorted(redo), None))
         finally:
             for r in pending:  # the job failed or was stopped: its other chunks need not run on
                 with contextlib.suppress(Exception):
                     ray.cancel(r)
+            if shares is not None:
+                shares.refs = []
             del shipped  # the object store frees the context once the chunks are done with it
             if _JOB_THREADS:
                 _JOB_THREADS[-1].at = 0.0  # the job's next progress re-evaluates its threads
-        # per chunk: its rows, seconds measuring, CPU seconds, seconds taking the context from the
-        # object store (0: the job task's own) and node; the base loss is the same in every chunk
-        info = {"chunks": n, "rows_per_chunk": [len(p) for p in parts], "shipped": travelled,
-                "chunk_seconds": chunk_seconds, "chunk_cpu_seconds": chunk_cpu, "chunk_fetch_seconds": fetch,
+        # per chunk: its rows, seconds measuring, CPU seconds, seconds to its context (taking it
+        # from the object store, or preparing it from the spec at the job's start; 0: the job
+        # task's own) and node; the base loss is the same in every chunk
+        info = {"chunks": n, "rows_per_chunk": [len(p) for p in parts], "shipped": how.startswith("shipped"),
+                "launched_at_start": shares is not None,
+                "chunk_seconds": chunk_seconds, "chunk_cpu_seconds": chunk_cpu,
+                ("chunk_prepare_seconds" if shares is not None else "chunk_fetch_seconds"): ready_in,
                 "chunk_nodes": chunk_nodes,
+                **({"measured_here": len(redo), "chunk_errors": errors} if redo else {}),
                 **{k: mine.diagnostics[k] for k in ("base_loss", "trunk") if k in mine.diagnostics}}
         return SensitivityTable(ctx.layers, ctx.formats, values, proxy.name, proxy.table_params(ctx), ctx.calibration,
                                 stderr, {"seconds": time.perf_counter() - t0, "chunks": n}, ctx.model_sha256, info)
@@ -677,8 +808,15 @@ def run_job(spec_ds: list[dict], texts: dict[str, str], table_d: dict | None,  n
             checked = Checked.accepted(specs)
             for i, (raw, spec) in enumerate(zip(spec_ds, specs)):
                 lm = lm or load_model(spec.model)
-                res = run_search(spec, progress, loaded=lm, table=table, checked=checked,
-                                 compute_table=_fan_out(raw, texts, n_chunks, queue, checked))
+                if table is None and threads.update("load") is not None:  # the share the other parts are dealt against
+                    post(Progress("load", 0.0, threads.describe()))
+                shares = launch_shares(raw, spec, texts, n_chunks, lm.kind, queue, checked) if table is None else None
+                try:
+                    res = run_search(spec, progress, loaded=lm, table=table, checked=checked,
+                                     compute_table=_fan_out(raw, texts, n_chunks, queue, checked, shares))
+                finally:
+                    if shares is not None:
+                        shares.cancel()  # parts the pipeline did not take (it failed, or measured no table)
                 computed = computed or (table is None and res.table is not None)
                 table = res.table or table  # the joint solver makes no table
                 out.append(PointResult(json.loads(res.policy.to_json(None)), res.timings))

@@ -87,8 +87,9 @@ def test_a_served_job_is_validated_at_submission_only(calls, monkeypatch):
     # the job task: one parse for all three budget points, handed to each of them and their chunks
     seen = []
     monkeypatch.setattr(ray_jobs, "torch_threads", lambda: None)
-    monkeypatch.setattr("workers.sources.load_model", lambda ref: SimpleNamespace(ref=ref))
-    monkeypatch.setattr(ray_jobs, "_fan_out", lambda *a: ("fan-out", a[-1]))
+    monkeypatch.setattr("workers.sources.load_model", lambda ref: SimpleNamespace(ref=ref, kind="classifier"))
+    monkeypatch.setattr(ray_jobs, "launch_shares", lambda *a: None)
+    monkeypatch.setattr(ray_jobs, "_fan_out", lambda spec_d, texts, n, queue, checked, shares: ("fan-out", checked))
 
     def run_search(spec, progress, loaded=None, table=None, compute_table=None, checked=None):
         seen.append((spec, checked, compute_table))
