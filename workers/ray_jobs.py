@@ -11,9 +11,10 @@ the spec (``workers.prepare.PrepareCache``: a warm worker reloads no weights) wh
 calibrates, deals the rows exactly as the job task will, and starts measuring with nothing to wait
 for. A part that fails or comes back with other rows or parameters is measured by the job task.
 A job that launched no parts at its start (it had no other node then) uses the nodes there are
-when it reaches the phase: ``measure_rows`` tasks there take the job's ``ProxyContext`` (model, layers, calibration batches, quantizer) from the Ray object store, put
-there once by the job task; a model that cannot travel that way (on a GPU, offloaded, not
-picklable) is prepared by each chunk from the spec (``measure_chunk``).
+when it reaches the phase: ``measure_rows`` tasks there take the job's ``ProxyContext`` (model,
+layers, calibration batches, quantizer) from the Ray object store, put there once by the job
+task; a model that cannot travel that way (on a GPU, offloaded, not picklable) is prepared by
+each chunk from the spec (``measure_chunk``).
 
 Threads: a chunk runs torch on the CPUs Ray granted it; the job task (granted one CPU) runs its
 phases on its share of the node (``job_threads``): the node's CPUs less those held by running
@@ -238,8 +239,8 @@ def measure_share(spec_d: dict, texts: dict[str, str], share: tuple[int, int, in
                   checked=None) -> dict:
     """Part ``i`` of a job's measured table, launched when the job starts (``launch_shares``):
     ``share`` is ``(i, own, others)``. This worker prepares the model and the calibration data
-    from the spec (``PrepareCache``: a warm worker reloads no weights) while the job task itself
-    loads and calibrates, then deals the rows by cost as the job task deals them (``job_share``
+    from the spec (``PrepareCache``: a warm worker reloads no weights) while the job task
+    calibrates, then deals the rows by cost as the job task deals them (``job_share``
     with the same ``own`` and ``others``) and measures part ``i``. It returns its rows, the proxy
     and the parameters it measured with, so the job task takes them only when they are its own."""
     from proxies.base import ProxyContext
@@ -619,7 +620,7 @@ class Shares:
 def launch_shares(raw: dict, spec, texts: dict[str, str], n_chunks: int, kind: str, queue=None,
                   checked=None) -> Shares | None:
     """Start the other nodes' parts of a job's measured table at once (``measure_share``), so a
-    worker there prepares its model and data while the job task loads and calibrates, and starts
+    worker there prepares its model and data while the job task calibrates, and starts
     measuring with no context to wait for: shipping MiniLM's context held the other node back
     0.35-0.5 s a job (1.4 s on a cold worker) out of a 10 s phase. ``spec``: the parsed ``raw``.
     None when nothing would fan out: one chunk, no other node, or a job whose recipe (for model
