@@ -373,13 +373,17 @@ def test_large_images_get_smaller_batches(folder):
 
 
 class FakeTok:
-    """Whitespace 'tokenizer': one id per word (its length), padded to the longest."""
+    """Whitespace 'tokenizer': one id per word (its length). Like a Hugging Face tokenizer, it
+    pads only when asked, and ``pad`` pads encoded rows to the longest."""
 
-    def __call__(self, texts, padding=True, truncation=True, max_length=8, return_tensors="pt"):
+    def __call__(self, texts, padding=False, truncation=True, max_length=8, return_tensors=None):
         ids = [[len(w) for w in t.split()][:max_length] for t in texts]
-        n = max(len(i) for i in ids)
-        return {"input_ids": torch.tensor([i + [0] * (n - len(i)) for i in ids]),
-                "attention_mask": torch.tensor([[1] * len(i) + [0] * (n - len(i)) for i in ids])}
+        rows = [{"input_ids": i, "attention_mask": [1] * len(i)} for i in ids]
+        return self.pad(rows) if padding else {k: [r[k] for r in rows] for k in ("input_ids", "attention_mask")}
+
+    def pad(self, rows, padding=True, return_tensors="pt"):
+        n = max(len(r["input_ids"]) for r in rows)
+        return {k: torch.tensor([r[k] + [0] * (n - len(r[k])) for r in rows]) for k in ("input_ids", "attention_mask")}
 
 
 def test_text_classifier_reads_jsonl_labels(tmp_path):
