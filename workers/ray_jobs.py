@@ -185,15 +185,24 @@ def _rows(table, rows: list[int], **extra) -> dict:
             "stderr": None if table.stderr is None else table.stderr[rows].tolist(), **extra}
 
 
+def _spec_context(p, spec_d: dict, progress):
+    """The ``ProxyContext`` of a chunk that prepared its model and data from the spec (``p``:
+    ``_prepared``), its comparison dtype resolved for the device its model is on."""
+    from proxies.base import ProxyContext
+    from proxies.device import model_device
+    from proxies.precision import resolve_compute_dtype
+
+    return ProxyContext(p.lm.model, p.layers, p.modules, p.lm.task, p.calib, p.formats, spec_d.get("seed", 0), progress,
+                        p.table_sha256, p.info, quantizer=p.quantizer,
+                        compute_dtype=resolve_compute_dtype(spec_d.get("compute_dtype"), model_device(p.lm.model)))
+
+
 @ray.remote(num_cpus=1, max_retries=3)
 def measure_chunk(spec_d: dict, texts: dict[str, str], rows: list[int], chunk: int, n_chunks: int,
                   queue=None, checked=None) -> dict:
     """Rows ``rows`` of a chunkable proxy's table and of its standard errors (None when the
     proxy gives none), on a model and data this worker prepares from the spec (the way for a
     job whose model cannot travel through the object store, see ``_ship``)."""
-    from proxies.base import ProxyContext
-    from proxies.device import model_device
-    from proxies.precision import resolve_compute_dtype
     from proxies.registry import get_proxy
 
     post = Poster(queue)
@@ -202,9 +211,7 @@ def measure_chunk(spec_d: dict, texts: dict[str, str], rows: list[int], chunk: i
         spec_d = _materialise(spec_d, texts)
         p = _prepared(spec_d, checked)
         params = {**spec_d.get("proxy_params", {}), "layers": rows}
-        ctx = ProxyContext(p.lm.model, p.layers, p.modules, p.lm.task, p.calib, p.formats, spec_d.get("seed", 0),
-                           _chunk_reporter(post, chunk, n_chunks), p.table_sha256, p.info, quantizer=p.quantizer,
-                           compute_dtype=resolve_compute_dtype(spec_d.get("compute_dtype"), model_device(p.lm.model)))
+        ctx = _spec_context(p, spec_d, _chunk_reporter(post, chunk, n_chunks))
         table = get_proxy(spec_d.get("proxy") or "measured", **params).compute(ctx)
     post.flush()
     return _rows(table, rows, seconds=table.timing.get("seconds"), node=_node_name())
@@ -243,9 +250,6 @@ def measure_share(spec_d: dict, texts: dict[str, str], share: tuple[int, int, in
     calibrates, then deals the rows by cost as the job task deals them (``job_share``
     with the same ``own`` and ``others``) and measures part ``i``. It returns its rows, the proxy
     and the parameters it measured with, so the job task takes them only when they are its own."""
-    from proxies.base import ProxyContext
-    from proxies.device import model_device
-    from proxies.precision import resolve_compute_dtype
     from proxies.registry import get_proxy
 
     i, own, others = share
@@ -257,16 +261,14 @@ def measure_share(spec_d: dict, texts: dict[str, str], share: tuple[int, int, in
         p = _prepared(spec_d, checked)
         proxy, prepared = p.proxy, time.perf_counter() - t
         params = {k: v for k, v in proxy.params.items() if k != "layers"}
-        rows: list[int] = []
+        parts: list[list[int]] = []
         if proxy.chunkable and len(p.layers) >= 2:
             blocks, n_blocks = layer_blocks(p.lm.model, [l.name for l in p.layers])
             parts = job_share(row_costs(blocks, n_blocks, len(p.formats)), own, others)
-            rows = parts[i] if i < len(parts) else []
+        rows = parts[i] if i < len(parts) else []
         if not rows:
             return {"rows": [], "proxy": proxy.name, "params": params, "node": _node_name()}
-        ctx = ProxyContext(p.lm.model, p.layers, p.modules, p.lm.task, p.calib, p.formats, spec_d.get("seed", 0),
-                           _chunk_reporter(post, i, others + 1), p.table_sha256, p.info, quantizer=p.quantizer,
-                           compute_dtype=resolve_compute_dtype(spec_d.get("compute_dtype"), model_device(p.lm.model)))
+        ctx = _spec_context(p, spec_d, _chunk_reporter(post, i, len(parts)))
         cpu = time.process_time()
         table = get_proxy(proxy.name, **{**params, "layers": rows}).compute(ctx)
         cpu = time.process_time() - cpu
@@ -720,16 +722,14 @@ def _fan_out(spec_d: dict, texts: dict[str, str], n_chunks: int, queue, checked=
             elif stderr is not None:
                 stderr[rows] = np.array(got["stderr"])
 
-        def own_rows(rows: list[int], progress) -> dict:
-            return _rows(get_proxy(proxy.name, **{**params, "layers": rows}).compute(
-                dataclasses.replace(ctx, progress=progress, map_policies=None)), rows)
+        def measure_here(rows: list[int], progress) -> SensitivityTable:
+            return get_proxy(proxy.name, **{**params, "layers": rows}).compute(
+                dataclasses.replace(ctx, progress=progress, map_policies=None))
 
         pending, where = list(refs), {r: i + 1 for i, r in enumerate(refs)}
-        mine = None
         try:
             t, cpu = time.perf_counter(), time.process_time()
-            mine = get_proxy(proxy.name, **{**params, "layers": parts[0]}).compute(
-                dataclasses.replace(ctx, progress=_chunk_reporter(post, 0, n), map_policies=None))
+            mine = measure_here(parts[0], _chunk_reporter(post, 0, n))
             chunk_seconds[0] = round(time.perf_counter() - t, 3)
             chunk_cpu[0] = round(time.process_time() - cpu, 3)
             take(parts[0], _rows(mine, parts[0]))
@@ -756,7 +756,8 @@ def _fan_out(spec_d: dict, texts: dict[str, str], n_chunks: int, queue, checked=
                 ctx.report(1 - len(pending) / n, f"{n - len(pending)}/{n} chunks")
             if redo:
                 ctx.report(1 - len(redo) / len(ctx.layers), f"{len(redo)} rows of chunks that failed, measured here")
-                take(sorted(redo), own_rows(sorted(redo), None))
+                redo.sort()
+                take(redo, _rows(measure_here(redo, None), redo))
         finally:
             for r in pending:  # the job failed or was stopped: its other chunks need not run on
                 with contextlib.suppress(Exception):
